@@ -1,0 +1,36 @@
+"""edgekit: an edge-deployment optimization toolkit.
+
+The public API is re-exported lazily, so ``import edgekit`` stays light (no
+torch, no onnxruntime) until a step is called.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_API = {
+    "export": "edgekit.export",
+    "ExportOptions": "edgekit.export",
+    "quantize": "edgekit.quantize",
+    "QuantizeOptions": "edgekit.quantize",
+    "check": "edgekit.check",
+    "bench": "edgekit.bench",
+    "optimize": "edgekit.pipeline",
+    "OptimizeOptions": "edgekit.pipeline",
+    "finetune": "edgekit.finetune",
+    "FinetuneOptions": "edgekit.finetune",
+    "build": "edgekit.engine",
+    "BuildOptions": "edgekit.engine",
+    "load": "edgekit.runtime",
+    "EdgekitError": "edgekit.errors",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'edgekit' has no attribute {name!r}")

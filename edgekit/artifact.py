@@ -1,0 +1,181 @@
+"""What a step produces: a directory of files plus ``manifest.json``.
+
+Every step writes into a temporary sibling of its output directory and renames
+it into place only on success, so an interrupted or failed step never leaves a
+half-written artifact. A manifest marks a directory as a complete edgekit
+artifact; an existing directory without one is never overwritten without
+``force``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Iterator
+
+from .errors import InputError, ModelError
+
+MANIFEST = "manifest.json"
+ONNX_NAME = "model.onnx"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                   "merges.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "added_tokens.json")
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+TRACKED_PACKAGES = ("edgekit", "torch", "transformers", "optimum", "onnx", "onnxruntime", "onnxruntime-gpu",
+                    "onnxscript", "tokenizers", "numpy", "tensorrt", "tensorrt-rtx", "tensorrt_rtx")
+
+
+@dataclass
+class Artifact:
+    """A model on disk: ``kind`` is 'hf' (PyTorch folder), 'onnx' or 'engine'."""
+
+    path: Path
+    kind: str
+    model_file: Path | None = None
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def folder(self) -> Path:
+        return self.path if self.path.is_dir() else self.path.parent
+
+
+def resolve(path: str | Path) -> Artifact:
+    """Identify what ``path`` holds, or raise a one-line ModelError."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"Model '{p}' not found", "no such file or directory",
+                         "Pass a Hugging Face model folder, an ONNX file or folder, or an engine")
+    manifest = read_manifest(p if p.is_dir() else p.parent)
+    if p.is_file():
+        if p.suffix == ".onnx":
+            return Artifact(p, "onnx", p, manifest)
+        if p.suffix in ENGINE_SUFFIXES:
+            return Artifact(p, "engine", p, manifest)
+        raise ModelError(f"Model file '{p}' has an unknown type '{p.suffix}'", "expected .onnx or .engine/.plan",
+                         "Pass a model folder or an ONNX/engine file")
+    if (p / ONNX_NAME).is_file():
+        return Artifact(p, "onnx", p / ONNX_NAME, manifest)
+    engines = sorted(x for x in p.iterdir() if x.suffix in ENGINE_SUFFIXES)
+    if engines and not (p / "config.json").is_file():
+        return Artifact(p, "engine", engines[0], manifest)
+    if (p / "config.json").is_file():
+        weights = [x for x in p.iterdir() if x.name.endswith((".safetensors", ".bin")) or x.name.endswith(".index.json")]
+        if not weights:
+            raise ModelError(f"Model folder '{p}' has no weights", "config.json is there but no *.safetensors or *.bin",
+                             "Save the model with save_pretrained() or copy its weight files")
+        return Artifact(p, "hf", None, manifest)
+    contents = ", ".join(sorted(x.name for x in p.iterdir())[:6]) or "nothing"
+    raise ModelError(f"'{p}' is not a model folder", f"it holds {contents}; expected config.json with weights, or model.onnx",
+                     "Pass a Hugging Face model folder (save_pretrained output) or an edgekit artifact")
+
+
+def read_manifest(folder: Path) -> dict:
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_folder(folder: Path, names: tuple[str, ...] | None = None) -> str:
+    """One hash over the files of a folder (sorted by name; manifests excluded)."""
+    h = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and f.name != MANIFEST and (names is None or f.name in names):
+            h.update(f.name.encode())
+            h.update(sha256_file(f).encode())
+    return h.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
+
+
+def write_manifest(folder: Path, kind: str, step: str, inputs: dict, options: dict, extra: dict | None = None) -> dict:
+    """Write ``manifest.json``: the record that marks ``folder`` as a complete artifact."""
+    files = {f.name: sha256_file(f) for f in sorted(folder.iterdir()) if f.is_file() and f.name != MANIFEST}
+    manifest = {
+        "edgekit_artifact": kind,
+        "step": step,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "inputs": inputs,
+        "options": options,
+        "files": files,
+        "versions": versions(),
+        "platform": {"machine": platform.machine(), "system": platform.system()},
+    }
+    manifest.update(extra or {})
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+    return manifest
+
+
+def check_output_dir(out: Path, force: bool = False) -> None:
+    """Refuse an OUT that is a file, or a non-empty folder edgekit did not write (unless ``force``)."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"Output '{out}' is a file", "an output directory is needed",
+                         "Pass a new or empty directory for --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file() and not force:
+        raise InputError(f"Output '{out}' is a non-empty folder that edgekit did not write",
+                         "refusing to replace files edgekit does not own", "Choose another --out or pass --force")
+    parent = out.resolve().parent
+    if not parent.exists():
+        with contextlib.suppress(OSError):
+            parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"Output '{out}' cannot be written", f"the folder '{parent}' is not writable",
+                         "Choose a writable --out")
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out``; on success it replaces ``out`` in one rename.
+
+    On any exception (including KeyboardInterrupt) the temporary folder is
+    removed and ``out`` is left as it was.
+    """
+    out = Path(out)
+    check_output_dir(out, force)
+    parent = out.resolve().parent
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    except OSError as exc:
+        raise InputError(f"Output '{out}' cannot be written", exc.strerror, "Choose a writable --out") from None
+    try:
+        yield tmp
+        tmp.chmod(0o755)  # mkdtemp makes it 0700
+        if out.exists():
+            old = parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def copy_tokenizer_and_config(src: Path, dst: Path) -> None:
+    """Copy config.json and the tokenizer files that exist in ``src`` into ``dst``."""
+    for name in ("config.json", *TOKENIZER_FILES):
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)

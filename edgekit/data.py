@@ -1,0 +1,224 @@
+"""Labeled text datasets in: tsv / csv / jsonl files or a Hugging Face datasets name.
+
+Pure Python (no torch): the CLI, the toolchain and the runtime's tools share it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DataError
+
+TEXT_COLUMNS = ("sentence", "text", "content", "review", "document", "sentence1", "question", "premise")
+PAIR_COLUMNS = {"sentence1": "sentence2", "question": "sentence", "premise": "hypothesis"}
+LABEL_COLUMNS = ("label", "labels", "target", "class", "category", "y")
+FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
+
+
+@dataclass
+class TextDataset:
+    """Texts (and optional second segments and raw labels) from one source."""
+
+    texts: list[str]
+    labels: list[str] | None
+    source: str
+    text_column: str
+    label_column: str | None
+    pairs: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, n: int | None, seed: int = 0) -> "TextDataset":
+        """The first ``n`` rows after a seeded shuffle (None = all, in order)."""
+        if n is None or n >= len(self):
+            return self
+        order = list(range(len(self)))
+        random.Random(seed).shuffle(order)
+        keep = sorted(order[:n])
+        pick = lambda xs: None if xs is None else [xs[i] for i in keep]  # noqa: E731
+        return TextDataset(pick(self.texts), pick(self.labels), self.source, self.text_column,
+                           self.label_column, pick(self.pairs))
+
+
+def load_dataset(
+    source: str | Path,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    require_labels: bool = True,
+    split: str = "validation",
+) -> TextDataset:
+    """Read a labeled text dataset.
+
+    ``source`` is a .tsv/.csv/.jsonl file with a header (jsonl: one object per
+    line), or a Hugging Face datasets name such as ``glue/sst2`` (needs the
+    ``datasets`` extra and a reachable hub). Columns are auto-detected when
+    ``text_column``/``label_column`` are None. ``require_labels=False`` allows
+    unlabeled data (benchmarks, calibration).
+    """
+    path = Path(source)
+    if path.exists():
+        rows, columns = _read_file(path)
+    elif _looks_like_hub_name(str(source)):
+        rows, columns = _read_hub(str(source), split)
+    else:
+        raise DataError(f"Dataset '{source}' not found", "no such file",
+                        "Pass a .tsv/.csv/.jsonl file with a header, or a Hugging Face datasets name")
+    if not rows:
+        raise DataError(f"Dataset '{source}' is empty", "it has a header but no rows", "Pass a file with at least one row")
+    text_col = _pick_column(columns, text_column, TEXT_COLUMNS, "text", source, "--text-column")
+    label_col = None
+    if label_column is not None or require_labels:
+        label_col = _pick_column(columns, label_column, LABEL_COLUMNS, "label", source, "--label-column")
+    elif any(c in columns for c in LABEL_COLUMNS):
+        label_col = next(c for c in LABEL_COLUMNS if c in columns)
+    pair_col = PAIR_COLUMNS.get(text_col) if PAIR_COLUMNS.get(text_col) in columns else None
+    texts, labels, pairs = [], [] if label_col else None, [] if pair_col else None
+    for i, row in enumerate(rows):
+        text = row.get(text_col)
+        if text is None or (isinstance(text, str) and not text.strip()):
+            raise DataError(f"Dataset '{source}' row {i + 1} has no text in column '{text_col}'",
+                            None, "Remove the empty row or choose another --text-column")
+        texts.append(str(text))
+        if label_col:
+            label = row.get(label_col)
+            if label is None or str(label).strip() == "":
+                raise DataError(f"Dataset '{source}' row {i + 1} has no label in column '{label_col}'",
+                                None, "Remove the row or choose another --label-column")
+            labels.append(str(label).strip())
+        if pair_col:
+            pairs.append(str(row.get(pair_col) or ""))
+    return TextDataset(texts, labels, str(source), text_col, label_col, pairs)
+
+
+def encode_labels(labels: list[str], label2id: dict[str, int], source: str = "data") -> list[int]:
+    """Map raw labels (names like 'positive' or ids like '1') to the model's class ids."""
+    id_strings = {str(i): i for i in label2id.values()}
+    lowered = {k.lower(): v for k, v in label2id.items()}
+    out, unknown = [], set()
+    for label in labels:
+        if label in label2id:
+            out.append(label2id[label])
+        elif label.lower() in lowered:
+            out.append(lowered[label.lower()])
+        elif _as_int(label) in id_strings:
+            out.append(id_strings[_as_int(label)])
+        else:
+            unknown.add(label)
+    if unknown:
+        known = ", ".join(f"{k} ({v})" for k, v in sorted(label2id.items(), key=lambda kv: kv[1]))
+        shown = ", ".join(repr(u) for u in sorted(unknown)[:5])
+        raise DataError(f"Labels in '{source}' are unknown to the model: {shown}",
+                        f"the model knows {known}",
+                        "Map the labels to the model's names or ids, or pass --label-column for the right column")
+    return out
+
+
+def label_names(labels: list[str]) -> list[str]:
+    """The sorted distinct labels of a training set (numeric order when all are integers)."""
+    distinct = set(labels)
+    if all(_as_int(x) is not None and _as_int(x).lstrip("-").isdigit() for x in distinct):
+        return sorted(distinct, key=lambda x: int(x))
+    return sorted(distinct)
+
+
+def _as_int(label: str) -> str | None:
+    try:
+        return str(int(float(label))) if float(label) == int(float(label)) else None
+    except (ValueError, OverflowError):
+        return None
+
+
+def _read_file(path: Path) -> tuple[list[dict], list[str]]:
+    if path.is_dir():
+        raise DataError(f"Dataset '{path}' is a directory", "a single .tsv, .csv or .jsonl file is expected",
+                        "Pass the file inside it")
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(f"Dataset '{path}' has an unsupported format '{path.suffix}'",
+                        f"supported: {', '.join(sorted(FORMATS))}", "Convert it to tsv, csv or jsonl with a header")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"Dataset '{path}' is not valid UTF-8", f"byte {exc.start} cannot be decoded",
+                        "Re-encode the file as UTF-8") from None
+    except OSError as exc:
+        raise DataError(f"Dataset '{path}' cannot be read", exc.strerror, "Check the path and its permissions") from None
+    if not text.strip():
+        raise DataError(f"Dataset '{path}' is empty", "the file has no header and no rows",
+                        "Pass a file with a header line and at least one row")
+    if fmt == "jsonl":
+        return _read_jsonl(path, text)
+    delimiter = "\t" if fmt == "tsv" else ","
+    quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
+    reader = csv.reader(text.splitlines(), delimiter=delimiter, quoting=quoting)
+    header = [h.strip() for h in next(reader)]
+    rows = []
+    for i, values in enumerate(reader):
+        if not values:
+            continue
+        if len(values) != len(header):
+            raise DataError(f"Dataset '{path}' line {i + 2} has {len(values)} fields, the header has {len(header)}",
+                            None, f"Fix the line or check that the file is {fmt}")
+        rows.append(dict(zip(header, values)))
+    return rows, header
+
+
+def _read_jsonl(path: Path, text: str) -> tuple[list[dict], list[str]]:
+    rows, columns = [], {}
+    for i, line in enumerate(text.splitlines()):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"Dataset '{path}' line {i + 1} is not JSON", exc.msg, "Write one JSON object per line") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"Dataset '{path}' line {i + 1} is not a JSON object", None, "Write one JSON object per line")
+        rows.append(obj)
+        columns.update(dict.fromkeys(obj))
+    return rows, list(columns)
+
+
+def _looks_like_hub_name(name: str) -> bool:
+    """'sst2', 'glue/sst2', 'stanfordnlp/sst2' are hub names; 'data/x.tsv' and './x' are paths."""
+    if Path(name).suffix.lower() in FORMATS or name.startswith((".", "/", "~")):
+        return False
+    return name.count("/") <= 1 and bool(name.strip())
+
+
+def _read_hub(name: str, split: str) -> tuple[list[dict], list[str]]:
+    from .deps import require
+
+    datasets = require("datasets")
+    repo, _, config = name.partition(":") if ":" in name else (name, "", None)
+    if config is None and name.count("/") == 1 and name.split("/")[0] in ("glue", "super_glue"):
+        repo, config = name.split("/")
+    try:
+        ds = datasets.load_dataset(repo, config or None, split=split)
+    except Exception as exc:  # the hub raises many types; all mean "could not get it"
+        raise DataError(f"Dataset '{name}' could not be loaded from the Hugging Face hub",
+                        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                        "Check the name and network, or pass a local .tsv/.csv/.jsonl file") from None
+    if "label" in ds.features and hasattr(ds.features["label"], "names"):
+        names = ds.features["label"].names
+        ds = ds.map(lambda row: {"label": names[row["label"]] if row["label"] >= 0 else ""})
+    return [dict(r) for r in ds], list(ds.column_names)
+
+
+def _pick_column(columns, wanted, candidates, kind, source, flag) -> str:
+    if wanted is not None:
+        if wanted not in columns:
+            raise DataError(f"Dataset '{source}' has no {kind} column '{wanted}'",
+                            f"its columns are: {', '.join(columns)}", f"Pass {flag} with one of them")
+        return wanted
+    for name in candidates:
+        if name in columns:
+            return name
+    raise DataError(f"Dataset '{source}' has no {kind} column",
+                    f"none of {', '.join(candidates)} is among its columns ({', '.join(map(str, columns))})",
+                    f"Pass {flag} naming the {kind} column")

@@ -1,0 +1,131 @@
+"""Hugging Face model folders: task inference, safe loading, and a PyTorch session."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .deps import require
+from .errors import InputError, ModelError
+from .runtime.session import Session
+from .tasks import TASKS, TEXT_INPUTS
+
+
+def infer_task(folder: Path, task: str | None = None) -> str:
+    """The optimum task name for a model folder (from its config's architecture)."""
+    if task is not None:
+        if task not in TASKS:
+            raise InputError(f"Unsupported task '{task}'", None, f"Choose one of: {', '.join(TASKS)}")
+        return task
+    config = _config(folder)
+    archs = config.get("architectures") or []
+    transformers = require("transformers")
+    tasks_manager = require("optimum.exporters.tasks").TasksManager
+    for arch in archs:
+        cls = getattr(transformers, arch, None)
+        if cls is None:
+            continue
+        try:
+            inferred = tasks_manager.infer_task_from_model(cls)
+        except (KeyError, ValueError, RuntimeError):
+            continue
+        if inferred in TASKS:
+            return inferred
+    raise ModelError(f"Cannot infer the task of '{folder}'",
+                     f"architectures {archs or 'missing'} map to no supported task",
+                     f"Pass --task, one of: {', '.join(TASKS)}")
+
+
+def load_model(folder: str | Path, task: str | None = None, trust_remote_code: bool = False):
+    """Load a model folder for ``task`` with optimum's task -> class table. Returns (model, task)."""
+    folder = Path(folder)
+    task = infer_task(folder, task)
+    require("torch")
+    tasks_manager = require("optimum.exporters.tasks").TasksManager
+    model_class = tasks_manager.get_model_class_for_task(task)
+    require("transformers").utils.logging.disable_progress_bar()
+    if trust_remote_code:
+        warnings.warn(f"Loading '{folder}' with trust_remote_code=True runs code from that folder", stacklevel=2)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = model_class.from_pretrained(str(folder), trust_remote_code=trust_remote_code,
+                                                use_safetensors=_has_safetensors(folder) or None)
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"Cannot load model '{folder}' for {task}", first,
+                         "Check that the folder is a complete save_pretrained() output") from None
+    model.eval()
+    return model, task
+
+
+def model_input_names(model) -> list[str]:
+    params = inspect.signature(model.forward).parameters
+    names = [n for n in TEXT_INPUTS if n in params]
+    if "token_type_ids" in names and getattr(model.config, "type_vocab_size", 2) < 1:
+        names.remove("token_type_ids")
+    return names
+
+
+def label2id_of(folder: Path) -> dict[str, int]:
+    config = _config(folder)
+    mapping = config.get("label2id") or {}
+    if not mapping and config.get("id2label"):
+        mapping = {v: int(k) for k, v in config["id2label"].items()}
+    return {str(k): int(v) for k, v in mapping.items()}
+
+
+class TorchSession(Session):
+    """PyTorch eager inference on CPU for an HF folder: the baseline every artifact is compared to."""
+
+    backend = "pytorch"
+
+    def __init__(self, folder: str | Path, task: str | None = None, threads: int | None = None,
+                 trust_remote_code: bool = False):
+        self.folder = Path(folder)
+        self.task = task
+        self.threads = threads
+        self.trust_remote_code = trust_remote_code
+        self.model = None
+        self.input_names: list[str] = []
+        self.output_names: list[str] = []
+
+    def open(self) -> "TorchSession":
+        if self.model is not None:
+            return self
+        torch = require("torch")
+        if self.threads:
+            torch.set_num_threads(int(self.threads))
+        self.model, self.task = load_model(self.folder, self.task, self.trust_remote_code)
+        self.input_names = model_input_names(self.model)
+        self.output_names = list(TASKS[self.task].outputs)
+        return self
+
+    def close(self) -> None:
+        self.model = None
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = require("torch")
+        self.open()
+        with torch.inference_mode():
+            out = self.model(**{k: torch.from_numpy(v) for k, v in self.feeds(feeds).items()})
+        return {name: getattr(out, name).float().numpy() for name in self.output_names}
+
+
+def _config(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "config.json").read_text())
+    except FileNotFoundError:
+        raise ModelError(f"'{folder}' is not a Hugging Face model folder", "config.json is missing",
+                         "Pass a folder written by save_pretrained()") from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"config.json in '{folder}' cannot be read", str(exc)[:200],
+                         "Restore the file from the original model") from None
+
+
+def _has_safetensors(folder: Path) -> bool:
+    return any(folder.glob("*.safetensors"))

@@ -1,0 +1,109 @@
+"""Runtime sessions: one small protocol over every backend.
+
+A session knows its input and output names, runs ``dict[str, ndarray] ->
+dict[str, ndarray]``, and is a context manager that does its expensive setup
+on enter. Timing lives in ``edgekit.bench``, not here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendError, ModelError
+
+
+class Session:
+    """Base protocol. Subclasses implement ``_open`` and ``_run``."""
+
+    backend = "none"
+    input_names: list[str]
+    output_names: list[str]
+
+    def __enter__(self) -> "Session":
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def open(self) -> "Session":
+        return self
+
+    def close(self) -> None:
+        pass
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def feeds(self, encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Keep only the inputs this model declares (e.g. drop token_type_ids)."""
+        return {k: v for k, v in encoded.items() if k in self.input_names}
+
+
+class OrtSession(Session):
+    """ONNX Runtime on the given providers (CPU by default).
+
+    ``threads`` sets intra-op threads (None = ONNX Runtime's default, one per
+    physical core). Thread-safe for concurrent ``run`` calls, as ONNX
+    Runtime's ``InferenceSession.run`` is.
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(self, model_path: str | Path, threads: int | None = None, providers: list[str] | None = None):
+        self.model_path = Path(model_path)
+        self.threads = threads
+        self.providers = providers or ["CPUExecutionProvider"]
+        self._sess = None
+        self.input_names: list[str] = []
+        self.output_names: list[str] = []
+
+    def open(self) -> "OrtSession":
+        if self._sess is not None:
+            return self
+        from ..deps import require
+
+        ort = require("onnxruntime")
+        if not self.model_path.is_file():
+            raise ModelError(f"ONNX model '{self.model_path}' not found", "no such file",
+                             "Pass an artifact folder that holds model.onnx")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if self.threads:
+            options.intra_op_num_threads = int(self.threads)
+            options.inter_op_num_threads = 1
+        available = ort.get_available_providers()
+        missing = [p for p in self.providers if p not in available]
+        if missing:
+            raise BackendError(f"ONNX Runtime provider {', '.join(missing)} is not available",
+                               f"this onnxruntime offers {', '.join(available)}",
+                               "Install onnxruntime-gpu (pip install 'edgekit[gpu]') for CUDA/TensorRT providers")
+        try:
+            self._sess = ort.InferenceSession(str(self.model_path), options, providers=self.providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"ONNX Runtime cannot load '{self.model_path}'", first,
+                             "Re-export the model with edgekit export; the file may be corrupt or truncated") from None
+        self.input_names = [i.name for i in self._sess.get_inputs()]
+        self.output_names = [o.name for o in self._sess.get_outputs()]
+        return self
+
+    def close(self) -> None:
+        self._sess = None
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._sess is None:
+            self.open()
+        outputs = self._sess.run(None, self.feeds(feeds))
+        return dict(zip(self.output_names, outputs))
+
+
+def default_threads() -> int:
+    """Physical cores when known, else logical CPUs available to this process."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

@@ -1,0 +1,102 @@
+"""Tokenization for the runtime: the ``tokenizers`` library over ``tokenizer.json``.
+
+No transformers import: a device app tokenizes exactly as the fast tokenizer
+the model was trained with, from the same file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ModelError
+
+DEFAULT_MAX_LENGTH = 512
+
+
+class TextEncoder:
+    """Texts -> ``{input_ids, attention_mask, token_type_ids}`` int64 arrays.
+
+    Pads to the longest text in the batch (or to ``pad_to`` when given, e.g. an
+    engine profile's fixed length) and truncates to ``max_length``.
+    """
+
+    def __init__(self, folder: str | Path, max_length: int | None = None):
+        from ..deps import require
+
+        tokenizers = require("tokenizers")
+        folder = Path(folder)
+        path = folder / "tokenizer.json"
+        if not path.is_file():
+            raise ModelError(f"Artifact '{folder}' is missing tokenizer.json",
+                             "the runtime tokenizes with the tokenizers library from that file",
+                             "Copy tokenizer.json from the original model folder (edgekit export does this)")
+        try:
+            self._tok = tokenizers.Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises plain Exception on parse errors
+            raise ModelError(f"Tokenizer '{path}' cannot be read", str(exc).splitlines()[0][:200],
+                             "Copy a valid tokenizer.json from the original model") from None
+        self.max_length = max_length or model_max_length(folder)
+        self._tok.no_padding()
+        self._tok.no_truncation()
+        self._tok.enable_truncation(self.max_length)
+        self.pad_id = self._pad_id(folder)
+
+    def _pad_id(self, folder: Path) -> int:
+        config = _read_json(folder / "tokenizer_config.json")
+        token = config.get("pad_token")
+        if isinstance(token, dict):
+            token = token.get("content")
+        for candidate in (token, "[PAD]", "<pad>"):
+            if candidate and self._tok.token_to_id(candidate) is not None:
+                return self._tok.token_to_id(candidate)
+        return int(_read_json(folder / "config.json").get("pad_token_id") or 0)
+
+    def token_lengths(self, texts: list[str], pairs: list[str] | None = None) -> list[int]:
+        return [len(e.ids) for e in self._encode(texts, pairs)]
+
+    def _encode(self, texts, pairs):
+        if pairs is not None:
+            return self._tok.encode_batch(list(zip(texts, pairs)))
+        return self._tok.encode_batch(list(texts))
+
+    def __call__(self, texts: list[str], pairs: list[str] | None = None, pad_to: int | None = None) -> dict[str, np.ndarray]:
+        encs = self._encode(texts, pairs)
+        length = max((len(e.ids) for e in encs), default=0)
+        if pad_to is not None:
+            length = pad_to
+        ids = np.full((len(encs), length), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(encs), length), dtype=np.int64)
+        types = np.zeros((len(encs), length), dtype=np.int64)
+        for i, e in enumerate(encs):
+            n = min(len(e.ids), length)
+            ids[i, :n] = e.ids[:n]
+            mask[i, :n] = 1
+            types[i, :n] = e.type_ids[:n]
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def model_max_length(folder: Path) -> int:
+    """The longest input the model takes: the smaller of the tokenizer's and the position table's."""
+    limits = [DEFAULT_MAX_LENGTH]
+    tok_max = _read_json(folder / "tokenizer_config.json").get("model_max_length")
+    if isinstance(tok_max, (int, float)) and 0 < tok_max < 1_000_000:
+        limits.append(int(tok_max))
+    pos = _read_json(folder / "config.json").get("max_position_embeddings")
+    if isinstance(pos, int) and pos > 0:
+        limits.append(pos)
+    return min(limits)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def read_config(folder: Path) -> dict:
+    return _read_json(folder / "config.json")

@@ -1,0 +1,53 @@
+"""Open the right runtime session and tokenizer for any artifact (HF folder, ONNX, engine)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from .artifact import Artifact, resolve
+from .errors import ModelError
+from .runtime.session import OrtSession, Session
+from .runtime.tokenizer import TextEncoder
+
+
+def session_for(artifact: Artifact | str | Path, threads: int | None = None, task: str | None = None,
+                providers: list[str] | None = None) -> Session:
+    """A not-yet-opened session for the artifact: PyTorch for HF folders, ONNX Runtime for ONNX."""
+    art = artifact if isinstance(artifact, Artifact) else resolve(artifact)
+    if art.kind == "hf":
+        from .hf import TorchSession
+
+        return TorchSession(art.path, task=task, threads=threads)
+    if art.kind == "onnx":
+        return OrtSession(art.model_file, threads=threads, providers=providers)
+    from .runtime.trt import EngineSession  # noqa: PLC0415  (optional backend)
+
+    return EngineSession(art.model_file)
+
+
+def encoder_for(artifact: Artifact | str | Path, max_length: int | None = None) -> TextEncoder:
+    """The artifact's tokenizer; an HF folder without tokenizer.json gets one converted by transformers."""
+    art = artifact if isinstance(artifact, Artifact) else resolve(artifact)
+    folder = art.folder
+    if (folder / "tokenizer.json").is_file() or art.kind != "hf":
+        return TextEncoder(folder, max_length)
+    return TextEncoder(fast_tokenizer_folder(folder), max_length)
+
+
+def fast_tokenizer_folder(folder: Path) -> Path:
+    """Save the folder's tokenizer as a fast tokenizer (tokenizer.json) in a temporary folder."""
+    from .deps import require
+
+    transformers = require("transformers")
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(str(folder), use_fast=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"Model folder '{folder}' has no usable tokenizer", str(exc).splitlines()[0][:200],
+                         "Save the tokenizer with the model (tokenizer.save_pretrained)") from None
+    tmp = Path(tempfile.mkdtemp(prefix="edgekit-tok-"))
+    tok.save_pretrained(str(tmp))
+    for name in ("config.json",):
+        if (folder / name).is_file():
+            (tmp / name).write_bytes((folder / name).read_bytes())
+    return tmp

@@ -1,0 +1,117 @@
+"""Shared fixtures: tiny models the tests build, the reference model and SST-2 from ../shared."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EDGEKIT_SHARED", ROOT.parent / "shared"))
+REF_MODEL = SHARED / "models" / "minilm-l6-sst2"
+SST2 = SHARED / "data" / "sst2"
+
+WORDS = ("good great fun funny gripping moving superb film movie plot acting bad boring awful dull cliches "
+         "not very a an the is was it this that and but of to with long string never lets up ending").split()
+
+
+def _have(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+requires_shared = pytest.mark.skipif(not (REF_MODEL / "config.json").is_file() or not (SST2 / "dev.tsv").is_file(),
+                                     reason=f"../shared (reference model and SST-2) not found at {SHARED}")
+requires_toolchain = pytest.mark.skipif(not (_have("torch") and _have("transformers")),
+                                        reason="toolchain extra (torch, transformers) not installed")
+
+
+@pytest.fixture(scope="session")
+def ref_model() -> Path:
+    if not (REF_MODEL / "config.json").is_file():
+        pytest.skip(f"reference model not found at {REF_MODEL}")
+    return REF_MODEL
+
+
+@pytest.fixture(scope="session")
+def sst2_dev() -> Path:
+    if not (SST2 / "dev.tsv").is_file():
+        pytest.skip(f"SST-2 not found at {SST2}")
+    return SST2 / "dev.tsv"
+
+
+@pytest.fixture(scope="session")
+def sst2_train() -> Path:
+    if not (SST2 / "train.tsv").is_file():
+        pytest.skip(f"SST-2 not found at {SST2}")
+    return SST2 / "train.tsv"
+
+
+def build_tiny_model(folder: Path, num_labels: int = 2, seed: int = 0, layers: int = 2, heads: int = 4,
+                     hidden: int = 32, intermediate: int = 64) -> Path:
+    """A tiny BertForSequenceClassification with a real WordPiece tokenizer, saved with save_pretrained."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *list("abcdefghijklmnopqrstuvwxyz,.!'")]
+    vocab += [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
+    tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=128)
+    fast.save_pretrained(str(folder))
+    torch.manual_seed(seed)
+    labels = ["negative", "positive", "neutral", "mixed"][:num_labels]
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                        intermediate_size=intermediate, max_position_embeddings=128, num_labels=num_labels,
+                        id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+    model = BertForSequenceClassification(config).eval()
+    model.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny 2-label BERT classifier folder (built once per session)."""
+    if not (_have("torch") and _have("transformers")):
+        pytest.skip("toolchain extra (torch, transformers) not installed")
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A small labeled tsv in SST-2's format."""
+    import random
+
+    rng = random.Random(0)
+    pos, neg = ["good", "great", "fun", "gripping", "superb"], ["bad", "boring", "awful", "dull", "not good"]
+    lines = ["label\tsentence"]
+    for i in range(48):
+        label = i % 2
+        words = rng.sample(pos if label else neg, 2) + rng.sample(["film", "movie", "plot", "acting"], 1)
+        lines.append(f"{label}\tthe {' '.join(words)} was {'very ' * (i % 4)}{rng.choice(pos if label else neg)} .")
+    path = tmp_path_factory.mktemp("data") / "tiny.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def copy_of():
+    def _copy(src: Path, dst: Path) -> Path:
+        shutil.copytree(src, dst)
+        return dst
+    return _copy
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
