@@ -81,3 +81,162 @@ def export_cmd(model, out, opset, task, data, text_column, atol, trust_remote_co
     agree = f", label agreement {v['label_agreement']:.4f}" if v["label_agreement"] is not None else ""
     click.echo(f"Exported {art.model_file} ({art.manifest['task']}, opset {opset}): max |diff| {diffs}{agree} "
                f"on {v['samples']} sentences.")
+
+
+def _options_from(cls, recipe_values: dict, flags: dict):
+    """A dataclass of options: recipe values first, then every flag the user actually set."""
+    values = dict(recipe_values)
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return cls.from_dict(values) if hasattr(cls, "from_dict") else cls(**values)
+
+
+@main.command("quantize")
+@click.argument("onnx", type=path_arg)
+@click.option("--out", required=True, type=path_arg, help="Output folder for the int8 model.")
+@click.option("--target", type=click.Choice(["cpu", "tensorrt", "tensorrt-rtx"]), default="cpu", show_default=True,
+              help="cpu: fast on ONNX Runtime's CPU provider; tensorrt*: S8S8 QDQ.")
+@click.option("--mode", type=click.Choice(["dynamic", "static"]), default=None,
+              help="Default: dynamic for cpu, static for TensorRT targets.")
+@click.option("--calibration-data", default=None, help="Real sentences for static calibration (tsv/csv/jsonl).")
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True)
+@click.option("--calibration-samples", default=128, show_default=True, type=int)
+@click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales per output channel.")
+@click.option("--no-fuse", is_flag=True, help="Skip ONNX Runtime's transformer fusions (cpu target).")
+@click.option("--exclude-node", "exclude", multiple=True, help="Keep this node in fp32 (repeatable).")
+@click.option("--text-column", default=None)
+@click.option("--force", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+def quantize_cmd(onnx, out, target, mode, calibration_data, calibration_method, calibration_samples, per_channel,
+                 no_fuse, exclude, text_column, force, as_json):
+    """Quantize an exported ONNX folder to int8, in the format its target runs fast."""
+    from .quantize import QuantizeOptions, quantize
+
+    options = QuantizeOptions(target=target, mode=mode, calibration_method=calibration_method,
+                              calibration_samples=calibration_samples, per_channel=per_channel, fuse=not no_fuse,
+                              nodes_to_exclude=list(exclude))
+    art = quantize(onnx, out, options, calibration_data=calibration_data, text_column=text_column, force=force)
+    m = art.manifest
+    emit(m, as_json, f"Quantized to {art.model_file}: {m['format']} for {target} "
+                     f"({art.model_file.stat().st_size / 1e6:.1f} MB).")
+
+
+@main.command("check")
+@click.argument("original", type=path_arg)
+@click.argument("candidate", type=path_arg)
+@click.option("--data", required=True, help="Labeled data (tsv/csv/jsonl).")
+@click.option("--text-column", default=None)
+@click.option("--label-column", default=None)
+@click.option("--batch-size", default=1, show_default=True, type=int,
+              help="Evaluation batch; dynamic int8 depends on it (padding enters its scales): use your serving size.")
+@click.option("--max-samples", default=None, type=int, help="Use at most this many rows (seeded).")
+@click.option("--threads", default=None, type=int)
+@click.option("--json", "as_json", is_flag=True)
+def check_cmd(original, candidate, data, text_column, label_column, batch_size, max_samples, threads, as_json):
+    """Compare CANDIDATE with ORIGINAL on labeled data: accuracy, drop, agreement, logit diffs."""
+    from .check import check
+
+    r = check(original, candidate, data, text_column, label_column, batch_size, threads, max_samples)
+    r_out = {k: v for k, v in r.items() if k != "candidate_predictions"} if not as_json else r
+    emit(r_out, as_json,
+         f"{r['samples']} examples: original {r['original_accuracy']:.4f} ({r['original_backend']}), "
+         f"candidate {r['candidate_accuracy']:.4f} ({r['candidate_backend']}), drop {r['accuracy_drop'] * 100:+.2f} pt, "
+         f"label agreement {r['label_agreement']:.4f}, logit max |diff| {r['logit_max_abs_diff']:.3g} "
+         f"(mean {r['logit_mean_abs_diff']:.3g}).")
+
+
+@main.command("bench")
+@click.argument("artifact", type=path_arg)
+@click.option("--data", default=None, help="Sentences to time on (default: a built-in handful).")
+@click.option("--text-column", default=None)
+@click.option("--batch-size", default=1, show_default=True, type=int)
+@click.option("--seq-len", default=None, type=int, help="Pad/truncate every batch to this length.")
+@click.option("--warmup", default=20, show_default=True, type=int)
+@click.option("--iterations", default=200, show_default=True, type=int)
+@click.option("--min-seconds", default=0.0, show_default=True, type=float)
+@click.option("--threads", default=None, type=int, help="Intra-op threads (default: usable cores).")
+@click.option("--json", "as_json", is_flag=True)
+def bench_cmd(artifact, data, text_column, batch_size, seq_len, warmup, iterations, min_seconds, threads, as_json):
+    """Latency (p50/p90/p99/mean) and throughput of ARTIFACT: HF folder (PyTorch) or ONNX (ONNX Runtime)."""
+    from .bench import BenchOptions, bench
+
+    options = BenchOptions(batch_size=batch_size, seq_len=seq_len, warmup=warmup, iterations=iterations,
+                           min_seconds=min_seconds, threads=threads)
+    r = bench(artifact, data, options, text_column)
+    lat = r["latency_ms"]
+    noisy = f" WARNING: noisy run (CV {r['cv']:.0%}); rerun on a quiet machine." if r["noisy"] else ""
+    emit(r, as_json, f"{r['backend']} batch {batch_size}, {r['threads']} threads, {r['iterations']} runs: "
+                     f"p50 {lat['p50']:.2f} ms, p90 {lat['p90']:.2f}, p99 {lat['p99']:.2f}, mean {lat['mean']:.2f} "
+                     f"(CV {r['cv']:.0%}), {r['throughput_per_s']:.1f} items/s.{noisy}")
+
+
+@main.command("optimize")
+@click.argument("model", type=path_arg, required=False)
+@click.option("--data", default=None, help="Labeled data that gates the result (tsv/csv/jsonl).")
+@click.option("--out", default=None, type=path_arg, help="Output folder: model, report.json, report.md, manifest.")
+@click.option("--recipe", default=None, type=path_arg, help="YAML recipe (models/*.yaml); flags override it.")
+@click.option("--target", type=click.Choice(["cpu", "tensorrt", "tensorrt-rtx"]), default=None, help="Default: cpu.")
+@click.option("--max-accuracy-drop", default=None, type=float, help="Allowed drop as a fraction (default 0.01).")
+@click.option("--text-column", default=None)
+@click.option("--label-column", default=None)
+@click.option("--mode", type=click.Choice(["dynamic", "static"]), default=None)
+@click.option("--calibration-data", default=None)
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None)
+@click.option("--max-samples", default=None, type=int)
+@click.option("--batch-size", default=None, type=int, help="Latency batch size (default 1).")
+@click.option("--eval-batch-size", default=None, type=int, help="Gate batch size (default: --batch-size).")
+@click.option("--iterations", default=None, type=int)
+@click.option("--threads", default=None, type=int)
+@click.option("--force", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+def optimize_cmd(model, data, out, recipe, force, as_json, **flags):
+    """Export, quantize, check and bench MODEL; exit 0 within the accuracy budget, 3 when the gate fails."""
+    from .pipeline import OptimizeOptions, optimize
+    from .recipe import load_recipe
+
+    rec = load_recipe(recipe) if recipe else None
+    model = model or (rec.model if rec else None)
+    data = data or (rec.data if rec else None)
+    out = out or (rec.out if rec else None)
+    missing = [n for n, v in (("MODEL", model), ("--data", data), ("--out", out)) if v is None]
+    if missing:
+        raise click.UsageError(f"Missing {', '.join(missing)} (give them as arguments/flags or in --recipe).")
+    options = _options_from(OptimizeOptions, rec.options if rec else {}, flags)
+    r = optimize(model, data, out, options, force=force)
+    base, opt = r["baseline"], r["optimized"]
+    emit(r, as_json, f"{'PASSED' if r['passed'] else 'FAILED'}: accuracy {base['accuracy']:.4f} -> {opt['accuracy']:.4f} "
+                     f"(drop {r['accuracy_drop'] * 100:+.2f} pt, allowed {options.max_accuracy_drop * 100:.2f}), "
+                     f"p50 {base['latency_ms']['p50']:.2f} -> {opt['latency_ms']['p50']:.2f} ms "
+                     f"({r['speedup_p50']:.2f}x) in {r['seconds_total']:.0f} s. Report: {Path(out) / 'report.md'}")
+
+
+@main.command("finetune")
+@click.argument("base_model")
+@click.option("--data", "data", required=True, help="Training rows (tsv/csv/jsonl with a header, or an HF datasets name).")
+@click.option("--eval-data", default=None, help="Rows to measure accuracy on (same formats); default: no evaluation.")
+@click.option("--out", required=True, type=path_arg, help="Output folder (safetensors + tokenizer + config).")
+@click.option("--text-column", default=None, help="Text column (default: auto-detected).")
+@click.option("--label-column", default=None, help="Label column (default: auto-detected).")
+@click.option("--epochs", default=1.0, show_default=True, type=float)
+@click.option("--lr", default=5e-5, show_default=True, type=float, help="Peak AdamW learning rate.")
+@click.option("--batch-size", default=32, show_default=True, type=int)
+@click.option("--max-length", default=128, show_default=True, type=int, help="Tokens per row; longer rows are cut.")
+@click.option("--max-samples", default=None, type=int, help="Train on a seeded random subset of this many rows.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--group-by-length", is_flag=True, help="Batch rows of similar length: less padding, faster on CPU.")
+@click.option("--threads", default=None, type=int, help="CPU threads for torch (default: all cores).")
+@click.option("--force", is_flag=True, help="Replace a non-empty OUT that edgekit did not write.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def finetune_cmd(base_model, data, eval_data, out, text_column, label_column, epochs, lr, batch_size, max_length,
+                 max_samples, seed, group_by_length, threads, force, as_json):
+    """Fine-tune BASE_MODEL (an HF folder, or pkg:<package>) into a text classifier in OUT."""
+    from .finetune import FinetuneOptions, finetune
+
+    options = FinetuneOptions(text_column=text_column, label_column=label_column, epochs=epochs, lr=lr,
+                              batch_size=batch_size, max_length=max_length, max_samples=max_samples, seed=seed,
+                              group_by_length=group_by_length, threads=threads)
+    m = finetune(base_model, data, out, options, eval_data=eval_data, force=force)
+    acc = (f"accuracy {m['accuracy']:.4f} on {m['eval_samples']} rows of {m['eval_data']}" if m["accuracy"] is not None
+           else "no --eval-data, accuracy not measured")
+    emit(m, as_json, f"Fine-tuned {base_model} on {m['train_samples']} rows ({m['steps']} steps, {m['seconds']:.0f} s, "
+                     f"train loss {m['train_loss']:.4f}): {acc}. Saved to {out}.")

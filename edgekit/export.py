@@ -58,7 +58,9 @@ def export(model: str | Path, out: str | Path, options: ExportOptions | None = N
     if not 7 <= options.opset <= 23:
         raise InputError(f"Unsupported opset {options.opset}", "the exporter supports opsets 7 to 23",
                          "Pass --opset 17 or 18")
-    src = resolve(model)
+    from .hf import fetch
+
+    src = resolve(fetch(model))
     if src.kind != "hf":
         raise ModelError(f"'{model}' is not a Hugging Face model folder", f"it is a {src.kind} artifact",
                          "Pass the folder written by save_pretrained()")

@@ -129,3 +129,18 @@ def _config(folder: Path) -> dict:
 
 def _has_safetensors(folder: Path) -> bool:
     return any(folder.glob("*.safetensors"))
+
+
+def fetch(model: str | Path, revision: str | None = None) -> Path:
+    """A local folder for ``model``: the path itself, or a snapshot of a hub id (``org/name``)."""
+    path = Path(model)
+    if path.exists() or str(model).startswith((".", "/", "~")) or str(model).count("/") != 1:
+        return path
+    hub = require("huggingface_hub")
+    try:
+        return Path(hub.snapshot_download(str(model), revision=revision,
+                                          allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+    except Exception as exc:  # hub errors have many types (offline, gated, not found)
+        raise ModelError(f"Model '{model}' is not a local folder and could not be fetched from the hub",
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}",
+                         "Pass a local model folder, or check the name and network") from None

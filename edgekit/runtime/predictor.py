@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import InputError, ModelError
 from .session import OrtSession, Session
-from .tokenizer import TextEncoder, read_config
+from .tokenizer import TextEncoder, _read_json, read_config
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "tensorrt-rtx")
 
@@ -68,13 +68,14 @@ def id2label_of(folder: Path, n_outputs: int | None = None) -> dict[int, str]:
     return mapping
 
 
-def load(artifact: str | Path, backend: str = "auto", threads: int | None = None, batch_size: int = 32,
+def load(artifact: str | Path, backend: str = "auto", threads: int | None = None, batch_size: int | None = None,
          device: int = 0) -> TextClassifier:
     """Load an optimized artifact folder (model.onnx + tokenizer.json + config.json).
 
     ``backend='auto'`` picks ONNX Runtime for ONNX artifacts. ``threads`` sets
-    intra-op threads (None = backend default). ``device`` is the GPU index for
-    GPU backends.
+    intra-op threads (None = backend default). ``batch_size`` None = the batch
+    size the artifact was gated at by ``optimize`` (dynamic int8 results depend
+    on batch composition), else 32. ``device`` is the GPU index for GPU backends.
     """
     folder = Path(artifact)
     if backend not in BACKENDS:
@@ -96,6 +97,8 @@ def load(artifact: str | Path, backend: str = "auto", threads: int | None = None
         session = open_engine_session(folder, backend=backend, device=device)
     encoder = TextEncoder(folder)
     session.open()
+    if batch_size is None:
+        batch_size = int(_read_json(folder / "manifest.json").get("eval_batch_size") or 32)
     return TextClassifier(session, encoder, id2label_of(folder), batch_size=batch_size)
 
 
