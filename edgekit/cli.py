@@ -240,3 +240,57 @@ def finetune_cmd(base_model, data, eval_data, out, text_column, label_column, ep
            else "no --eval-data, accuracy not measured")
     emit(m, as_json, f"Fine-tuned {base_model} on {m['train_samples']} rows ({m['steps']} steps, {m['seconds']:.0f} s, "
                      f"train loss {m['train_loss']:.4f}): {acc}. Saved to {out}.")
+
+
+@main.command("build")
+@click.argument("onnx", type=path_arg)
+@click.option("--out", required=True, type=path_arg, help="Engine file (*.engine/*.plan) or folder (gets model.engine).")
+@click.option("--backend", type=click.Choice(["tensorrt-rtx", "tensorrt"]), default="tensorrt-rtx", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16", show_default=True,
+              help="fp16 converts an fp32 ONNX (written beside the engine); int8 needs Q/DQ (edgekit quantize).")
+@click.option("--int8-base", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
+              help="Precision of the layers int8 Q/DQ does not cover.")
+@click.option("--compute-capability", "ccs", default=None,
+              help="TensorRT-RTX targets, comma-separated, e.g. 8.6,8.9,12.0 (default: Ampere and later).")
+@click.option("--min-batch", default=1, show_default=True, type=int)
+@click.option("--opt-batch", default=8, show_default=True, type=int)
+@click.option("--max-batch", default=32, show_default=True, type=int)
+@click.option("--min-seq", default=None, type=int, help="Default: 1.")
+@click.option("--opt-seq", default=None, type=int, help="Default: median token length of --data, else 128.")
+@click.option("--max-seq", default=None, type=int, help="Default: longest in --data (next power of 2), else the model's limit.")
+@click.option("--workspace", "workspace_mib", default=None, type=int, help="Builder workspace in MiB (default: backend's).")
+@click.option("--timing-cache", default=None, type=path_arg, help="Timing cache file to reuse and update (TensorRT).")
+@click.option("--data", default=None, help="Sentences (tsv/csv/jsonl) whose token lengths set the sequence profile.")
+@click.option("--text-column", default=None)
+@click.option("--allow-fallback", is_flag=True, help="Warn instead of failing when the precision is not applied.")
+@click.option("--force", is_flag=True, help="Replace an existing engine.")
+@click.option("--json", "as_json", is_flag=True, help="Print the sidecar as JSON.")
+def build_cmd(onnx, out, ccs, data, text_column, force, as_json, timing_cache, **flags):
+    """Build a TensorRT / TensorRT-RTX engine from ONNX, with the precision carried in the graph and verified."""
+    from .engine import BuildOptions, build
+
+    targets = [c.strip() for c in ccs.split(",") if c.strip()] if ccs else []
+    options = BuildOptions(compute_capabilities=targets, timing_cache=str(timing_cache) if timing_cache else None,
+                           **flags)
+    art = build(onnx, out, options, data=data, force=force, text_column=text_column)
+    m = art.manifest
+    for warning in m["warnings"]:
+        click.echo(f"Warning: {warning}", err=True)
+    mm, prof = m["network"]["matmul"], m["profiles"][0]
+    fed = f"{mm['int8']}/{mm['total']} MatMuls fed by Q/DQ" if m["precision"] == "int8" else \
+        f"{mm['fp16']} fp16 / {mm['fp32']} fp32 MatMuls"
+    base = f" over {m['int8_base']}" if m["precision"] == "int8" else ""
+    emit(m, as_json, f"Built {art.path} ({m['backend']} {m['backend_version']}, {m['precision']}{base}, {m['targets']}): "
+                     f"{m['engine_bytes'] / 1e6:.1f} MB in {m['build_seconds']:.1f} s; {fed}; profile batch "
+                     f"{'/'.join(map(str, prof['batch']))}, seq {'/'.join(map(str, prof['sequence']))} "
+                     f"({prof['source']['sequence']}). Built from {m['onnx']['built_from']}.")
+
+
+@main.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def doctor_cmd(as_json):
+    """Show installed backends, ONNX Runtime providers, GPUs and CPU features."""
+    from .doctor import doctor, format_doctor
+
+    report = doctor()
+    emit(report, as_json, format_doctor(report))

@@ -115,3 +115,19 @@ def copy_of():
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_model, tiny_data, tmp_path_factory) -> Path:
+    """The tiny model exported (and validated) once per session."""
+    from edgekit.export import export
+
+    return export(tiny_model, tmp_path_factory.mktemp("onnx") / "fp32", data=tiny_data).path
+
+
+@pytest.fixture(scope="session")
+def tiny_int8(tiny_onnx, tmp_path_factory) -> Path:
+    """The tiny ONNX quantized for the CPU target (dynamic int8)."""
+    from edgekit.quantize import quantize
+
+    return quantize(tiny_onnx, tmp_path_factory.mktemp("int8") / "cpu").path

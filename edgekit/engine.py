@@ -1,0 +1,269 @@
+"""ONNX -> TensorRT / TensorRT-RTX engine: precision from the graph, profiles from the data, verified layers.
+
+One code path for both backends; the backend is an argument. TensorRT-RTX
+builds ahead of time on a machine without a GPU, for the compute capabilities
+named (RTX GPUs only: 7.5, 8.0, 8.6, 8.9, 12.0, 12.1; no 9.0). Classic
+TensorRT builds on, and for, the GPU it runs on. Both build strongly typed
+networks: fp16 and int8 come from the ONNX (see ``edgekit.precision``), never
+from builder flags or implicit calibrators.
+
+``build`` writes ``<engine>`` and ``<engine>.json`` (the sidecar) atomically:
+each is written to a temporary file beside it and renamed only when the build
+and its precision check succeeded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .artifact import ENGINE_SUFFIXES, Artifact, copy_tokenizer_and_config, resolve, sha256_file
+from .deps import require
+from .engine_io import EngineOutputs, sidecar_path
+from .errors import BackendError, InputError, ModelError
+from .inspect_network import inspect_engine, parse, verify, verify_engine, walk
+from .precision import PRECISIONS, check_requested, graph_precision, int8_matmul_nodes, load_onnx, needs_conversion, to_fp16
+from .profiles import Profile, resolve_profile
+
+BACKENDS = ("tensorrt-rtx", "tensorrt")
+MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
+NAMES = {"tensorrt": "TensorRT", "tensorrt-rtx": "TensorRT-RTX"}
+#: TensorRT-RTX's compute capabilities; TensorRT-RTX itself is asked when installed
+RTX_TARGETS = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
+RTX_DEFAULT_TARGETS = "TensorRT-RTX default: Ampere and later (8.0, 8.6, 8.9, 12.0, 12.1)"
+
+
+@dataclass
+class BuildOptions:
+    """Options of ``build``; the CLI flags and recipe keys share these names."""
+
+    backend: str = "tensorrt-rtx"
+    precision: str = "fp16"                  # fp32 | fp16 | int8 (int8 needs Q/DQ in the ONNX)
+    int8_base: str = "fp16"                  # precision of the layers int8 Q/DQ does not cover: fp16 | fp32
+    compute_capabilities: list[str] = field(default_factory=list)  # RTX targets; [] = TensorRT-RTX's default
+    min_batch: int = 1
+    opt_batch: int = 8
+    max_batch: int = 32
+    min_seq: int | None = None               # None = 1
+    opt_seq: int | None = None               # None = median token length of --data, else min(128, max_seq)
+    max_seq: int | None = None               # None = longest in --data (next power of 2), else the model's limit
+    workspace_mib: int | None = None         # None = the backend's default (all device memory)
+    timing_cache: str | None = None          # classic TensorRT: read and updated; a no-op in TensorRT-RTX
+    allow_fallback: bool = False             # warn instead of failing when the precision is not applied
+
+    def validate(self) -> None:
+        if self.backend not in BACKENDS:
+            raise InputError(f"Unknown backend '{self.backend}'", None, f"Choose one of: {', '.join(BACKENDS)}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"Unknown precision '{self.precision}'", None, f"Choose one of: {', '.join(PRECISIONS)}")
+        if self.int8_base not in ("fp16", "fp32"):
+            raise InputError(f"Unknown int8 base precision '{self.int8_base}'", None, "Choose one of: fp16, fp32")
+        if self.workspace_mib is not None and self.workspace_mib < 1:
+            raise InputError(f"--workspace must be at least 1 MiB, got {self.workspace_mib}", None, None)
+        if self.compute_capabilities and self.backend == "tensorrt":
+            raise InputError("--compute-capability applies to TensorRT-RTX only",
+                             "classic TensorRT builds for the GPU it runs on",
+                             "Drop --compute-capability, or pass --backend tensorrt-rtx")
+
+
+def build(onnx: str | Path, out: str | Path, options: BuildOptions | None = None, data: str | Path | None = None,
+          force: bool = False, text_column: str | None = None) -> Artifact:
+    """Build an engine from ``onnx`` (a file or an artifact folder) into ``out`` (an engine file or a folder).
+
+    ``data`` (tsv/csv/jsonl or a datasets name) sets the sequence profile from
+    its token lengths; explicit ``options`` lengths override. Raises
+    InputError/ModelError/BackendError with nothing written on failure.
+    """
+    options = options or BuildOptions()
+    options.validate()
+    src = _onnx_file(onnx)
+    engine = engine_path(out)
+    if engine.exists() and not force:
+        raise InputError(f"Engine '{engine}' already exists", "refusing to overwrite it", "Pass --force to replace it")
+    trt = require(MODULES[options.backend])
+    targets = compute_capabilities(trt, options)
+    carried = graph_precision(load_onnx(src))
+    check_requested(src, carried, options.precision)
+    profile = resolve_profile(options, src.parent, data, text_column)
+    started = time.perf_counter()
+    with EngineOutputs(engine) as outputs:
+        built_from, conversion = _precision_onnx(src, carried, options, outputs)
+        record = _build(trt, built_from, options, targets, profile, outputs)
+        record.update(onnx={"source": str(src), "sha256": sha256_file(src), "carried": carried,
+                            "built_from": str(outputs.final(built_from)), "conversion": conversion})
+        record["build_seconds"] = round(time.perf_counter() - started, 2)
+        sidecar = outputs.write_sidecar(record, options=asdict(options))
+    _copy_runtime_files(src.parent, engine.parent)
+    return Artifact(engine, "engine", engine, sidecar)
+
+
+def engine_path(out: str | Path) -> Path:
+    """``out`` as an engine file: a folder (existing, or named with a trailing slash) gets model.engine."""
+    out = Path(out)
+    if out.is_dir() or str(out).endswith(("/", os.sep)):
+        return out / "model.engine"
+    if out.suffix not in ENGINE_SUFFIXES:
+        raise InputError(f"Engine path '{out}' has the suffix '{out.suffix}'",
+                         f"engines are named *{', *'.join(ENGINE_SUFFIXES)}", "Pass --out NAME.engine or a folder")
+    return out
+
+
+def compute_capabilities(trt, options: BuildOptions) -> list[str]:
+    """Normalized target list ('8.6', ...); unknown ones raise with the valid list."""
+    valid = _rtx_targets(trt) if options.backend == "tensorrt-rtx" else ()
+    chosen = []
+    for raw in options.compute_capabilities:
+        cc = _normalize_cc(raw)
+        if cc not in valid:
+            extra = " (9.0 is Hopper, e.g. H100, not an RTX GPU: use --backend tensorrt)" if cc == "9.0" else ""
+            raise InputError(f"Unknown compute capability '{raw}' for TensorRT-RTX{extra}", None,
+                             f"Choose from: {', '.join(valid)}")
+        if cc not in chosen:
+            chosen.append(cc)
+    return chosen
+
+
+def _rtx_targets(trt) -> tuple[str, ...]:
+    names = [n for n in trt.ComputeCapability.__members__ if n.startswith("SM")]
+    return tuple(f"{int(n[2:]) // 10}.{int(n[2:]) % 10}" for n in names) or RTX_TARGETS
+
+
+def _normalize_cc(raw: str) -> str:
+    text = str(raw).strip().lower().removeprefix("sm").removeprefix("_").replace("sm_", "")
+    if "." in text:
+        return text
+    return f"{text[:-1]}.{text[-1]}" if text.isdigit() and len(text) >= 2 else text
+
+
+def _onnx_file(onnx: str | Path) -> Path:
+    art = resolve(onnx)
+    if art.kind != "onnx":
+        raise ModelError(f"'{onnx}' is not an ONNX model", f"it is a {art.kind} artifact",
+                         "Run edgekit export (and quantize for int8) first, and pass its model.onnx or folder")
+    return art.model_file
+
+
+def _precision_onnx(src: Path, carried: dict, options: BuildOptions, outputs: EngineOutputs) -> tuple[Path, dict | None]:
+    """The ONNX to parse: ``src`` itself, or its fp16 (or int8-over-fp16) rewrite beside the engine."""
+    if not needs_conversion(carried, options.precision, options.int8_base):
+        return src, None
+    target = outputs.stage(f"{outputs.engine.stem}.{options.precision}.onnx")
+    info = to_fp16(src, target)
+    info["written_to"] = str(outputs.final(target))
+    return target, info
+
+
+def _build(trt, onnx_path: Path, options: BuildOptions, targets: list[str], profile: Profile,
+           outputs: EngineOutputs) -> dict:
+    name = NAMES[options.backend]
+    gpus = _gpus_for(options)
+    builder, network, parser, logger = parse(trt, onnx_path, name)
+    summary = walk(network)
+    problems = verify(summary, options.precision, int8_matmul_nodes(load_onnx(onnx_path)))
+    warnings = _precision_problems(problems, options, "network")
+    config = builder.create_builder_config()
+    _configure(trt, config, options, targets, bool(gpus), warnings)
+    profile.apply(builder, network, config, name)
+    cache = _attach_timing_cache(config, options, warnings)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise BackendError(f"{name} could not build an engine from '{onnx_path}'",
+                           " ".join((logger.errors[-1] if logger.errors else "no error was logged").split())[:300],
+                           "Check --compute-capability and --precision (e.g. Turing 7.5 has no fp32 GEMM in "
+                           "TensorRT-RTX), or set EDGEKIT_DEBUG=1")
+    outputs.write_engine(plan)
+    if cache is not None:
+        outputs.write_timing_cache(Path(options.timing_cache), config.get_timing_cache().serialize())
+    inspected = _inspect(trt, plan, logger, options, gpus, warnings)
+    return {"backend": options.backend, "backend_version": getattr(trt, "__version__", "unknown"),
+            "precision": options.precision, "int8_base": options.int8_base if options.precision == "int8" else None,
+            "compute_capabilities": targets or None,
+            "targets": f"compute capabilities {', '.join(targets)}" if targets else
+            (RTX_DEFAULT_TARGETS if options.backend == "tensorrt-rtx" else "the GPU it was built on"),
+            "profiles": [profile.as_dict()], "engine_bytes": plan.nbytes,
+            "network": summary, "verification": {"network": problems or "passed", "engine": inspected},
+            "warnings": warnings}
+
+
+def _gpus_for(options: BuildOptions) -> list[dict]:
+    from .runtime.trt import cuda_devices
+
+    gpus, why = cuda_devices()
+    if options.backend == "tensorrt" and not gpus:
+        raise BackendError("Classic TensorRT needs a GPU to build", f"no CUDA GPU found: {why}",
+                           "Build on the target GPU, or pass --backend tensorrt-rtx to build ahead of time here")
+    return gpus
+
+
+def _precision_problems(problems: list[str], options: BuildOptions, where: str) -> list[str]:
+    if problems and not options.allow_fallback:
+        raise BackendError(f"--precision {options.precision} was not applied in the parsed {where}", problems[0],
+                           "Re-quantize with edgekit quantize --target tensorrt (int8) or pass an fp16 ONNX; "
+                           "--allow-fallback builds anyway")
+    return [f"precision fallback ({where}): {p}" for p in problems]
+
+
+def _configure(trt, config, options: BuildOptions, targets: list[str], have_gpu: bool, warnings: list[str]) -> None:
+    if targets:
+        config.num_compute_capabilities = len(targets)
+        for i, cc in enumerate(targets):
+            config.set_compute_capability(getattr(trt.ComputeCapability, "SM" + cc.replace(".", "")), i)
+    if options.workspace_mib:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
+    if have_gpu:  # the engine inspector reads per-layer precision only from DETAILED engines
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    if options.backend == "tensorrt":
+        version = int(str(getattr(trt, "__version__", "10")).split(".")[0])
+        if version < 10:
+            raise BackendError(f"TensorRT {trt.__version__} is too old", "edgekit builds strongly typed networks",
+                               "Install TensorRT 10 or later: pip install 'edgekit[gpu]'")
+
+
+def _attach_timing_cache(config, options: BuildOptions, warnings: list[str]):
+    if not options.timing_cache:
+        return None
+    if options.backend == "tensorrt-rtx":
+        warnings.append("--timing-cache ignored: timing caches are a no-op in TensorRT-RTX")
+        return None
+    path = Path(options.timing_cache)
+    cache = config.create_timing_cache(path.read_bytes() if path.is_file() else b"")
+    if not config.set_timing_cache(cache, False):
+        warnings.append(f"timing cache '{path}' does not match this GPU/TensorRT; built without it")
+        return None
+    return cache
+
+
+def _inspect(trt, plan, logger, options: BuildOptions, gpus: list[dict], warnings: list[str]) -> dict | str:
+    if not gpus:
+        return "not run: no GPU here (TensorRT-RTX deserializes engines only on a GPU)"
+    try:
+        info = inspect_engine(trt, plan, logger)
+    except Exception as exc:  # an RTX engine for other targets cannot load on this GPU
+        if options.backend == "tensorrt":
+            raise
+        warnings.append(f"engine inspector skipped: {' '.join(str(exc).split())[:200]}")
+        return "skipped: the engine does not load on this GPU"
+    warnings.extend(_precision_problems(verify_engine(info, options.precision), options, "engine"))
+    return info
+
+
+def _copy_runtime_files(src: Path, dst: Path) -> None:
+    """Tokenizer and config beside the engine (when absent), so ``edgekit.runtime.load`` can run the folder."""
+    if src.resolve() == dst.resolve():
+        return
+    with contextlib.suppress(OSError):
+        missing = [p for p in ("config.json", "tokenizer.json") if not (dst / p).exists()]
+        if missing:
+            with tempfile.TemporaryDirectory(dir=dst) as tmp:
+                copy_tokenizer_and_config(src, Path(tmp))
+                for f in Path(tmp).iterdir():
+                    if not (dst / f.name).exists():
+                        shutil.move(str(f), dst / f.name)
+
+
+__all__ = ["BuildOptions", "build", "engine_path", "compute_capabilities", "sidecar_path"]

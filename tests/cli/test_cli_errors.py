@@ -1,0 +1,97 @@
+"""Bad input through the CLI: one line on stderr, exit 1, no traceback, nothing half-written."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+
+def run(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "edgekit", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def assert_one_line_error(result, code=1):
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def cases(tiny_model, tiny_data, tmp_path):
+    notmodel = tmp_path / "notmodel"
+    notmodel.mkdir()
+    (notmodel / "notes.txt").write_text("not a model")
+    wrong_cols = tmp_path / "wrong.tsv"
+    wrong_cols.write_text("label\tbody\n1\tgood\n")
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("label\tsentence\n")
+    unknown = tmp_path / "unknown.tsv"
+    unknown.write_text("label\tsentence\nneutral\tok film\n")
+    a_file = tmp_path / "out_is_file"
+    a_file.write_text("x")
+    return {
+        "missing model": [tmp_path / "nope", "--data", tiny_data],
+        "not an HF model": [notmodel, "--data", tiny_data],
+        "data without the named column": [tiny_model, "--data", tiny_data, "--text-column", "text"],
+        "data without a text column": [tiny_model, "--data", wrong_cols],
+        "empty data": [tiny_model, "--data", empty],
+        "unknown labels": [tiny_model, "--data", unknown],
+        "out is a file": [tiny_model, "--data", tiny_data, "--out", a_file],
+    }
+
+
+@pytest.mark.parametrize("case", ["missing model", "not an HF model", "data without the named column",
+                                  "data without a text column", "empty data", "unknown labels", "out is a file"])
+def test_optimize_bad_input(cases, case, tmp_path):
+    args = cases[case]
+    out = tmp_path / "out"
+    if "--out" not in args:
+        args = [*args, "--out", out]
+    result = run("optimize", *args)
+    assert_one_line_error(result)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name], "temporary folder left behind"
+
+
+def test_usage_error_exits_2(tmp_path):
+    result = run("optimize", "--data", "x.tsv")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_gate_failure_exits_3_and_keeps_marked_artifact(tiny_model, tmp_path):
+    """Labels = the original's own predictions on near-tied logits, so int8 noise must cost accuracy."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from conftest import read_json
+    from edgekit.hf import TorchSession
+    from edgekit.runtime.tokenizer import TextEncoder
+
+    tied = tmp_path / "tied"
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model)
+    with torch.no_grad():
+        w = model.classifier.weight
+        w[1] = w[0] + 1e-3 * w[1]  # two nearly identical rows: logits almost tied
+        model.classifier.bias.zero_()
+    model.save_pretrained(tied)
+    for f in tiny_model.iterdir():
+        if f.name.startswith(("tokenizer", "special", "vocab")):
+            (tied / f.name).write_bytes(f.read_bytes())
+    words = "good great fun bad dull awful film plot acting movie long boring superb gripping".split()
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(words, size=rng.integers(2, 12))) for _ in range(200)]
+    with TorchSession(tied) as sess:
+        preds = sess.run(sess.feeds(TextEncoder(tied)(texts)))["logits"].argmax(-1)
+    data = tmp_path / "self.tsv"
+    data.write_text("label\tsentence\n" + "".join(f"{p}\t{t}\n" for p, t in zip(preds, texts)))
+    out = tmp_path / "out"
+    result = run("optimize", tied, "--data", data, "--out", out, "--max-accuracy-drop", "0", "--iterations", "5")
+    assert_one_line_error(result, code=3)
+    assert "Accuracy gate failed" in result.stderr
+    report = read_json(out / "report.json")
+    assert report["passed"] is False and report["accuracy_drop"] > 0
+    assert read_json(out / "manifest.json")["passed"] is False
+    assert (out / "model.onnx").is_file()

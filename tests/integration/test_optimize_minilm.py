@@ -1,0 +1,59 @@
+"""The spine end to end on the real fine-tuned MiniLM and SST-2 dev (skipped without ../shared)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import read_json, requires_shared, requires_toolchain
+
+pytestmark = [requires_shared, requires_toolchain, pytest.mark.shared]
+
+
+@pytest.fixture(scope="module")
+def optimized(ref_model, sst2_dev, tmp_path_factory):
+    out = tmp_path_factory.mktemp("opt") / "minilm-int8"
+    result = subprocess.run([sys.executable, "-m", "edgekit", "optimize", str(ref_model), "--data", str(sst2_dev),
+                             "--out", str(out), "--iterations", "50", "--warmup", "5"],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_report_has_gate_numbers(optimized):
+    report = read_json(optimized / "report.json")
+    for key in ("passed", "accuracy_drop", "speedup_p50"):
+        assert key in report
+    for side in ("baseline", "optimized"):
+        assert set(report[side]["latency_ms"]) >= {"p50", "p90", "p99"}
+        assert 0 < report[side]["accuracy"] <= 1
+    assert report["optimized"]["backend"] == "onnxruntime" and report["optimized"]["path"].endswith("model.onnx")
+    assert abs(report["baseline"]["accuracy"] - 0.8716) < 0.002  # the model README's fp32 figure
+    assert report["passed"] is True and report["accuracy_drop"] <= 0.01
+    assert report["check"]["samples"] == 872
+    manifest = read_json(optimized / "manifest.json")
+    assert manifest["passed"] is True and manifest["inputs"]["model_sha256"]
+    assert (optimized / "report.md").read_text().startswith("# edgekit optimize report: PASSED")
+
+
+def test_artifact_is_smaller_and_int8(optimized):
+    import onnx
+
+    report = read_json(optimized / "report.json")
+    assert report["optimized"]["size_mb"] < report["baseline"]["size_mb"] / 3
+    kinds = {n.op_type for n in onnx.load(str(optimized / "model.onnx")).graph.node}
+    assert "MatMulInteger" in kinds
+
+
+def test_runtime_predictions_equal_check(optimized, ref_model, sst2_dev):
+    from edgekit.check import check
+    from edgekit.data import load_dataset
+    from edgekit.runtime import load
+
+    checked = check(ref_model, optimized, sst2_dev, batch_size=1)
+    clf = load(optimized)
+    texts = load_dataset(sst2_dev).texts
+    labels = [p["label"] for p in clf.predict(texts)]
+    id2label = {0: "negative", 1: "positive"}
+    assert labels == [id2label[i] for i in checked["candidate_predictions"]]
+    assert checked["accuracy_drop"] == pytest.approx(read_json(optimized / "report.json")["accuracy_drop"])

@@ -1,0 +1,80 @@
+"""Dataset reading: formats, column detection, label mapping and the errors for bad data."""
+
+import json
+
+import pytest
+
+from edgekit.data import encode_labels, label_names, load_dataset
+from edgekit.errors import DataError
+
+
+def write(tmp_path, name, text, mode="w"):
+    p = tmp_path / name
+    if isinstance(text, bytes):
+        p.write_bytes(text)
+    else:
+        p.write_text(text)
+    return p
+
+
+def test_tsv_autodetects_sentence_and_label(tmp_path):
+    p = write(tmp_path, "d.tsv", 'label\tsentence\n1\ta "quoted" film\n0\tdull\n')
+    ds = load_dataset(p)
+    assert (ds.text_column, ds.label_column) == ("sentence", "label")
+    assert ds.texts == ['a "quoted" film', "dull"] and ds.labels == ["1", "0"]
+
+
+def test_csv_and_jsonl_with_named_columns(tmp_path):
+    csv_path = write(tmp_path, "d.csv", "review,stars\n\"good, really\",pos\nbad,neg\n")
+    ds = load_dataset(csv_path, text_column="review", label_column="stars")
+    assert ds.texts[0] == "good, really" and ds.labels == ["pos", "neg"]
+    rows = [{"text": "fine", "label": 1}, {"text": "awful", "label": 0}]
+    jl = write(tmp_path, "d.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n")
+    ds = load_dataset(jl)
+    assert ds.texts == ["fine", "awful"] and ds.labels == ["1", "0"]
+
+
+@pytest.mark.parametrize("content, match", [
+    ("label\tsentence\n", "empty"),
+    ("", "empty"),
+    ("label\tbody\n1\tx\n", "no text column"),
+    (b"label\tsentence\n1\tcaf\xe9\n", "not valid UTF-8"),
+])
+def test_bad_files_raise_one_line_data_errors(tmp_path, content, match):
+    p = write(tmp_path, "bad.tsv", content)
+    with pytest.raises(DataError, match=match) as info:
+        load_dataset(p)
+    assert "\n" not in info.value.message
+
+
+def test_missing_named_column_lists_the_columns(tmp_path):
+    p = write(tmp_path, "d.tsv", "label\tsentence\n1\tx\n")
+    with pytest.raises(DataError, match="its columns are: label, sentence"):
+        load_dataset(p, text_column="text")
+
+
+def test_missing_file_and_unsupported_format(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        load_dataset(tmp_path / "nope.tsv")
+    with pytest.raises(DataError, match="unsupported format"):
+        load_dataset(write(tmp_path, "d.parquet", "x"))
+
+
+def test_encode_labels_accepts_names_and_ids_and_rejects_unknown():
+    label2id = {"negative": 0, "positive": 1}
+    assert encode_labels(["positive", "0", "NEGATIVE", "1.0"], label2id) == [1, 0, 0, 1]
+    with pytest.raises(DataError, match="unknown to the model: 'neutral'.*negative \\(0\\), positive \\(1\\)"):
+        encode_labels(["positive", "neutral"], label2id)
+
+
+def test_label_names_sorts_numbers_numerically():
+    assert label_names(["10", "2", "1"]) == ["1", "2", "10"]
+    assert label_names(["pos", "neg"]) == ["neg", "pos"]
+
+
+def test_subset_is_seeded_and_keeps_order(tmp_path):
+    p = write(tmp_path, "d.tsv", "label\tsentence\n" + "".join(f"{i % 2}\ts{i}\n" for i in range(20)))
+    ds = load_dataset(p)
+    a, b = ds.subset(5, seed=1), ds.subset(5, seed=1)
+    assert a.texts == b.texts and len(a) == 5
+    assert [int(t[1:]) for t in a.texts] == sorted(int(t[1:]) for t in a.texts)
