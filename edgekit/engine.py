@@ -161,13 +161,13 @@ def _precision_onnx(src: Path, carried: dict, options: BuildOptions, outputs: En
 def _build(trt, onnx_path: Path, options: BuildOptions, targets: list[str], profile: Profile,
            outputs: EngineOutputs) -> dict:
     name = NAMES[options.backend]
-    gpus = _gpus_for(options)
+    gpus = _preflight(trt, options)
     builder, network, parser, logger = parse(trt, onnx_path, name)
     summary = walk(network)
     problems = verify(summary, options.precision, int8_matmul_nodes(load_onnx(onnx_path)))
     warnings = _precision_problems(problems, options, "network")
     config = builder.create_builder_config()
-    _configure(trt, config, options, targets, bool(gpus), warnings)
+    _configure(trt, config, options, targets, bool(gpus))
     profile.apply(builder, network, config, name)
     cache = _attach_timing_cache(config, options, warnings)
     plan = builder.build_serialized_network(network, config)
@@ -190,11 +190,17 @@ def _build(trt, onnx_path: Path, options: BuildOptions, targets: list[str], prof
             "warnings": warnings}
 
 
-def _gpus_for(options: BuildOptions) -> list[dict]:
+def _preflight(trt, options: BuildOptions) -> list[dict]:
+    """The GPUs here; classic TensorRT needs one, and version 10 or later (strongly typed networks)."""
     from .runtime.trt import cuda_devices
 
     gpus, why = cuda_devices()
-    if options.backend == "tensorrt" and not gpus:
+    if options.backend != "tensorrt":
+        return gpus
+    if int(str(getattr(trt, "__version__", "10")).split(".")[0]) < 10:
+        raise BackendError(f"TensorRT {trt.__version__} is too old", "edgekit builds strongly typed networks",
+                           "Install TensorRT 10 or later: pip install 'edgekit[gpu]'")
+    if not gpus:
         raise BackendError("Classic TensorRT needs a GPU to build", f"no CUDA GPU found: {why}",
                            "Build on the target GPU, or pass --backend tensorrt-rtx to build ahead of time here")
     return gpus
@@ -208,7 +214,7 @@ def _precision_problems(problems: list[str], options: BuildOptions, where: str) 
     return [f"precision fallback ({where}): {p}" for p in problems]
 
 
-def _configure(trt, config, options: BuildOptions, targets: list[str], have_gpu: bool, warnings: list[str]) -> None:
+def _configure(trt, config, options: BuildOptions, targets: list[str], have_gpu: bool) -> None:
     if targets:
         config.num_compute_capabilities = len(targets)
         for i, cc in enumerate(targets):
@@ -217,11 +223,6 @@ def _configure(trt, config, options: BuildOptions, targets: list[str], have_gpu:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
     if have_gpu:  # the engine inspector reads per-layer precision only from DETAILED engines
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    if options.backend == "tensorrt":
-        version = int(str(getattr(trt, "__version__", "10")).split(".")[0])
-        if version < 10:
-            raise BackendError(f"TensorRT {trt.__version__} is too old", "edgekit builds strongly typed networks",
-                               "Install TensorRT 10 or later: pip install 'edgekit[gpu]'")
 
 
 def _attach_timing_cache(config, options: BuildOptions, warnings: list[str]):

@@ -238,6 +238,11 @@ def _evaluate(trainer, rows: list[dict] | None, source) -> dict:
 
 
 def _save(model, tokenizer, folder: Path) -> None:
+    backend = tokenizer.backend_tokenizer  # drop the padding/truncation of the last call (or the base's)
+    backend.no_padding()
+    backend.no_truncation()
+    if 0 < int(tokenizer.model_max_length) <= 100_000:
+        backend.enable_truncation(int(tokenizer.model_max_length))
     with _quiet():
         model.save_pretrained(str(folder), safe_serialization=True)
         tokenizer.save_pretrained(str(folder))
