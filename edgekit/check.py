@@ -30,10 +30,11 @@ def evaluate(session: Session, encoder: TextEncoder, texts: list[str], batch_siz
 
 
 def labeled_data(model: Artifact, data: str | Path | TextDataset, text_column: str | None = None,
-                 label_column: str | None = None, max_samples: int | None = None) -> tuple[TextDataset, np.ndarray]:
-    """The dataset and its labels as the model's class ids (unknown labels -> DataError)."""
+                 label_column: str | None = None, max_samples: int | None = None,
+                 seed: int = 0) -> tuple[TextDataset, np.ndarray]:
+    """The dataset (``max_samples`` rows drawn with ``seed``) and its labels as the model's class ids."""
     ds = data if isinstance(data, TextDataset) else load_dataset(data, text_column, label_column)
-    ds = ds.subset(max_samples)
+    ds = ds.subset(max_samples, seed)
     config = read_config(model.folder)
     label2id = {str(k): int(v) for k, v in (config.get("label2id") or {}).items()}
     if not label2id and config.get("id2label"):

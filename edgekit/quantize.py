@@ -76,8 +76,13 @@ class QuantizeOptions:
 
 def quantize(onnx: str | Path, out: str | Path, options: QuantizeOptions | None = None,
              calibration_data: str | Path | None = None, text_column: str | None = None,
-             force: bool = False) -> Artifact:
-    """Quantize an ONNX artifact (folder with model.onnx + tokenizer) into ``out``."""
+             force: bool = False, calibration_cache: Path | None = None) -> Artifact:
+    """Quantize an ONNX artifact (folder with model.onnx + tokenizer) into ``out``.
+
+    ``calibration_cache``: a file where calibrated ranges are kept, so that
+    requantizing the same model with other options (e.g. other
+    ``nodes_to_exclude`` in the per-layer fallback) skips calibration.
+    """
     options = options or QuantizeOptions()
     options.validate()
     src = _onnx_artifact(onnx)
@@ -98,8 +103,9 @@ def quantize(onnx: str | Path, out: str | Path, options: QuantizeOptions | None 
             _quantize_dynamic(source, target, options)
         else:
             reader = CalibrationReader(source, src.folder, calibration_data, text_column,
-                                       options.calibration_samples, options.seed)
-            _quantize_static(source, target, options, reader, Path(work))
+                                       options.calibration_samples, options.seed,
+                                       fixed_length=options.calibration_method != "minmax")
+            _quantize_static(source, target, options, reader, Path(work), calibration_cache)
             steps["calibration"] = {"samples": len(reader), "method": options.calibration_method,
                                     "data": str(calibration_data)}
         copy_tokenizer_and_config(src.folder, tmp)
@@ -156,7 +162,8 @@ def _quantize_dynamic(source: Path, target: Path, options: QuantizeOptions) -> N
                                  extra_options={"MatMulConstBOnly": True})
 
 
-def _quantize_static(source: Path, target: Path, options: QuantizeOptions, reader, work: Path) -> None:
+def _quantize_static(source: Path, target: Path, options: QuantizeOptions, reader, work: Path,
+                     calibration_cache: Path | None = None) -> None:
     q = require("onnxruntime.quantization")
     methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
                "percentile": q.CalibrationMethod.Percentile}
@@ -176,17 +183,24 @@ def _quantize_static(source: Path, target: Path, options: QuantizeOptions, reade
                             weight_type=q.QuantType.QInt8, per_channel=options.per_channel,
                             op_types_to_quantize=options.resolved_op_types(), nodes_to_exclude=options.nodes_to_exclude,
                             calibrate_method=methods[options.calibration_method], extra_options=extra,
-                            calibration_providers=["CPUExecutionProvider"])
+                            calibration_providers=["CPUExecutionProvider"],
+                            calibration_cache_path=str(calibration_cache) if calibration_cache else None)
 
 
 class CalibrationReader:
-    """``onnxruntime.quantization.CalibrationDataReader`` over real sentences, one per batch."""
+    """``onnxruntime.quantization.CalibrationDataReader`` over real sentences, one per batch.
 
-    def __init__(self, model: Path, folder: Path, data, text_column, samples: int, seed: int):
+    ``fixed_length`` pads every sentence to the longest one: ORT's histogram
+    calibrators (entropy, percentile) need one shape across runs.
+    """
+
+    def __init__(self, model: Path, folder: Path, data, text_column, samples: int, seed: int,
+                 fixed_length: bool = False):
         ds = load_dataset(data, text_column=text_column, require_labels=False).subset(samples, seed)
         encoder = TextEncoder(folder)
         names = _input_names(model)
-        self._feeds = [{k: v for k, v in encoder([t]).items() if k in names} for t in ds.texts]
+        pad_to = max(encoder.token_lengths(ds.texts)) if fixed_length else None
+        self._feeds = [{k: v for k, v in encoder([t], pad_to=pad_to).items() if k in names} for t in ds.texts]
         self._it = iter(self._feeds)
 
     def __len__(self) -> int:
