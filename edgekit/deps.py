@@ -40,11 +40,13 @@ def require(module: str) -> ModuleType:
     if top in ("transformers", "torch", "optimum"):
         _quiet_toolchain()
     try:
-        return importlib.import_module(module)
-    except ImportError as exc:  # also catches broken installs (missing .so)
+        imported = importlib.import_module(module)
+    except (ImportError, OSError) as exc:  # not installed, or a shared library that fails to load
         raise MissingDependencyError(top, EXTRAS.get(top, "toolchain"), exc) from exc
-    except OSError as exc:  # e.g. a shared library that fails to load
-        raise MissingDependencyError(top, EXTRAS.get(top, "toolchain"), exc) from exc
+    if top == "transformers":
+        # transformers resets its logger on import: quiet it afterwards (load reports, advisories)
+        importlib.import_module("transformers").utils.logging.set_verbosity_error()
+    return imported
 
 
 def available(module: str) -> bool:

