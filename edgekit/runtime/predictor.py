@@ -1,57 +1,148 @@
-"""``load(artifact)`` -> a text classifier on numpy + one backend (no torch)."""
+"""``load(artifact)`` -> a text classifier on numpy + one backend (no torch, no transformers).
+
+Thread-safety: a :class:`TextClassifier` may be shared by any number of
+threads. Its tokenizer is configured once in ``__init__`` and only read
+afterwards; ONNX Runtime's ``InferenceSession.run`` is thread-safe; an engine
+session serializes calls with a lock (one TensorRT execution context). Each
+concurrent call runs its own batches; :class:`~edgekit.runtime.batcher.DynamicBatcher`
+merges small concurrent requests into shared batches instead.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError, ModelError
 from .session import OrtSession, Session
-from .tokenizer import TextEncoder, _read_json, read_config
+from .tokenizer import TextEncoder, _read_json, model_max_length, read_config
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "tensorrt-rtx")
+ENGINE_BACKENDS = ("tensorrt", "tensorrt-rtx")
+ONNX_NAME = "model.onnx"
+DEFAULT_BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class ShapeLimits:
+    """Input shapes the model accepts. None = no limit beyond the tokenizer's own maximum length.
+
+    An engine's optimization profile (its sidecar ``<engine>.json``) sets them;
+    ONNX Runtime models have none.
+    """
+
+    max_batch: int | None = None
+    min_batch: int = 1
+    max_length: int | None = None
+    min_length: int = 1
+    source: str = "none"
+
+
+def engine_limits(engine: str | Path) -> ShapeLimits:
+    """Batch and sequence ranges of profile 0 from the engine's sidecar JSON (written by ``edgekit build``).
+
+    Tolerant: reads ``profiles[0].batch`` / ``profiles[0].sequence`` (``[min, opt, max]``), else the build
+    options' ``max_batch`` / ``max_seq``; a missing or unreadable sidecar gives no limits.
+    """
+    sidecar = Path(str(engine) + ".json")
+    try:
+        record = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ShapeLimits()
+    if not isinstance(record, dict):
+        return ShapeLimits()
+    profiles = record.get("profiles")
+    profile = profiles[0] if isinstance(profiles, list) and profiles and isinstance(profiles[0], dict) else {}
+    options = record.get("options") if isinstance(record.get("options"), dict) else {}
+    batch, seq = _range(profile.get("batch")), _range(profile.get("sequence") or profile.get("seq"))
+    max_batch = batch[1] if batch else _positive(options.get("max_batch"))
+    max_length = seq[1] if seq else _positive(options.get("max_seq"))
+    if max_batch is None and max_length is None:
+        return ShapeLimits()
+    return ShapeLimits(max_batch=max_batch, min_batch=batch[0] if batch else 1, max_length=max_length,
+                       min_length=seq[0] if seq else 1, source=str(sidecar))
+
+
+def _range(value) -> tuple[int, int] | None:
+    if isinstance(value, (list, tuple)) and len(value) >= 2:
+        lo, hi = _positive(value[0]), _positive(value[-1])
+        if lo and hi and lo <= hi:
+            return lo, hi
+    return None
+
+
+def _positive(value) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 1 else None
 
 
 class TextClassifier:
     """Predicts labels for texts, in the transformers ``pipeline`` output format.
 
-    ``predict`` is safe to call from several threads at once: the tokenizer is
-    immutable after construction and ONNX Runtime's ``run`` is thread-safe.
+    ``batch_size`` is the default for ``predict``; it and any per-call batch
+    size are capped at ``limits.max_batch``. Batches are padded to at least
+    ``limits.min_batch`` rows (extra rows are dropped from the result).
+    Safe to share between threads (see the module docstring).
     """
 
-    def __init__(self, session: Session, encoder: TextEncoder, id2label: dict[int, str], batch_size: int = 32):
+    def __init__(self, session: Session, encoder: TextEncoder, id2label: dict[int, str],
+                 batch_size: int = DEFAULT_BATCH_SIZE, limits: ShapeLimits | None = None):
         self.session = session
         self.encoder = encoder
         self.id2label = id2label
-        self.batch_size = batch_size
+        self.limits = limits or ShapeLimits()
+        self.batch_size = self._capped(batch_size)
+
+    @property
+    def max_batch(self) -> int | None:
+        return self.limits.max_batch
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.id2label[i] for i in sorted(self.id2label)]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Raw model call: named int64 inputs -> named outputs."""
         return self.session.run(feeds)
 
     def logits(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
-        texts = _check_texts(texts)
-        size = batch_size or self.batch_size
+        """First model output for every text, in input order (batched by length to keep padding small)."""
+        texts = check_texts(texts)
+        size = self._capped(self.batch_size if batch_size is None else batch_size)
         if not texts:
             return np.zeros((0, len(self.id2label)), dtype=np.float32)
-        # sort by length so each batch pads little, then restore the order
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.empty((len(texts), len(self.id2label)), dtype=np.float32)
         for start in range(0, len(order), size):
             idx = order[start:start + size]
-            result = self.session.run(self.encoder([texts[i] for i in idx]))
-            out[idx] = next(iter(result.values()))
+            out[idx] = self._run_batch([texts[i] for i in idx])
         return out
 
+    def _run_batch(self, texts: list[str]) -> np.ndarray:
+        rows = texts + [""] * max(0, self.limits.min_batch - len(texts))
+        result = self.session.run(self.encoder(rows))
+        return next(iter(result.values()))[:len(texts)]
+
     def predict_proba(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
+        """Class probabilities, shape ``(len(texts), num_labels)``; columns in label-id order."""
         return softmax(self.logits(texts, batch_size))
 
-    def predict(self, texts: list[str] | str, batch_size: int | None = None) -> list[dict]:
+    def predict(self, texts: list[str] | str, batch_size: int | None = None) -> list[dict] | dict:
+        """``[{'label': ..., 'score': ...}, ...]``; a single string gives a single dict; ``[]`` gives ``[]``."""
         single = isinstance(texts, str)
-        probs = self.predict_proba([texts] if single else texts, batch_size)
-        out = [{"label": self.id2label[int(p.argmax())], "score": float(p.max())} for p in probs]
+        out = self.format(self.predict_proba([texts] if single else texts, batch_size))
         return out[0] if single else out
+
+    def format(self, probs: np.ndarray) -> list[dict]:
+        """Probabilities -> pipeline-format dicts (top label and its probability)."""
+        return [{"label": self.id2label[int(p.argmax())], "score": float(p.max())} for p in probs]
+
+    def _capped(self, size: int) -> int:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {size!r}", None, None)
+        return min(size, self.limits.max_batch) if self.limits.max_batch else size
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -69,46 +160,95 @@ def id2label_of(folder: Path, n_outputs: int | None = None) -> dict[int, str]:
 
 
 def load(artifact: str | Path, backend: str = "auto", threads: int | None = None, batch_size: int | None = None,
-         device: int = 0) -> TextClassifier:
-    """Load an optimized artifact folder (model.onnx + tokenizer.json + config.json).
+         device: int = 0, max_batch: int | None = None, max_length: int | None = None) -> TextClassifier:
+    """Load an optimized artifact folder (model.onnx or an engine, with tokenizer.json and config.json).
 
-    ``backend='auto'`` picks ONNX Runtime for ONNX artifacts. ``threads`` sets
-    intra-op threads (None = backend default). ``batch_size`` None = the batch
-    size the artifact was gated at by ``optimize`` (dynamic int8 results depend
-    on batch composition), else 32. ``device`` is the GPU index for GPU backends.
+    ``backend='auto'`` picks ONNX Runtime when the folder holds model.onnx,
+    else the engine's backend recorded in its sidecar. ``threads``: ONNX
+    Runtime intra-op threads (None = its default). ``batch_size`` None = the
+    batch size the artifact was gated at by ``optimize`` (dynamic int8 results
+    depend on batch composition), else 32. ``device``: GPU index for engine
+    backends. ``max_batch`` / ``max_length`` cap batch rows and tokens per text
+    (None = the engine profile's maxima; for ONNX Runtime, no batch cap and the
+    model's own maximum length); they can only lower an engine's limits.
     """
     folder = Path(artifact)
+    backend = resolve_backend(folder, backend)
+    model_file = ONNX_NAME if backend == "onnxruntime" else None
+    _check_files(folder, ["config.json", "tokenizer.json"] + ([model_file] if model_file else []), backend)
+    limits = ShapeLimits()
+    if backend == "onnxruntime":
+        session: Session = OrtSession(folder / ONNX_NAME, threads=threads)
+    else:
+        from .trt import find_engine, open_engine_session  # noqa: PLC0415  (optional backend)
+
+        limits = engine_limits(find_engine(folder))
+        session = open_engine_session(folder, backend=backend, device=device)
+    limits = _override(limits, max_batch, max_length)
+    lengths = [n for n in (limits.max_length, model_max_length(folder)) if n]
+    encoder = TextEncoder(folder, max_length=min(lengths), min_length=limits.min_length)
+    session.open()
+    if batch_size is None:
+        batch_size = int(_read_json(folder / "manifest.json").get("eval_batch_size") or DEFAULT_BATCH_SIZE)
+    return TextClassifier(session, encoder, id2label_of(folder), batch_size=batch_size, limits=limits)
+
+
+def resolve_backend(folder: Path, backend: str) -> str:
+    """The concrete backend for ``folder``: 'auto' becomes onnxruntime or the engine's recorded backend."""
     if backend not in BACKENDS:
         raise InputError(f"Unknown backend '{backend}'", None, f"Choose one of: {', '.join(BACKENDS)}")
     if not folder.is_dir():
         raise ModelError(f"Artifact '{folder}' not found", "no such folder", "Pass the --out folder of edgekit optimize")
-    if not (folder / "config.json").is_file():
-        raise ModelError(f"Artifact '{folder}' is missing config.json", "its labels and sizes are read from it",
-                         "Copy config.json from the original model folder")
-    model = folder / "model.onnx"
-    if backend in ("auto", "onnxruntime"):
-        if not model.is_file():
-            raise ModelError(f"Artifact '{folder}' is missing model.onnx", "the ONNX Runtime backend loads it",
-                             "Pass the --out folder of edgekit optimize or export")
-        session: Session = OrtSession(model, threads=threads)
-    else:
-        from .trt import open_engine_session  # noqa: PLC0415  (optional backend)
+    if backend != "auto":
+        return backend
+    if (folder / ONNX_NAME).is_file():
+        return "onnxruntime"
+    from .trt import ENGINE_SUFFIXES, engine_backend  # noqa: PLC0415  (light: no TensorRT import)
 
-        session = open_engine_session(folder, backend=backend, device=device)
-    encoder = TextEncoder(folder)
-    session.open()
-    if batch_size is None:
-        batch_size = int(_read_json(folder / "manifest.json").get("eval_batch_size") or 32)
-    return TextClassifier(session, encoder, id2label_of(folder), batch_size=batch_size)
+    engines = sorted(p for p in folder.iterdir() if p.suffix in ENGINE_SUFFIXES)
+    if engines:
+        built = engine_backend(engines[0])
+        return built if built in ENGINE_BACKENDS else "tensorrt"
+    return "onnxruntime"  # reported below as a missing model.onnx
 
 
-def _check_texts(texts) -> list[str]:
+_WHY = {"config.json": "its labels and sizes", "tokenizer.json": "the tokenizer (tokenizers library)",
+        ONNX_NAME: "the ONNX model"}
+
+
+def _check_files(folder: Path, names: list[str], backend: str) -> None:
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        why = "; ".join(f"{n} holds {_WHY[n]}" for n in missing)
+        raise ModelError(f"Artifact '{folder}' is missing {', '.join(missing)}", f"{why} (backend {backend})",
+                         "Pass the --out folder of edgekit optimize (or export), or copy the file(s) from the "
+                         "original model folder")
+
+
+def _override(limits: ShapeLimits, max_batch: int | None, max_length: int | None) -> ShapeLimits:
+    for name, value in (("max_batch", max_batch), ("max_length", max_length)):
+        if value is not None and _positive(value) is None:
+            raise InputError(f"{name} must be a positive integer, got {value!r}", None, None)
+    if max_batch is None and max_length is None:
+        return limits
+    return ShapeLimits(max_batch=_lowest(max_batch, limits.max_batch), min_batch=limits.min_batch,
+                       max_length=_lowest(max_length, limits.max_length), min_length=limits.min_length,
+                       source="load() arguments" if limits.source == "none" else limits.source)
+
+
+def _lowest(*values: int | None) -> int | None:
+    """The smallest given cap (None = no cap): an explicit cap can only lower an engine's."""
+    return min((v for v in values if v), default=None)
+
+
+def check_texts(texts) -> list[str]:
+    """``texts`` as a list of strings, or a TypeError naming the first bad item."""
     if isinstance(texts, str):
         return [texts]
     if not isinstance(texts, (list, tuple)):
         raise TypeError(f"predict() takes a string or a list of strings, not {type(texts).__name__}")
-    bad = [(i, type(t).__name__) for i, t in enumerate(texts) if not isinstance(t, str)]
-    if bad:
-        i, name = bad[0]
-        raise TypeError(f"predict() takes strings only: item {i} is {name}")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"predict() takes strings only: item {i} is {type(t).__name__}")
     return list(texts)
+

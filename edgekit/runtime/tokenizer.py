@@ -19,11 +19,14 @@ DEFAULT_MAX_LENGTH = 512
 class TextEncoder:
     """Texts -> ``{input_ids, attention_mask, token_type_ids}`` int64 arrays.
 
-    Pads to the longest text in the batch (or to ``pad_to`` when given, e.g. an
-    engine profile's fixed length) and truncates to ``max_length``.
+    Pads to the longest text in the batch, but to at least ``min_length``
+    (an engine profile's shortest sequence), or to ``pad_to`` when given, and
+    truncates each text to ``max_length`` tokens (None = the model's limit).
+    Thread-safe: the tokenizer is configured here once and only read by
+    ``__call__`` (``encode_batch`` takes no mutable borrow).
     """
 
-    def __init__(self, folder: str | Path, max_length: int | None = None):
+    def __init__(self, folder: str | Path, max_length: int | None = None, min_length: int = 1):
         from ..deps import require
 
         tokenizers = require("tokenizers")
@@ -39,6 +42,7 @@ class TextEncoder:
             raise ModelError(f"Tokenizer '{path}' cannot be read", str(exc).splitlines()[0][:200],
                              "Copy a valid tokenizer.json from the original model") from None
         self.max_length = max_length or model_max_length(folder)
+        self.min_length = max(1, min(int(min_length), self.max_length))
         self._tok.no_padding()
         self._tok.no_truncation()
         self._tok.enable_truncation(self.max_length)
@@ -64,7 +68,7 @@ class TextEncoder:
 
     def __call__(self, texts: list[str], pairs: list[str] | None = None, pad_to: int | None = None) -> dict[str, np.ndarray]:
         encs = self._encode(texts, pairs)
-        length = max((len(e.ids) for e in encs), default=0)
+        length = max(max((len(e.ids) for e in encs), default=0), self.min_length if encs else 0)
         if pad_to is not None:
             length = pad_to
         ids = np.full((len(encs), length), self.pad_id, dtype=np.int64)

@@ -1,0 +1,182 @@
+"""A small text-classification HTTP service over an edgekit artifact: the standard library, no web framework.
+
+Install only the runtime (no torch, no transformers), optimize a model once, then serve it::
+
+    pip install 'edgekit[cpu]'
+    python examples/classify_server.py out/minilm-l6-sst2 --port 8000
+    curl -s localhost:8000/classify -d '{"texts": ["a gripping, funny film", "dull"]}'
+    # [{"label": "positive", "score": 0.99...}, {"label": "negative", "score": 0.98...}]
+
+Endpoints: ``POST /classify`` with ``{"texts": [str, ...]}`` -> a JSON list in the transformers
+``pipeline`` format; ``GET /health`` -> ``{"status": "ok", ...}``. A bad request gets HTTP 400 (413 when
+too large) and ``{"error": "<one line>"}``. ``--port 0`` picks a free port; the first line on stdout says
+which. ``--max-wait-ms`` > 0 merges concurrent requests into shared batches (DynamicBatcher). SIGTERM or
+Ctrl-C stops the server cleanly (exit 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from edgekit.errors import EdgekitError
+from edgekit.runtime import DynamicBatcher, TextClassifier, load
+
+
+class ClassifyServer(ThreadingHTTPServer):
+    """Serves one classifier; each request runs on its own thread (the classifier is thread-safe)."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], classifier: TextClassifier, artifact: str,
+                 batcher: DynamicBatcher | None = None, max_texts: int = 256, max_body_bytes: int = 1 << 20,
+                 access_log: bool = False):
+        super().__init__(address, Handler)
+        self.classifier = classifier
+        self.artifact = artifact
+        self.batcher = batcher
+        self.max_texts = max_texts
+        self.max_body_bytes = max_body_bytes
+        self.access_log = access_log
+
+    def classify(self, texts: list[str]) -> list[dict]:
+        if self.batcher is not None:
+            return self.batcher.predict(texts, timeout=60)
+        return self.classifier.predict(texts)
+
+
+class BadRequest(Exception):
+    """A client error: its message is sent back as ``{"error": ...}`` with ``status``."""
+
+    def __init__(self, message: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST):
+        super().__init__(message)
+        self.status = status
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: ClassifyServer
+    protocol_version = "HTTP/1.1"
+    server_version = "edgekit-classify/0.1"
+
+    def do_GET(self) -> None:  # noqa: N802  (http.server's naming)
+        if self.path.split("?")[0] != "/health":
+            return self._send(HTTPStatus.NOT_FOUND, {"error": f"No route GET {self.path}: use GET /health"})
+        clf = self.server.classifier
+        self._send(HTTPStatus.OK, {"status": "ok", "artifact": self.server.artifact, "backend": clf.session.backend,
+                                   "labels": clf.labels, "batching": self.server.batcher is not None})
+
+    def do_POST(self) -> None:  # noqa: N802
+        if self.path.split("?")[0] != "/classify":
+            return self._send(HTTPStatus.NOT_FOUND, {"error": f"No route POST {self.path}: use POST /classify"})
+        try:
+            texts = self._texts(self._read_json())
+        except BadRequest as exc:
+            return self._send(exc.status, {"error": str(exc)})
+        try:
+            result = self.server.classify(texts)
+        except EdgekitError as exc:  # e.g. the batcher's queue is full
+            return self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": exc.message})
+        self._send(HTTPStatus.OK, result)
+
+    def _read_json(self):
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            raise BadRequest("Missing or invalid Content-Length header: send the JSON body with its length")
+        if int(length) > self.server.max_body_bytes:
+            self.close_connection = True  # the unread body must not be parsed as the next request
+            raise BadRequest(f"Request body of {length} bytes is over the limit of {self.server.max_body_bytes}",
+                             HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        body = self.rfile.read(int(length))
+        try:
+            return json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise BadRequest(f"Request body is not valid JSON: {' '.join(str(exc).split())}") from None
+
+    def _texts(self, payload) -> list[str]:
+        if not isinstance(payload, dict) or "texts" not in payload:
+            raise BadRequest('Request body must be a JSON object {"texts": ["...", ...]}')
+        texts = payload["texts"]
+        if not isinstance(texts, list):
+            raise BadRequest(f'"texts" must be a list of strings, not {_json_type(texts)}')
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise BadRequest(f'"texts" must hold strings only: item {i} is {_json_type(text)}')
+        if len(texts) > self.server.max_texts:
+            raise BadRequest(f"{len(texts)} texts in one request, over the limit of {self.server.max_texts}: "
+                             "split the request", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        return texts
+
+    def _send(self, status: HTTPStatus, payload) -> None:
+        body = (json.dumps(payload) + "\n").encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002  (the base class's signature)
+        if self.server.access_log:
+            super().log_message(format, *args)
+
+
+def _json_type(value) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Serve an edgekit artifact over HTTP: POST /classify, GET /health.")
+    p.add_argument("artifact", help="artifact folder (edgekit optimize --out, or an engine folder)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 = a free port)")
+    p.add_argument("--backend", default="auto", help="auto | onnxruntime | tensorrt | tensorrt-rtx")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the backend's)")
+    p.add_argument("--batch-size", type=int, default=None, help="model batch size (default: the gated one)")
+    p.add_argument("--max-wait-ms", type=float, default=0.0,
+                   help="> 0: merge concurrent requests into shared batches, waiting at most this long (default 0: off)")
+    p.add_argument("--max-batch", type=int, default=16, help="most texts per shared batch (default: 16)")
+    p.add_argument("--max-texts", type=int, default=256, help="most texts per request (default: 256)")
+    p.add_argument("--access-log", action="store_true", help="log each request to stderr")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        clf = load(args.artifact, backend=args.backend, threads=args.threads, batch_size=args.batch_size)
+        batcher = DynamicBatcher(clf, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms) \
+            if args.max_wait_ms > 0 else None
+    except EdgekitError as exc:
+        print(f"Error: {exc.message}", file=sys.stderr)
+        return 1
+    try:
+        server = ClassifyServer((args.host, args.port), clf, args.artifact, batcher, max_texts=args.max_texts,
+                                access_log=args.access_log)
+    except OSError as exc:
+        print(f"Error: Cannot listen on {args.host}:{args.port}: {exc.strerror}. Pass another --port.", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    host, port = server.server_address[:2]
+    print(f"edgekit classify_server listening on http://{host}:{port} (backend {clf.session.backend})", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        if batcher is not None:
+            batcher.close(timeout=10)
+    return 0
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    sys.exit(main())

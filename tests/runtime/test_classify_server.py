@@ -1,0 +1,132 @@
+"""examples/classify_server.py started as a real process on 127.0.0.1 with a free port, sent real HTTP requests.
+
+Loopback only; each request has a timeout and the server is stopped (SIGTERM, then kill) in every case.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from edgekit.runtime import load
+
+SERVER = Path(__file__).resolve().parents[2] / "examples" / "classify_server.py"
+TEXTS = ["a gripping , funny film", "dull", "", "the plot was long and boring but the acting was superb ."]
+
+
+class Server:
+    def __init__(self, artifact: Path, *extra: str):
+        self.proc = subprocess.Popen([sys.executable, str(SERVER), str(artifact), "--host", "127.0.0.1", "--port", "0",
+                                      *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.url = self._wait_for_url(timeout=90)
+
+    def _wait_for_url(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.5)
+            if ready:
+                line = self.proc.stdout.readline()
+                if "listening on http://" in line:
+                    return line.split("listening on ")[1].split()[0]
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}: {self.proc.stderr.read()}")
+        raise AssertionError("server did not start in time")
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, object]:
+        req = urllib.request.Request(self.url + path, data=body, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    def classify(self, payload) -> tuple[int, object]:
+        return self.request("POST", "/classify", json.dumps(payload).encode())
+
+    def stop(self) -> tuple[int, str]:
+        self.proc.terminate()
+        try:
+            _, err = self.proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate(timeout=20)
+        return self.proc.returncode, err
+
+
+@pytest.fixture(scope="module")
+def server(tiny_optimized):
+    srv = Server(tiny_optimized)
+    yield srv
+    if srv.proc.poll() is None:
+        srv.stop()
+
+
+def test_classify_equals_load_predict(tiny_optimized):
+    server = Server(tiny_optimized)
+    try:
+        _check_answers(server, tiny_optimized)
+    finally:
+        code, err = server.stop()
+    assert code == 0 and "Traceback" not in err, err  # SIGTERM stops it cleanly
+
+
+def _check_answers(server: Server, artifact: Path) -> None:
+    status, health = server.request("GET", "/health")
+    assert status == 200 and health["status"] == "ok" and health["labels"] == ["negative", "positive"]
+    assert health["backend"] == "onnxruntime" and health["batching"] is False
+    status, got = server.classify({"texts": TEXTS})
+    assert status == 200 and got == load(artifact).predict(TEXTS)  # JSON floats round-trip exactly
+    assert server.classify({"texts": []}) == (200, [])
+    with ThreadPoolExecutor(max_workers=6) as pool:  # concurrent clients, each its own answer
+        answers = list(pool.map(lambda t: server.classify({"texts": [t]}), TEXTS * 3))
+    assert [a[1][0] for a in answers] == got * 3
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (b"{not json", 400, "not valid JSON"),
+    (b'["a", "b"]', 400, 'JSON object {"texts"'),
+    (b'{"text": "a"}', 400, 'JSON object {"texts"'),
+    (b'{"texts": "a single string"}', 400, "not a string"),
+    (b'{"texts": ["ok", 3]}', 400, "item 1 is a number"),
+    (b'{"texts": ["ok", null]}', 400, "item 1 is null"),
+    (b"\xff\xfe", 400, "not valid JSON"),
+    (json.dumps({"texts": ["x"] * 257}).encode(), 413, "over the limit of 256"),
+])
+def test_bad_requests_get_one_line_errors(server, body, status, message):
+    code, payload = server.request("POST", "/classify", body)
+    assert code == status and message in payload["error"] and "\n" not in payload["error"]
+    assert server.request("GET", "/health")[0] == 200  # the server is still up
+
+
+def test_unknown_routes_and_startup_errors(server, tmp_path):
+    assert server.request("GET", "/classify")[0] == 404
+    assert server.request("POST", "/predict", b"{}")[0] == 404
+    bad = subprocess.run([sys.executable, str(SERVER), str(tmp_path), "--port", "0"], capture_output=True, text=True,
+                         timeout=60)
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 1 and len(lines) == 1 and "missing config.json, tokenizer.json, model.onnx" in lines[0]
+
+
+def test_dynamic_batching_server(tiny_onnx):
+    srv = Server(tiny_onnx, "--max-wait-ms", "50", "--max-batch", "8")
+    try:
+        assert srv.request("GET", "/health")[1]["batching"] is True
+        want = load(tiny_onnx).predict(TEXTS)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(lambda t: srv.classify({"texts": [t]}), TEXTS * 4))
+        assert all(code == 200 for code, _ in answers)
+        assert [a[0]["label"] for _, a in answers] == [w["label"] for w in want] * 4
+        assert all(abs(a[0]["score"] - w["score"]) < 1e-5 for (_, a), w in zip(answers, want * 4))
+    finally:
+        code, err = srv.stop()
+    assert code == 0 and "Traceback" not in err, err

@@ -1,0 +1,167 @@
+"""load() on artifacts made by optimize and build: engine-profile limits, thread-safety, bad input.
+
+(tests/unit/test_runtime.py covers the pipeline format, batched == one-by-one, and single missing files.)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+from edgekit.deps import available
+from edgekit.errors import BackendError, InputError, ModelError
+from edgekit.runtime import ShapeLimits, TextClassifier, engine_limits, load
+from edgekit.runtime.predictor import resolve_backend
+from edgekit.runtime.session import OrtSession
+from edgekit.runtime.tokenizer import TextEncoder
+
+TEXTS = ["a gripping , funny film", "dull", "the plot was long and boring but the acting was superb .",
+         "", "not very good", "fun fun fun film with a moving ending that never lets up"]
+
+
+def _gpus() -> list:
+    from edgekit.runtime.trt import cuda_devices
+
+    return cuda_devices()[0]
+
+
+def test_predictions_equal_check_on_the_gated_data(tiny_optimized, tiny_data):
+    from edgekit.check import check
+    from edgekit.data import load_dataset
+
+    clf = load(tiny_optimized)
+    assert clf.batch_size == 1  # the batch size optimize gated at (manifest eval_batch_size)
+    checked = check(tiny_optimized, tiny_optimized, tiny_data, batch_size=clf.batch_size)
+    labels = [p["label"] for p in clf.predict(load_dataset(tiny_data).texts)]
+    assert labels == [clf.id2label[i] for i in checked["candidate_predictions"]]
+
+
+def test_explicit_caps_bound_every_batch_and_text(tiny_onnx):
+    clf = load(tiny_onnx, max_batch=2, max_length=8)
+    shapes = []
+    real_run = clf.session.run
+
+    def recording_run(feeds):  # a spy on the real ONNX Runtime session: records shapes, runs the model
+        shapes.append(feeds["input_ids"].shape)
+        return real_run(feeds)
+
+    clf.session.run = recording_run
+    got = clf.predict_proba(TEXTS, batch_size=32)
+    assert clf.batch_size == 2 and clf.encoder.max_length == 8
+    assert len(shapes) == 3 and all(rows <= 2 and seq <= 8 for rows, seq in shapes)
+    # each text is cut to its first 8 tokens: the same as an uncapped model fed the cut ids
+    full = load(tiny_onnx)
+    cut = TextEncoder(tiny_onnx, max_length=8)
+    want = np.concatenate([full.run(cut([t]))["logits"] for t in TEXTS])
+    np.testing.assert_allclose(got, _softmax(want), atol=1e-5)
+
+
+def test_min_batch_and_min_length_padding_keep_results(tiny_onnx):
+    folder = tiny_onnx
+    limits = ShapeLimits(max_batch=4, min_batch=3, max_length=32, min_length=12, source="test")
+    session = OrtSession(folder / "model.onnx").open()
+    clf = TextClassifier(session, TextEncoder(folder, max_length=32, min_length=12), {0: "negative", 1: "positive"},
+                         batch_size=8, limits=limits)
+    assert clf.encoder(["good"])["input_ids"].shape == (1, 12)
+    got = clf.predict_proba(["good", "bad acting"])
+    want = load(folder).predict_proba(["good", "bad acting"])
+    assert got.shape == (2, 2) and clf.batch_size == 4
+    np.testing.assert_allclose(got, want, atol=1e-5)  # fp32: pad rows and pad tokens are masked out
+
+
+@pytest.mark.parametrize("record, want", [
+    ({"profiles": [{"batch": [1, 8, 16], "sequence": [2, 64, 128]}]}, (16, 1, 128, 2)),
+    ({"options": {"max_batch": 4, "max_seq": 32}}, (4, 1, 32, 1)),       # older sidecars: build options only
+    ({"profiles": [{"batch": "?", "sequence": [1, 2]}]}, (None, 1, 2, 1)),  # malformed batch: no batch cap
+    ({"backend": "tensorrt-rtx"}, (None, 1, None, 1)),                     # no shape information at all
+    ([1, 2, 3], (None, 1, None, 1)),                                      # not an object
+])
+def test_engine_limits_are_tolerant(record, want, tmp_path):
+    engine = tmp_path / "model.engine"
+    (tmp_path / "model.engine.json").write_text(json.dumps(record))
+    limits = engine_limits(engine)
+    assert (limits.max_batch, limits.min_batch, limits.max_length, limits.min_length) == want
+    (tmp_path / "model.engine.json").write_text("{not json")
+    assert engine_limits(engine) == ShapeLimits()
+
+
+@pytest.mark.tensorrt_rtx
+@pytest.mark.skipif(not available("tensorrt_rtx"), reason="tensorrt_rtx not installed (pip install 'edgekit[rtx]')")
+def test_real_engine_sidecar_sets_the_limits(tiny_onnx, tmp_path):
+    from edgekit.engine import BuildOptions, build
+
+    folder = tmp_path / "engine"
+    build(tiny_onnx, folder / "model.engine", BuildOptions(backend="tensorrt-rtx", precision="fp32",
+                                                          compute_capabilities=["8.6"], max_batch=4, opt_batch=2,
+                                                          min_seq=1, opt_seq=8, max_seq=16))
+    limits = engine_limits(folder / "model.engine")
+    assert (limits.max_batch, limits.max_length, limits.min_batch, limits.min_length) == (4, 16, 1, 1)
+    assert resolve_backend(folder, "auto") == "tensorrt-rtx"  # no model.onnx: the sidecar's backend
+    if _gpus():
+        clf = load(folder)
+        assert clf.batch_size == 4 and clf.encoder.max_length == 16
+        ref = load(tiny_onnx, max_length=16)
+        assert [p["label"] for p in clf.predict(TEXTS * 3)] == [p["label"] for p in ref.predict(TEXTS * 3)]
+    else:
+        with pytest.raises(BackendError, match="No CUDA GPU found") as err:
+            load(folder)
+        assert "\n" not in str(err.value)
+
+
+def test_concurrent_predicts_equal_serial(tiny_optimized):
+    clf = load(tiny_optimized)
+    texts = TEXTS * 4
+    want = clf.predict(texts)
+    results: dict[int, list] = {}
+    barrier = threading.Barrier(8)
+
+    def worker(k: int) -> None:
+        barrier.wait(timeout=30)
+        results[k] = clf.predict(texts[k:] + texts[:k])
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(results) == list(range(8))
+    for k, got in results.items():
+        assert got == want[k:] + want[:k]
+
+
+def test_missing_files_are_named_together_on_one_line(tiny_optimized, tmp_path):
+    broken = shutil.copytree(tiny_optimized, tmp_path / "broken")
+    (broken / "tokenizer.json").unlink()
+    (broken / "model.onnx").unlink()
+    with pytest.raises(ModelError) as err:
+        load(broken)
+    message = str(err.value)
+    assert "missing tokenizer.json, model.onnx" in message and "\n" not in message
+    with pytest.raises(ModelError, match="not found"):
+        load(tmp_path / "nowhere")
+    with pytest.raises(ModelError, match="No engine in"):
+        load(tiny_optimized, backend="tensorrt")
+
+
+def test_empty_and_bad_inputs(tiny_optimized):
+    clf = load(tiny_optimized)
+    assert clf.predict([]) == [] and clf.predict(()) == []
+    assert clf.predict_proba([]).shape == (0, 2)
+    assert clf.predict(("good", "bad")) == clf.predict(["good", "bad"])
+    for bad, name in ((["ok", None], "item 1 is NoneType"), ([b"bytes"], "item 0 is bytes"), (42, "not int")):
+        with pytest.raises(TypeError, match=name):
+            clf.predict(bad)
+    with pytest.raises(InputError, match="batch_size must be a positive integer"):
+        clf.predict(["x"], batch_size=0)
+    for kwargs in ({"max_batch": 0}, {"max_length": -3}):
+        with pytest.raises(InputError, match="must be a positive integer"):
+            load(tiny_optimized, **kwargs)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
