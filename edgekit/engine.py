@@ -15,7 +15,6 @@ and its precision check succeeded.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import tempfile
 import time
@@ -27,7 +26,8 @@ from .deps import require
 from .engine_io import EngineOutputs, sidecar_path
 from .errors import BackendError, InputError, ModelError
 from .inspect_network import inspect_engine, parse, verify, verify_engine, walk
-from .precision import PRECISIONS, check_requested, graph_precision, int8_matmul_nodes, load_onnx, needs_conversion, to_fp16
+from .precision import (PRECISIONS, check_requested, graph_precision, int8_matmul_nodes, load_onnx, needs_conversion,
+                        to_fp16)
 from .profiles import Profile, resolve_profile
 
 BACKENDS = ("tensorrt-rtx", "tensorrt")
@@ -35,7 +35,7 @@ MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
 NAMES = {"tensorrt": "TensorRT", "tensorrt-rtx": "TensorRT-RTX"}
 #: TensorRT-RTX's compute capabilities; TensorRT-RTX itself is asked when installed
 RTX_TARGETS = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
-RTX_DEFAULT_TARGETS = "TensorRT-RTX default: Ampere and later (8.0, 8.6, 8.9, 12.0, 12.1)"
+RTX_DEFAULT_TARGETS = "TensorRT-RTX default targets: Ampere and later (not Turing 7.5)"
 
 
 @dataclass
@@ -87,13 +87,14 @@ def build(onnx: str | Path, out: str | Path, options: BuildOptions | None = None
         raise InputError(f"Engine '{engine}' already exists", "refusing to overwrite it", "Pass --force to replace it")
     trt = require(MODULES[options.backend])
     targets = compute_capabilities(trt, options)
+    gpus = _preflight(trt, options)
     carried = graph_precision(load_onnx(src))
     check_requested(src, carried, options.precision)
     profile = resolve_profile(options, src.parent, data, text_column)
     started = time.perf_counter()
     with EngineOutputs(engine) as outputs:
         built_from, conversion = _precision_onnx(src, carried, options, outputs)
-        record = _build(trt, built_from, options, targets, profile, outputs)
+        record = _build(trt, built_from, options, targets, profile, outputs, gpus)
         record.update(onnx={"source": str(src), "sha256": sha256_file(src), "carried": carried,
                             "built_from": str(outputs.final(built_from)), "conversion": conversion})
         record["build_seconds"] = round(time.perf_counter() - started, 2)
@@ -103,9 +104,9 @@ def build(onnx: str | Path, out: str | Path, options: BuildOptions | None = None
 
 
 def engine_path(out: str | Path) -> Path:
-    """``out`` as an engine file: a folder (existing, or named with a trailing slash) gets model.engine."""
+    """``out`` as an engine file: a folder (existing, or a new name without a suffix) gets model.engine."""
     out = Path(out)
-    if out.is_dir() or str(out).endswith(("/", os.sep)):
+    if out.is_dir() or not out.suffix:
         return out / "model.engine"
     if out.suffix not in ENGINE_SUFFIXES:
         raise InputError(f"Engine path '{out}' has the suffix '{out.suffix}'",
@@ -148,7 +149,8 @@ def _onnx_file(onnx: str | Path) -> Path:
     return art.model_file
 
 
-def _precision_onnx(src: Path, carried: dict, options: BuildOptions, outputs: EngineOutputs) -> tuple[Path, dict | None]:
+def _precision_onnx(src: Path, carried: dict, options: BuildOptions,
+                    outputs: EngineOutputs) -> tuple[Path, dict | None]:
     """The ONNX to parse: ``src`` itself, or its fp16 (or int8-over-fp16) rewrite beside the engine."""
     if not needs_conversion(carried, options.precision, options.int8_base):
         return src, None
@@ -159,10 +161,9 @@ def _precision_onnx(src: Path, carried: dict, options: BuildOptions, outputs: En
 
 
 def _build(trt, onnx_path: Path, options: BuildOptions, targets: list[str], profile: Profile,
-           outputs: EngineOutputs) -> dict:
+           outputs: EngineOutputs, gpus: list[dict]) -> dict:
     name = NAMES[options.backend]
-    gpus = _preflight(trt, options)
-    builder, network, parser, logger = parse(trt, onnx_path, name)
+    builder, network, parser, logger = parse(trt, onnx_path, name)  # the parser owns weights the network uses
     summary = walk(network)
     problems = verify(summary, options.precision, int8_matmul_nodes(load_onnx(onnx_path)))
     warnings = _precision_problems(problems, options, "network")

@@ -108,8 +108,9 @@ def to_fp16(src: Path, dst: Path, keep_fp32: tuple[str, ...] = FP16_KEEP_FP32) -
     try:
         converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
     except Exception as exc:  # the converter raises bare Exceptions on graphs it cannot type
-        raise ModelError(f"fp16 conversion of '{src}' failed", str(exc).splitlines()[0][:200] if str(exc) else
-                         type(exc).__name__, "Pass an ONNX that already carries fp16, or build --precision fp32") from None
+        why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ModelError(f"fp16 conversion of '{src}' failed", why,
+                         "Pass an ONNX that already carries fp16, or build --precision fp32") from None
     toposort(converted.graph)
     kept = sum(1 for n in converted.graph.node if n.op_type in keep_fp32)
     save_onnx(converted, dst)

@@ -92,7 +92,8 @@ def token_length_stats(folder: Path, data, text_column: str | None) -> dict:
 def _check_range(name: str, values: tuple[int, int, int]) -> None:
     lo, opt, hi = values
     if not (isinstance(lo, int) and 1 <= lo <= opt <= hi):
-        raise InputError(f"Invalid {name} range: min {lo}, opt {opt}, max {hi}", "they must satisfy 1 <= min <= opt <= max",
+        raise InputError(f"Invalid {name} range: min {lo}, opt {opt}, max {hi}",
+                         "they must satisfy 1 <= min <= opt <= max",
                          f"Fix --min-{name}/--opt-{name}/--max-{name}")
 
 

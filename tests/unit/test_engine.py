@@ -269,7 +269,8 @@ def test_cli_bad_inputs_exit_1_with_one_line(tiny_onnx, tmp_path):
         lines = [line for line in r.stderr.splitlines() if line.strip()]
         assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error: "), (name, r.stderr)
         assert leftovers(out) == []
-    r = subprocess.run([sys.executable, "-m", "edgekit", "doctor", "--json"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-m", "edgekit", "doctor", "--json"], capture_output=True, text=True,
+                       timeout=60)
     report = json.loads(r.stdout)
     assert r.returncode == 0 and report["backends"]["tensorrt-rtx"] and "avx512_vnni" in report["cpu"]["flags"]
     assert report["gpus"] or report["gpu_note"].startswith("none")
@@ -333,3 +334,103 @@ def test_classic_tensorrt_fp16_build(tiny_onnx, tmp_path):
                                                                timing_cache=str(cache)))
     assert art.manifest["network"]["matmul"]["fp16"] == art.manifest["network"]["matmul"]["total"]
     assert cache.is_file() and isinstance(art.manifest["verification"]["engine"], dict)
+
+
+# --- the engine session's host side, on a fake CUDA runtime and engine (runs anywhere) --------------------------
+
+class FakeCudart:
+    """cuda.bindings.runtime's calls used by EngineSession, over host memory."""
+
+    class cudaMemcpyKind:  # noqa: N801  (mirrors cuda-python's name)
+        cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost = 1, 2
+
+    def __init__(self):
+        self.blocks, self.mallocs = {}, 0
+
+    def cudaMalloc(self, n):  # noqa: N802
+        import ctypes
+
+        buf = ctypes.create_string_buffer(n)
+        self.blocks[ctypes.addressof(buf)] = buf
+        self.mallocs += 1
+        return 0, ctypes.addressof(buf)
+
+    def cudaMemcpyAsync(self, dst, src, n, kind, stream):  # noqa: N802
+        import ctypes
+
+        ctypes.memmove(dst, src, n)
+        return (0,)
+
+    def cudaFree(self, ptr):  # noqa: N802
+        self.blocks.pop(ptr, None)
+        return (0,)
+
+    cudaSetDevice = cudaStreamSynchronize = cudaStreamDestroy = staticmethod(lambda *a: (0,))  # noqa: N815
+    cudaStreamCreate = staticmethod(lambda: (0, 7))  # noqa: N815
+
+
+class FakeContext:
+    """input_ids [batch, seq] int64 -> logits [batch, 2] float32 = (sum of ids, seq length)."""
+
+    PROFILE = ((1, 1), (2, 8), (4, 16))
+
+    def __init__(self):
+        self.shape, self.addr = None, {}
+
+    def set_input_shape(self, name, shape):
+        lo, _, hi = self.PROFILE
+        ok = all(a <= s <= b for a, s, b in zip(lo, shape, hi))
+        self.shape = shape if ok else self.shape
+        return ok
+
+    def set_tensor_address(self, name, ptr):
+        self.addr[name] = ptr
+
+    def get_tensor_shape(self, name):
+        return (self.shape[0], 2)
+
+    def execute_async_v3(self, stream):
+        import ctypes
+
+        n = self.shape[0] * self.shape[1]
+        ids = np.frombuffer((ctypes.c_int64 * n).from_address(self.addr["input_ids"]), np.int64).reshape(self.shape)
+        out = np.stack([ids.sum(1), np.full(len(ids), ids.shape[1])], 1).astype(np.float32)
+        ctypes.memmove(self.addr["logits"], out.ctypes.data, out.nbytes)
+        return True
+
+
+def fake_trt():
+    from types import SimpleNamespace
+
+    dtypes = {"input_ids": np.int64, "logits": np.float32}
+    engine = SimpleNamespace(num_io_tensors=2, get_tensor_name=lambda i: list(dtypes)[i],
+                             get_tensor_mode=lambda n: "in" if n == "input_ids" else "out",
+                             get_tensor_dtype=lambda n: dtypes[n], create_execution_context=FakeContext,
+                             get_tensor_profile_shape=lambda n, p: FakeContext.PROFILE)
+    runtime = SimpleNamespace(deserialize_cuda_engine=lambda data: engine)
+    logger = type("Logger", (), {"ERROR": 1, "__init__": lambda self, sev: None})
+    return SimpleNamespace(Logger=logger, Runtime=lambda logger: runtime, TensorIOMode=SimpleNamespace(INPUT="in"),
+                           nptype=lambda dt: dt)
+
+
+def test_engine_session_host_side_on_fake_cuda(tmp_path, monkeypatch):
+    import edgekit.deps
+    import edgekit.runtime.trt as rt
+
+    cudart = FakeCudart()
+    fakes = {"tensorrt_rtx": fake_trt(), "cuda.bindings.runtime": cudart}
+    monkeypatch.setattr(edgekit.deps, "require", lambda name: fakes[name])
+    monkeypatch.setattr(rt, "cuda_devices", lambda: ([{"name": "fake", "compute_capability": "8.6"}], None))
+    (tmp_path / "model.engine").write_bytes(b"plan")
+    (tmp_path / "model.engine.json").write_text(json.dumps({"backend": "tensorrt-rtx"}))
+    with rt.open_engine_session(tmp_path, backend="tensorrt-rtx") as sess:
+        assert sess.input_names == ["input_ids"] and sess.output_names == ["logits"]
+        ids = np.array([[2, 5, 3], [2, 9, 3]], dtype=np.int32)  # cast to the engine's int64
+        out = sess.run({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+        assert out["logits"].tolist() == [[10.0, 3.0], [14.0, 3.0]]
+        sess.run({"input_ids": ids[:1, :2]})
+        assert cudart.mallocs == 2  # buffers are reused when the next batch fits
+        with pytest.raises(InputError, match=r"outside the engine's profile.*\(4, 16\)"):
+            sess.run({"input_ids": np.ones((8, 3), np.int64)})
+        with pytest.raises(InputError, match="input_ids"):
+            sess.run({"attention_mask": ids})
