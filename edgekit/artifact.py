@@ -10,6 +10,7 @@ artifact; an existing directory without one is never overwritten without
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -48,8 +49,14 @@ class Artifact:
 
 
 def resolve(path: str | Path) -> Artifact:
-    """Identify what ``path`` holds, or raise a one-line ModelError."""
-    p = Path(path)
+    """Identify what ``path`` holds, or raise a one-line ModelError (also for a corrupt or truncated ONNX)."""
+    art = _identify(Path(path))
+    if art.kind == "onnx":
+        check_integrity(art)
+    return art
+
+
+def _identify(p: Path) -> Artifact:
     if not p.exists():
         raise ModelError(f"Model '{p}' not found", "no such file or directory",
                          "Pass a Hugging Face model folder, an ONNX file or folder, or an engine")
@@ -75,6 +82,52 @@ def resolve(path: str | Path) -> Artifact:
     contents = ", ".join(sorted(x.name for x in p.iterdir())[:6]) or "nothing"
     raise ModelError(f"'{p}' is not a model folder", f"it holds {contents}; expected config.json with weights, or model.onnx",
                      "Pass a Hugging Face model folder (save_pretrained output) or an edgekit artifact")
+
+
+_VERIFIED: set[tuple[str, int, int]] = set()  # (path, size, mtime) of model files already checked here
+
+
+def check_integrity(art: Artifact) -> None:
+    """Refuse a model file that its manifest says is different (truncated, corrupt, edited), or an unreadable ONNX.
+
+    An edgekit artifact is checked against the sha256 in its manifest; an ONNX
+    without one is parsed (when the onnx package is installed). Each file is
+    checked once per process while its size and mtime stay the same.
+    """
+    f = art.model_file
+    if f is None:
+        return
+    st = f.stat()
+    memo = (str(f.resolve()), st.st_size, st.st_mtime_ns)
+    if memo in _VERIFIED:
+        return
+    recorded = (art.manifest.get("files") or {}).get(f.name) if f.parent == art.folder else None
+    if recorded is not None:
+        if sha256_file(f) != recorded:
+            raise ModelError(f"Model file '{f}' is corrupt or truncated",
+                             f"its sha256 differs from the one recorded in {MANIFEST} when edgekit wrote it",
+                             "Re-run the step that made it, or delete manifest.json to use the file as it is")
+    elif f.suffix == ".onnx":
+        _parse_onnx(f)
+    _VERIFIED.add(memo)
+
+
+def _parse_onnx(f: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None:
+        return  # a runtime-only install: ONNX Runtime reports a bad file when it loads it
+    import onnx
+
+    try:
+        model = onnx.load(str(f), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        why = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ModelError(f"ONNX model '{f}' cannot be read", f"it is corrupt, truncated or not ONNX ({why})",
+                         "Re-export it with edgekit export") from None
+    if not model.graph.node:
+        raise ModelError(f"ONNX model '{f}' has an empty graph", "the file is empty or truncated",
+                         "Re-export it with edgekit export")
 
 
 def read_manifest(folder: Path) -> dict:
@@ -149,14 +202,17 @@ def check_output_dir(out: Path, force: bool = False) -> None:
 def atomic_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``out``; on success it replaces ``out`` in one rename.
 
-    On any exception (including KeyboardInterrupt) the temporary folder is
-    removed and ``out`` is left as it was.
+    On any exception (including KeyboardInterrupt, and SIGTERM through the
+    CLI) the temporary folder is removed and ``out`` is left as it was. The
+    temporary name carries the writer's pid, so what a killed (SIGKILL) run
+    left behind is removed by the next write of ``out``.
     """
     out = Path(out)
     check_output_dir(out, force)
     parent = out.resolve().parent
+    sweep_stale_temps(out)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=parent))
     except OSError as exc:
         raise InputError(f"Output '{out}' cannot be written", exc.strerror, "Choose a writable --out") from None
     try:
@@ -172,6 +228,59 @@ def atomic_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def sweep_stale_temps(out: Path, any_owner: bool = False) -> None:
+    """Remove ``.<name>.tmp-<pid>-*`` / ``.<name>.old-<pid>`` siblings of ``out`` left by dead processes.
+
+    ``any_owner=True`` removes them whatever their pid: for callers that hold
+    a lock proving no live writer of ``out`` exists (the step cache).
+    """
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        return
+    for kind in ("tmp", "old"):
+        for stale in parent.glob(f".{glob.escape(out.name)}.{kind}-*"):
+            pid = stale.name[len(f".{out.name}.{kind}-"):].split("-")[0]
+            if any_owner or (pid.isdigit() and not _alive(int(pid))):
+                shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+#: below this much free space, an unexplained failure while writing is reported as a full disk
+LOW_SPACE_BYTES = 256 << 20
+
+
+def disk_trouble(folders: list[Path]) -> str | None:
+    """Why writing may have failed here: a file-size limit on this process, or a nearly full disk; else None.
+
+    Libraries that write from C++ (ONNX Runtime, protobuf) report a full disk
+    as a parse or serialization error, not as ENOSPC; this names the cause.
+    """
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if soft != resource.RLIM_INFINITY:
+            return f"this process may not write files larger than {soft} bytes (ulimit -f)"
+    except (ImportError, OSError, ValueError):
+        pass
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            st = os.statvfs(folder)
+            free = st.f_bavail * st.f_frsize
+            if free < LOW_SPACE_BYTES:
+                return f"the disk holding '{folder}' has only {free / 1e6:.1f} MB free"
+    return None
 
 
 def copy_tokenizer_and_config(src: Path, dst: Path) -> None:

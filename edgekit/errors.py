@@ -78,3 +78,9 @@ class GateFailedError(EdgekitError):
     """An accuracy or latency gate failed; the artifact is kept and marked failed."""
 
     exit_code = 3
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C (the CLI installs the handler) so every atomic writer removes its temporary files."""
+
+    signal_number = 15

@@ -164,6 +164,9 @@ def _label_names(train: TextDataset) -> list[str]:
 
 def _load_base(base: Path, names: list[str], seed: int):
     """(tokenizer, model with a len(names)-way head, names of newly initialized weights)."""
+    from .hf import check_weights_safe
+
+    check_weights_safe(base)  # refuse pickle payloads before anything is unpickled
     transformers = require("transformers")
     transformers.utils.logging.disable_progress_bar()
     transformers.set_seed(seed)  # the fresh head's init

@@ -49,18 +49,55 @@ def load_model(folder: str | Path, task: str | None = None, trust_remote_code: b
     model_class = tasks_manager.get_model_class_for_task(task)
     require("transformers").utils.logging.disable_progress_bar()
     if trust_remote_code:
-        warnings.warn(f"Loading '{folder}' with trust_remote_code=True runs code from that folder", stacklevel=2)
+        warnings.warn(f"--trust-remote-code: loading '{folder}' runs the Python code shipped in it", stacklevel=2)
+    check_weights_safe(folder)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = model_class.from_pretrained(str(folder), trust_remote_code=trust_remote_code,
                                                 use_safetensors=_has_safetensors(folder) or None)
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+    except Exception as exc:  # safetensors, pickle, config and hub errors have many types; all mean "cannot load"
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"Cannot load model '{folder}' for {task}", first,
-                         "Check that the folder is a complete save_pretrained() output") from None
+        fix = ("The model ships its own code (auto_map in config.json): pass --trust-remote-code only if you "
+               "trust it" if _config(folder).get("auto_map") and not trust_remote_code
+               else "Check that the folder is a complete save_pretrained() output")
+        raise ModelError(f"Cannot load model '{folder}' for {task}", f"{type(exc).__name__}: {first}", fix) from None
     model.eval()
     return model, task
+
+
+def check_weights_safe(folder: Path) -> None:
+    """Refuse pickle checkpoints that could run code when loaded; safetensors are always preferred.
+
+    When the folder has ``*.safetensors`` only those are read. Otherwise every
+    ``pytorch_model*.bin`` (the weights and their shards; other files such as
+    ``training_args.bin`` are never loaded) is inspected without unpickling it: a zip checkpoint
+    (torch >= 1.6) may reference only the globals that
+    ``torch.load(weights_only=True)`` allows (tensors, storages, plain
+    containers); anything else (``os.system``, a custom class) is refused. The
+    legacy pre-1.6 format cannot be inspected and is refused too. transformers
+    then loads it with ``weights_only=True`` as a second line of defence.
+    """
+    if _has_safetensors(folder):
+        return
+    import zipfile
+
+    for ckpt in sorted(folder.glob("pytorch_model*.bin")):  # the weights transformers loads (and their shards)
+        fix = (f"Convert it to safetensors in a trusted environment (model.save_pretrained(..., "
+               f"safe_serialization=True)), or remove '{ckpt.name}'")
+        if not zipfile.is_zipfile(ckpt):
+            raise ModelError(f"Checkpoint '{ckpt}' is not a zip torch checkpoint", "edgekit cannot inspect legacy or "
+                             "unknown pickle files, and unpickling them can run arbitrary code", fix)
+        serialization = require("torch.serialization")
+        try:
+            unsafe = serialization.get_unsafe_globals_in_checkpoint(str(ckpt))
+        except Exception as exc:  # a corrupt zip or pickle: torch raises several types
+            raise ModelError(f"Checkpoint '{ckpt}' cannot be read", " ".join(str(exc).split())[:200] or
+                             type(exc).__name__, "Restore the file from the original model") from None
+        if unsafe:
+            raise ModelError(f"Checkpoint '{ckpt}' is refused: its pickle references code, not only tensors",
+                             f"non-allowed globals {', '.join(sorted(unsafe)[:5])}; loading it could run that code",
+                             fix)
 
 
 def model_input_names(model) -> list[str]:

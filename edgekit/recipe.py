@@ -13,8 +13,19 @@ A recipe names the model source, task, data, budgets and target::
     bench: {batch_size: 1, iterations: 200}
     out: out/minilm-l6-sst2
 
-Relative paths are resolved against the directory edgekit runs in (as flags
-are). Keys map onto ``OptimizeOptions`` fields; an unknown key is an error.
+Keys map onto ``OptimizeOptions`` fields; an unknown key is an error.
+
+Paths in a recipe (model.local or a model path, data, calibration_data, out)
+are relative to the recipe's *project*: the nearest folder above the recipe
+holding ``pyproject.toml`` or ``.git`` (else the recipe's own folder), so the
+recipe means the same from any working directory. They may not leave it: a
+recipe from elsewhere cannot read or replace your files. A project can let its
+recipes *read* further folders by listing them in its ``pyproject.toml``
+(``[tool.edgekit] recipe-read-roots = ["../shared"]``, relative to the
+project); ``out`` must always stay inside the project. ``--allow-outside-paths``
+lifts the rule. A recipe cannot turn on ``trust_remote_code``: only the
+``--trust-remote-code`` flag can. Paths given as flags are the user's own and
+are not restricted.
 """
 
 from __future__ import annotations
@@ -36,7 +47,8 @@ class Recipe:
     options: dict = field(default_factory=dict)
 
 
-def load_recipe(path: str | Path) -> Recipe:
+def load_recipe(path: str | Path, allow_outside_paths: bool = False) -> Recipe:
+    """Read a recipe; its paths come back resolved against, and confined to, its project (module docstring)."""
     import yaml
 
     path = Path(path)
@@ -61,21 +73,91 @@ def load_recipe(path: str | Path) -> Recipe:
         if not isinstance(values, dict):
             raise InputError(f"Recipe '{path}': '{section}' must be a mapping", None, None)
         options.update(values)
+    if "trust_remote_code" in options:
+        raise InputError(f"Recipe '{path}' sets trust_remote_code", "a recipe cannot allow running a model's code",
+                         "Remove the key and pass --trust-remote-code yourself if you trust the model")
     data = raw.get("data")
     if isinstance(data, dict):
         for key in ("text_column", "label_column"):
             if key in data:
                 options[key] = data[key]
         data = data.get("path")
-    return Recipe(model=_model_source(raw.get("model"), path), data=data, out=raw.get("out"), options=options)
+    box = _Confinement(path, allow_outside_paths)
+    if options.get("calibration_data") is not None:
+        options["calibration_data"] = box.data(options["calibration_data"], "calibration_data")
+    out = box.path(raw["out"], "out", writable=True) if raw.get("out") is not None else None
+    return Recipe(model=_model_source(raw.get("model"), path, box), data=box.data(data, "data"), out=out,
+                  options=options)
 
 
-def _model_source(model, path: Path) -> str | None:
-    if model is None or isinstance(model, str):
-        return model
+class _Confinement:
+    """Resolves a recipe's paths against its project root and refuses those that leave the allowed folders."""
+
+    def __init__(self, recipe: Path, allow_outside: bool):
+        self.recipe = recipe
+        self.allow_outside = allow_outside
+        self.root = project_root(recipe)
+        self.read_roots = [self.root, *(self.root / r for r in _declared_read_roots(self.root))]
+
+    def locate(self, value) -> Path:
+        """``value`` relative to the project root (absolute paths and ~ as they are)."""
+        p = Path(str(value)).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+    def path(self, value, what: str, writable: bool = False) -> str:
+        p = self.locate(value).resolve()
+        roots = [self.root] if writable else self.read_roots
+        if not self.allow_outside and not any(p.is_relative_to(r.resolve()) for r in roots):
+            allowed = ", ".join(f"'{r.resolve()}'" for r in roots)
+            raise InputError(f"Recipe '{self.recipe}': {what} '{value}' is outside the folders it may "
+                             f"{'write' if writable else 'read'}", f"it resolves to '{p}'; allowed: {allowed}",
+                             "Move it into the project, list the folder under [tool.edgekit] recipe-read-roots in "
+                             "the project's pyproject.toml (reads only), or pass --allow-outside-paths")
+        return str(p)
+
+    def data(self, value, what: str) -> str | None:
+        """A data path (confined), or a Hugging Face datasets name (passed through)."""
+        if value is None:
+            return None
+        from .data import _looks_like_hub_name
+
+        text = str(value)
+        if not self.locate(text).exists() and _looks_like_hub_name(text):
+            return text
+        return self.path(text, what)
+
+
+def project_root(recipe: Path) -> Path:
+    """The nearest folder above ``recipe`` holding pyproject.toml or .git; else the recipe's folder."""
+    here = recipe.resolve().parent
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() or (folder / ".git").exists():
+            return folder
+    return here
+
+
+def _declared_read_roots(root: Path) -> list[str]:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: no declared roots
+        return []
+    try:
+        config = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    roots = config.get("tool", {}).get("edgekit", {}).get("recipe-read-roots", [])
+    return [str(r) for r in roots] if isinstance(roots, list) else []
+
+
+def _model_source(model, path: Path, box: _Confinement) -> str | None:
+    if model is None:
+        return None
+    if isinstance(model, str):
+        is_path = box.locate(model).exists() or model.startswith((".", "/", "~")) or model.count("/") != 1
+        return box.path(model, "model") if is_path else model  # else a hub id (org/name)
     if not isinstance(model, dict):
         raise InputError(f"Recipe '{path}': 'model' must be a path or a mapping with local:/hub:", None, None)
     local = model.get("local")
-    if local and Path(local).exists():
-        return str(local)
-    return model.get("hub") or local
+    if local and box.locate(local).exists():
+        return box.path(local, "model.local")
+    return model.get("hub") or (box.path(local, "model.local") if local else None)

@@ -131,3 +131,26 @@ def tiny_int8(tiny_onnx, tmp_path_factory) -> Path:
     from edgekit.quantize import quantize
 
     return quantize(tiny_onnx, tmp_path_factory.mktemp("int8") / "cpu").path
+
+
+@pytest.fixture(scope="session")
+def tiny_optimized(tiny_model, tiny_data, tmp_path_factory) -> Path:
+    """``edgekit.pipeline.optimize`` on the tiny model: the folder a device app ships (int8 ONNX + tokenizer)."""
+    from edgekit.pipeline import OptimizeOptions, optimize
+
+    out = tmp_path_factory.mktemp("optimized") / "tiny-int8"
+    # the tiny model has random weights: its accuracy is chance, so the gate is opened wide
+    optimize(tiny_model, tiny_data, out, OptimizeOptions(iterations=5, warmup=1, max_accuracy_drop=0.5))
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_step_cache(tmp_path_factory):
+    """Tests never read or fill the user's step cache (~/.cache/edgekit): each session gets its own."""
+    old = os.environ.get("EDGEKIT_CACHE")
+    os.environ["EDGEKIT_CACHE"] = str(tmp_path_factory.mktemp("edgekit-cache"))
+    yield
+    if old is None:
+        os.environ.pop("EDGEKIT_CACHE", None)
+    else:
+        os.environ["EDGEKIT_CACHE"] = old

@@ -1,0 +1,143 @@
+"""Resume and the step cache: a killed ``optimize`` reruns only what is missing; concurrent runs share one cache.
+
+Runtime: about 60 s on 2 busy cores (three optimize runs of the tiny model, one killed).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from reliability_helpers import command, run_cli, temps_in
+
+from edgekit.artifact import sha256_file
+from edgekit.cache import StepCache, entry_is_complete
+
+
+def _entries(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*") if p.is_dir() and not p.name.startswith("."))
+
+
+def _kill_mid_quantize(args: list, cache: Path, timeout: float = 240) -> bool:
+    """Start optimize; SIGKILL it once export is cached and quantize is writing. True if caught mid-quantize."""
+    proc = subprocess.Popen(command(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline, mid_quantize = time.monotonic() + timeout, False
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            exported = any(entry_is_complete(e) for e in _entries(cache / "export"))
+            mid_quantize = exported and bool(temps_in(cache / "quantize"))
+            if mid_quantize or (exported and _entries(cache / "quantize")):
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError(f"optimize ended before it could be killed: {proc.communicate()[1][-2000:]}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    return mid_quantize
+
+
+def test_killed_optimize_resumes_from_cache_with_identical_result(tiny_model, tiny_data, tiny_int8, tmp_path):
+    cache, out = tmp_path / "cache", tmp_path / "runs" / "out"
+    out.parent.mkdir()
+    args = ["optimize", tiny_model, "--data", tiny_data, "--out", out, "--iterations", "3", "--warmup", "1",
+            "--cache-dir", cache, "--json"]
+    mid_quantize = _kill_mid_quantize(args, cache)
+    print(f"\nkilled {'mid-quantization' if mid_quantize else 'after quantization (missed the window)'}")
+    assert not out.exists(), "a killed run must leave no OUT"
+    assert len(_entries(cache / "export")) == 1
+    if mid_quantize:
+        assert not any(entry_is_complete(e) for e in _entries(cache / "quantize"))
+
+    rerun = run_cli(args)
+    assert rerun.returncode == 0, rerun.stderr
+    report = json.loads(rerun.stdout)
+    stages = {s["name"]: s for s in report["stages"]}
+    assert stages["export"]["cached"] is True and "served from the step cache" in stages["export"]["notes"]
+    assert stages["quantize"]["cached"] is (not mid_quantize)
+    assert report["cache"]["cached_stages"][0] == "export"
+    # the same bytes an uninterrupted, uncached export + quantize gives (the tiny_int8 fixture, in-process)
+    final = sha256_file(out / "model.onnx")
+    assert final == sha256_file(tiny_int8 / "model.onnx")
+    assert json.loads((out / "manifest.json").read_text())["files"]["model.onnx"] == final
+    # what the SIGKILL left (temporary folders of dead writers) is gone after the rerun
+    assert not temps_in(cache / "export") and not temps_in(cache / "quantize") and not temps_in(out.parent)
+
+    again = run_cli(args)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["cache"]["cached_stages"] == ["export", "quantize"]
+    assert sha256_file(out / "model.onnx") == final
+
+
+WORKER = """
+import json, sys, time
+from edgekit.artifact import atomic_dir, write_manifest
+from edgekit.cache import StepCache
+cache = StepCache(sys.argv[1])
+key = cache.key("demo", {"input": "same"}, {"option": 1})
+with cache.slot("demo", key) as slot:
+    if not slot.hit:
+        with atomic_dir(slot.path) as tmp:
+            (tmp / "weights.bin").write_bytes(b"w" * 1_000_000)
+            time.sleep(float(sys.argv[2]))
+            write_manifest(tmp, "demo", "demo", inputs={}, options={})
+    print(json.dumps({"hit": slot.hit, "path": str(slot.path)}))
+"""
+
+
+def test_concurrent_runs_share_a_cache_entry_without_corrupting_it(tmp_path):
+    """B starts while A is writing the entry: B must wait on the lock, then reuse A's complete entry.
+
+    Without the lock B would find no entry, sweep A's temporary folder as stale and rebuild: A would fail.
+    """
+    cache = tmp_path / "cache"
+    a = subprocess.Popen([sys.executable, "-c", WORKER, str(cache), "2"], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not temps_in(cache / "demo") and time.monotonic() < deadline:
+        assert a.poll() is None, "A ended before writing"
+        time.sleep(0.01)
+    b = subprocess.Popen([sys.executable, "-c", WORKER, str(cache), "0"], stdout=subprocess.PIPE, text=True)
+    ra, rb = json.loads(a.communicate(timeout=60)[0]), json.loads(b.communicate(timeout=60)[0])
+    assert a.returncode == 0 and b.returncode == 0
+    assert ra["hit"] is False and rb["hit"] is True and ra["path"] == rb["path"]
+    assert entry_is_complete(Path(ra["path"])) and len(_entries(cache / "demo")) == 1
+    assert not temps_in(cache / "demo")
+
+
+def test_a_corrupt_cache_entry_is_rebuilt_not_served(tmp_path):
+    cache = StepCache(tmp_path / "cache")
+    key = cache.key("demo", {"input": 1}, {})
+    with cache.slot("demo", key) as slot:
+        slot.path.mkdir()
+        (slot.path / "weights.bin").write_bytes(b"good bytes")
+        from edgekit.artifact import write_manifest
+
+        write_manifest(slot.path, "demo", "demo", inputs={}, options={})
+    with cache.slot("demo", key) as slot:
+        assert slot.hit
+        (slot.path / "weights.bin").write_bytes(b"bad")  # e.g. a disk error or a hand edit
+    with cache.slot("demo", key) as slot:
+        assert not slot.hit and not slot.path.exists()
+
+
+def test_cache_key_changes_with_inputs_options_versions_and_edgekit_source(monkeypatch):
+    import edgekit.cache as cache_module
+
+    cache = StepCache("/nonexistent")
+    base = cache.key("export", {"model": "a"}, {"opset": 18})
+    assert base == cache.key("export", {"model": "a"}, {"opset": 18})
+    assert base != cache.key("export", {"model": "b"}, {"opset": 18})
+    assert base != cache.key("export", {"model": "a"}, {"opset": 17})
+    assert base != cache.key("quantize", {"model": "a"}, {"opset": 18})
+    monkeypatch.setattr(cache_module, "versions", lambda: {"onnx": "0.0"})
+    changed_tools = cache.key("export", {"model": "a"}, {"opset": 18})
+    assert changed_tools != base
+    monkeypatch.setattr(cache_module, "edgekit_source_digest", lambda: "edited")
+    assert cache.key("export", {"model": "a"}, {"opset": 18}) != changed_tools
