@@ -1,4 +1,4 @@
-"""What a measurement ran on: CPU model and flags, cores, GPUs, library versions."""
+"""What a measurement ran on: CPU model and flags, cores, load, threads, GPUs, library versions."""
 
 from __future__ import annotations
 
@@ -6,10 +6,16 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
+from importlib import metadata
 from pathlib import Path
 
 from .artifact import versions
 
+#: thread-count variables that change what a benchmark measures
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ORT_NUM_THREADS")
+#: packages beyond artifact.TRACKED_PACKAGES whose version a report shows
+EXTRA_PACKAGES = ("cuda-python", "tensorrt-cu12", "tensorrt-cu13", "optimum-onnx", "matplotlib")
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "avx_vnni")
 
 
@@ -33,10 +39,10 @@ def cpu_info() -> dict:
 
 
 def gpu_info() -> list[dict]:
-    """GPUs seen by nvidia-smi (empty list when there is no NVIDIA driver)."""
+    """GPUs seen by nvidia-smi (name, driver, compute capability, memory); else by the CUDA driver; else []."""
     exe = shutil.which("nvidia-smi")
     if not exe:
-        return []
+        return _driver_gpus()
     try:
         out = subprocess.run([exe, "--query-gpu=name,driver_version,compute_cap,memory.total",
                               "--format=csv,noheader"], capture_output=True, text=True, timeout=20, check=True).stdout
@@ -50,6 +56,49 @@ def gpu_info() -> list[dict]:
     return gpus
 
 
-def environment() -> dict:
+def _driver_gpus() -> list[dict]:
+    from .runtime.trt import cuda_devices  # ctypes only: no TensorRT, no cuda-python needed
+
+    devices, _ = cuda_devices()
+    return [{"name": d["name"], "driver": f"CUDA {d['driver_cuda_version']}",
+             "compute_capability": d["compute_capability"], "memory": None} for d in devices]
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def thread_info(threads: int | None = None) -> dict:
+    """Threads a measurement used, the variables that set library thread pools, and torch's pool if loaded."""
+    torch = sys.modules.get("torch")
+    return {"intra_op": threads,
+            "torch": torch.get_num_threads() if torch is not None and hasattr(torch, "get_num_threads") else None,
+            "env": {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ}}
+
+
+def library_versions() -> dict:
+    out = versions()
+    for name in EXTRA_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _governor() -> str | None:
+    try:
+        return Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").read_text().strip()
+    except OSError:
+        return None
+
+
+def environment(threads: int | None = None) -> dict:
+    """The machine a result came from; ``threads`` = intra-op threads the measurement used (None = not a bench)."""
     return {"cpu": cpu_info(), "gpus": gpu_info(), "os": f"{platform.system()} {platform.release()}",
-            "versions": versions()}
+            "python": platform.python_version(), "load_average_1m": load_average(),
+            "cpu_governor": _governor(), "threads": thread_info(threads), "versions": library_versions()}

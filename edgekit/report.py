@@ -1,8 +1,14 @@
-"""Reports from check + bench results: JSON for machines, Markdown for people."""
+"""Reports from check + bench results: JSON for machines, Markdown and self-contained HTML for people.
+
+``optimize_markdown`` summarizes one ``optimize`` run; ``report`` combines saved
+runs (optimize OUT folders, ``bench --json`` files, bench/peers results) into
+report.md, report.html (plots embedded) and report.json.
+"""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 
@@ -58,3 +64,133 @@ def optimize_markdown(report: dict) -> str:
               f"- GPUs: {', '.join(g['name'] for g in env.get('gpus', [])) or 'none'}",
               "- Versions: " + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items())]
     return "\n".join(lines) + "\n"
+
+
+# ---- edgekit report: combined Markdown / HTML / JSON over saved runs ----
+
+REPORT_SCHEMA = "edgekit.report/1"
+COLUMNS = ["artifact", "run", "backend", "mode", "batch", "accuracy", "p50", "p90", "p95", "p99", "mean", "CV",
+           "items/s", "p50 speedup"]
+SWEEP_COLUMNS = ["batch", "seq", "tokens", "runs", "p50", "p90", "p99", "mean", "CV", "items/s"]
+
+
+def report(runs: list[str | Path], out: str | Path, force: bool = False) -> dict:
+    """Read saved runs, write ``report.md``, a self-contained ``report.html`` and ``report.json`` into ``out``."""
+    from .artifact import atomic_dir, write_manifest
+    from .report_html import render_html
+    from .report_plots import figures
+    from .report_runs import load_runs
+
+    loaded = load_runs(runs)
+    combined = build_report(loaded)
+    figs = figures([r for run in loaded for r in run["rows"]], [s for run in loaded for s in run["sweeps"]])
+    with atomic_dir(out, force) as tmp:
+        (tmp / "report.md").write_text(report_markdown(combined), encoding="utf-8")
+        (tmp / "report.html").write_text(render_html(combined, figs), encoding="utf-8")
+        combined["figures"] = [title for title, _, _ in figs]
+        combined["files"] = {name: str(Path(out) / name) for name in ("report.md", "report.html", "report.json")}
+        write_json(tmp / "report.json", combined)
+        write_manifest(tmp, "report", "report", inputs={"runs": [run["source"] for run in loaded]}, options={})
+    return combined
+
+
+def build_report(runs: list[dict]) -> dict:
+    """One dict for every output: rows (raw samples counted, not copied), formatted tables, warnings, runs."""
+    from . import __version__
+    from .bench import HIGH_CV
+
+    rows = [r for run in runs for r in run["rows"]]
+    reference = next((r for r in rows if r["status"] == "ok" and r["latency_ms"]), None)
+    warnings = [f"{Path(run['source']).name}: {w}" for run in runs for w in run["warnings"]]
+    warnings += [f"{r['name']}: failed: {r['error']}" for r in rows if r["status"] == "failed"]
+    sweeps = [{**s, "columns": SWEEP_COLUMNS, "table": [_sweep_cells(p) for p in s["points"]]}
+              for run in runs for s in run["sweeps"]]
+    return {
+        "schema": REPORT_SCHEMA,
+        "title": "edgekit latency report",
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "edgekit_version": __version__,
+        "cv_threshold": HIGH_CV,
+        "reference": reference["name"] if reference else None,
+        "runs": [{"source": run["source"], "kind": run["kind"], "title": run["title"], "warnings": run["warnings"],
+                  "environment": run["environment"], "environment_lines": environment_lines(run["environment"])}
+                 for run in runs],
+        "rows": [{**{k: v for k, v in r.items() if k != "samples_ms"}, "samples": len(r["samples_ms"] or []),
+                  "speedup_p50": _speedup(reference, r)} for r in rows],
+        "columns": COLUMNS,
+        "table": [_row_cells(r, reference) for r in rows],
+        "sweeps": sweeps,
+        "warnings": warnings,
+    }
+
+
+def report_markdown(report: dict) -> str:
+    """The Markdown twin of report.html (tables and warnings; the plots are in the HTML)."""
+    lines = [f"# {report['title']}", "",
+             f"{len(report['runs'])} run(s); generated {report['generated']} by edgekit {report['edgekit_version']}. "
+             f"Latencies in ms. CV above {report['cv_threshold']:.0%} marks a noisy run. "
+             f"Speedup = p50 of the first row ({report['reference']}) / p50 of the row. Plots: report.html.", ""]
+    if report["warnings"]:
+        lines += ["## Warnings", ""] + [f"- **WARNING** {w}" for w in report["warnings"]] + [""]
+    lines += ["## Artifacts", "", *_md_table(report["columns"], report["table"]), ""]
+    for sweep in report["sweeps"]:
+        lines += [f"## Sweep: {sweep['name']}", "", *_md_table(sweep["columns"], sweep["table"]), ""]
+    lines += ["## Runs and environment", ""]
+    for run in report["runs"]:
+        lines += [f"### {run['title']}", "", f"- Source: `{run['source']}`"]
+        lines += [f"- {line}" for line in run["environment_lines"]] + [""]
+    return "\n".join(lines)
+
+
+def environment_lines(env: dict) -> list[str]:
+    """The environment of a run as short lines: CPU, GPUs, threads, load, versions."""
+    if not env:
+        return ["Environment: not recorded"]
+    cpu = env.get("cpu", {})
+    flags = ", ".join(k for k, v in cpu.get("flags", {}).items() if v) or "none of the tracked flags"
+    gpus = "; ".join(f"{g.get('name')} (driver {g.get('driver')}, CC {g.get('compute_capability')})"
+                     for g in env.get("gpus", [])) or "none"
+    threads = env.get("threads") or {}
+    lines = [f"CPU: {cpu.get('model')}, {cpu.get('usable_cores')} usable of {cpu.get('logical_cores')} logical "
+             f"cores; {flags}", f"GPUs: {gpus}", f"OS: {env.get('os')}"]
+    if threads:
+        lines.append(f"Threads: intra-op {threads.get('intra_op')}, torch {threads.get('torch')}, "
+                     f"env {threads.get('env') or 'none set'}")
+    if env.get("load_average_1m") is not None:
+        lines.append(f"Load average (1 min) when recorded: {env['load_average_1m']}")
+    lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()))
+    return lines
+
+
+def _speedup(reference: dict | None, row: dict) -> float | None:
+    if not reference or row["status"] != "ok" or not row["latency_ms"] or not row["latency_ms"]["p50"]:
+        return None
+    return reference["latency_ms"]["p50"] / row["latency_ms"]["p50"]
+
+
+def _f(value, spec: str, missing: str = "—") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def _row_cells(r: dict, reference: dict | None) -> list[str]:
+    lat = r["latency_ms"] or {}
+    if r["status"] != "ok":
+        return [r["name"], Path(r["run"]).name, r["backend"] or "—", r["mode"] or "—", _f(r["batch_size"], "d"),
+                "—", "failed", "", "", "", "", "", "", ""]
+    speed = _speedup(reference, r)
+    return [r["name"], Path(r["run"]).name, r["backend"] or "—", r["mode"] or "—", _f(r["batch_size"], "d"),
+            _f(r["accuracy"], ".4f"), *(_f(lat.get(k), ".2f") for k in ("p50", "p90", "p95", "p99", "mean")),
+            _f(r["cv"], ".0%") + (" NOISY" if r["noisy"] else ""), _f(r["throughput_per_s"], ".1f"),
+            _f(speed, ".2f") + ("x" if speed is not None else "")]
+
+
+def _sweep_cells(p: dict) -> list[str]:
+    lat = p["latency_ms"]
+    return [str(p["batch_size"]), str(p["seq_len"] or "real"), f"{p['tokens_mean']:.0f}", str(p["iterations"]),
+            *(f"{lat[k]:.2f}" for k in ("p50", "p90", "p99", "mean")),
+            f"{p['cv']:.0%}" + (" NOISY" if p["noisy"] else ""), f"{p['throughput_per_s']:.1f}"]
+
+
+def _md_table(columns: list[str], cells: list[list[str]]) -> list[str]:
+    esc = [[c.replace("|", "\\|") for c in row] for row in cells]
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + ["| " + " | ".join(r) + " |" for r in esc]

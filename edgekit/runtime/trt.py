@@ -141,7 +141,23 @@ class EngineSession(Session):
         with self._lock:
             return self._run(feeds)
 
-    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run_timed(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+        """``run`` plus the GPU compute time in ms (CUDA events around the enqueue, copies excluded),
+        trtexec's split of GPU compute vs end-to-end; bench times the end-to-end call around it."""
+        if self._context is None:
+            self.open()
+        cudart = self._cudart
+        with self._lock:
+            start = self._check(cudart.cudaEventCreate(), "cudaEventCreate")
+            end = self._check(cudart.cudaEventCreate(), "cudaEventCreate")
+            try:
+                outputs = self._run(feeds, events=(start, end))
+                return outputs, float(self._check(cudart.cudaEventElapsedTime(start, end), "cudaEventElapsedTime"))
+            finally:
+                cudart.cudaEventDestroy(start)
+                cudart.cudaEventDestroy(end)
+
+    def _run(self, feeds: dict[str, np.ndarray], events=None) -> dict[str, np.ndarray]:
         cudart, kind = self._cudart, self._cudart.cudaMemcpyKind
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
@@ -161,9 +177,13 @@ class EngineSession(Session):
         for name in self.output_names:
             outputs[name] = np.empty(tuple(self._context.get_tensor_shape(name)), dtype=self._dtypes[name])
             self._context.set_tensor_address(name, self._device_buffer(name, outputs[name].nbytes))
+        if events:
+            self._check(cudart.cudaEventRecord(events[0], self._stream), "cudaEventRecord")
         if not self._context.execute_async_v3(int(self._stream)):
             raise BackendError(f"{BACKEND_NAMES[self.backend]} execution failed", None,
                                "Check the inputs' shapes and types against the engine's profile")
+        if events:
+            self._check(cudart.cudaEventRecord(events[1], self._stream), "cudaEventRecord")
         for name, host in outputs.items():
             self._check(cudart.cudaMemcpyAsync(host.ctypes.data, self._buffers[name][0], host.nbytes,
                                                kind.cudaMemcpyDeviceToHost, self._stream), "cudaMemcpyAsync")
