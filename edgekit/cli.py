@@ -1,8 +1,20 @@
 """The ``edgekit`` command: a Click group; each command parses options, calls one library function, prints.
 
-This module is the one error boundary: an EdgekitError prints ``Error: ...`` on
-one line and exits with its code (1, or 3 for a failed gate); usage errors exit
-2; ``EDGEKIT_DEBUG=1`` re-raises everything with its traceback.
+This module is the one error boundary (``EdgekitGroup.invoke``). Exit codes:
+
+* 0 success; 1 an ``EdgekitError`` (``Error: <what>: <why>. <fix>.``, one
+  line on stderr); 2 a usage error (Click); 3 a failed accuracy/latency gate.
+* 1 for a disk that is full or read-only, or a file-size limit: an OSError
+  (ENOSPC, EFBIG, EDQUOT, EROFS, EACCES, EPERM) anywhere in the exception's
+  chain, or any failure while :func:`edgekit.artifact.disk_trouble` finds the
+  cause (C++ writers such as ONNX Runtime report a full disk as a protobuf
+  error). One line, naming the original error.
+* 130 on Ctrl-C (SIGINT), 143 on SIGTERM: both unwind as KeyboardInterrupt,
+  so every atomic writer removes its temporary files first.
+* Anything else is a bug and keeps its traceback; ``EDGEKIT_DEBUG=1``
+  re-raises everything with its traceback.
+
+Warnings print as one ``Warning: ...`` line on stderr.
 """
 
 from __future__ import annotations
@@ -10,40 +22,115 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 
 import click
 
-from .errors import EdgekitError
+from .errors import EdgekitError, Terminated
 
-DEBUG = os.environ.get("EDGEKIT_DEBUG", "") not in ("", "0")
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+_SPACE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+_CLICK_FLOW = (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort)
+
+
+def _debug() -> bool:
+    return os.environ.get("EDGEKIT_DEBUG", "") not in ("", "0")
 
 
 class EdgekitGroup(click.Group):
+    """The one error boundary: see the module docstring."""
+
     def invoke(self, ctx):
+        restore = _install_handlers()
         try:
             return super().invoke(ctx)
+        except _CLICK_FLOW:
+            raise  # usage errors (exit 2) and --help/--version exits are Click's to print
         except EdgekitError as exc:
-            if DEBUG:
+            if _debug():
                 raise
-            click.echo(f"Error: {exc.message}", err=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            if DEBUG:
+            _fail(_disk_message(exc, _SPACE_ERRNOS) or exc.message, exc.exit_code)
+        except KeyboardInterrupt as exc:
+            if _debug():
                 raise
-            click.echo("Error: interrupted: nothing half-written was kept. Run the command again to redo it.", err=True)
-            sys.exit(130)
-        except OSError as exc:
-            if DEBUG or exc.errno not in _ENVIRONMENT_ERRNOS:
-                raise
-            where = f" '{exc.filename}'" if exc.filename else ""
-            click.echo(f"Error: writing{where} failed: {exc.strerror or exc}. Free space or choose another --out; "
-                       "nothing half-written was kept.", err=True)
-            sys.exit(1)
+            what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+            _fail(f"{what}: nothing half-written was kept. Run the command again to redo it.", 128 +
+                  getattr(exc, "signal_number", signal.SIGINT))
+        except Exception as exc:
+            message = None if _debug() else _disk_message(exc) or _environment_message(exc)
+            if message is None:
+                raise  # a bug: keep the traceback
+            _fail(message, 1)
+        finally:
+            restore()
 
 
-_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+def _fail(message: str, code: int):
+    click.echo(f"Error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ if exc.__cause__ is not None else None if exc.__suppress_context__ else exc.__context__
+
+
+def _disk_message(exc: BaseException, errnos: set[int] = _ENVIRONMENT_ERRNOS) -> str | None:
+    """One line for an OSError of a full, read-only or forbidden location anywhere in ``exc``'s chain."""
+    for err in _chain(exc):
+        if isinstance(err, OSError) and err.errno in errnos:
+            where = f" on '{err.filename}'" if err.filename else ""
+            if err.errno in _SPACE_ERRNOS:
+                return (f"Writing failed{where}: {err.strerror or err}. Free space or choose another --out; "
+                        "nothing half-written was kept.")
+            return f"File access failed{where}: {err.strerror or err}. Fix the permissions or choose another path."
+    return None
+
+
+def _environment_message(exc: BaseException) -> str | None:
+    from .artifact import disk_trouble
+
+    folders = [Path(tempfile.gettempdir()), Path.cwd()]
+    folders += [Path(a).resolve().parent for a in sys.argv[1:] if not a.startswith("-") and Path(a).parent.is_dir()]
+    trouble = disk_trouble(folders)
+    if trouble is None:
+        return None
+    first = " ".join(str(exc).split())[:200] or "no message"
+    return (f"Writing failed ({type(exc).__name__}: {first}), most likely because {trouble}. Free space, raise the "
+            "limit or choose another --out/TMPDIR; nothing half-written was kept. EDGEKIT_DEBUG=1 shows the traceback.")
+
+
+def _install_handlers():
+    """SIGTERM raises Terminated (like Ctrl-C); warnings print as one line. Returns the undo."""
+    previous_show = warnings.showwarning
+    warnings.showwarning = _show_warning
+    previous_term = None
+    try:
+        previous_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # not the main thread (e.g. an embedding app): leave signals alone
+        pass
+
+    def restore():
+        warnings.showwarning = previous_show
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+
+    return restore
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    click.echo(f"Warning: {' '.join(str(message).split())}", err=True)
 
 
 def emit(result: dict, as_json: bool, text: str) -> None:
@@ -83,6 +170,13 @@ def export_cmd(model, out, opset, task, data, text_column, atol, trust_remote_co
                f"on {v['samples']} sentences.")
 
 
+def _cc_list(ctx, param, value):
+    """'8.6,12.0' -> ['8.6', '12.0'] (validated by the engine builder, which knows the backend's list)."""
+    if value is None:
+        return None
+    return [v.strip() for v in str(value).split(",") if v.strip()]
+
+
 def _options_from(cls, recipe_values: dict, flags: dict):
     """A dataclass of options: recipe values first, then every flag the user actually set."""
     values = dict(recipe_values)
@@ -104,21 +198,36 @@ def _options_from(cls, recipe_values: dict, flags: dict):
 @click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales per output channel.")
 @click.option("--no-fuse", is_flag=True, help="Skip ONNX Runtime's transformer fusions (cpu target).")
 @click.option("--exclude-node", "exclude", multiple=True, help="Keep this node in fp32 (repeatable).")
+@click.option("--validation-data", default=None,
+              help="Labeled data for per-layer fallback: keep the most sensitive nodes in fp32 until the drop "
+                   "on it is within --max-accuracy-drop.")
+@click.option("--max-accuracy-drop", default=0.01, show_default=True, type=float,
+              help="Fallback budget (fraction) on --validation-data.")
 @click.option("--text-column", default=None)
+@click.option("--label-column", default=None)
 @click.option("--force", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 def quantize_cmd(onnx, out, target, mode, calibration_data, calibration_method, calibration_samples, per_channel,
-                 no_fuse, exclude, text_column, force, as_json):
+                 no_fuse, exclude, validation_data, max_accuracy_drop, text_column, label_column, force, as_json):
     """Quantize an exported ONNX folder to int8, in the format its target runs fast."""
     from .quantize import QuantizeOptions, quantize
 
     options = QuantizeOptions(target=target, mode=mode, calibration_method=calibration_method,
                               calibration_samples=calibration_samples, per_channel=per_channel, fuse=not no_fuse,
                               nodes_to_exclude=list(exclude))
-    art = quantize(onnx, out, options, calibration_data=calibration_data, text_column=text_column, force=force)
+    if validation_data:
+        from .fallback import FallbackOptions, quantize_with_fallback
+
+        art = quantize_with_fallback(onnx, out, options, FallbackOptions(max_accuracy_drop=max_accuracy_drop),
+                                     validation_data, calibration_data, text_column, label_column, force)
+    else:
+        art = quantize(onnx, out, options, calibration_data=calibration_data, text_column=text_column, force=force)
     m = art.manifest
+    fb = m.get("fallback")
+    kept = (f"; {len(fb['fell_back'])} node(s) kept in fp32, drop on validation "
+            f"{fb['chosen']['accuracy_drop'] * 100:+.2f} pt") if fb else ""
     emit(m, as_json, f"Quantized to {art.model_file}: {m['format']} for {target} "
-                     f"({art.model_file.stat().st_size / 1e6:.1f} MB).")
+                     f"({art.model_file.stat().st_size / 1e6:.1f} MB){kept}.")
 
 
 @main.command("check")
@@ -145,29 +254,66 @@ def check_cmd(original, candidate, data, text_column, label_column, batch_size, 
          f"(mean {r['logit_mean_abs_diff']:.3g}).")
 
 
+def _sizes(ctx, param, value):
+    """'1,4,16' -> [1, 4, 16]; in --sweep-seq, 'real' stands for the real sentence lengths (None)."""
+    if value is None:
+        return None
+    out = []
+    for item in (v.strip() for v in value.split(",") if v.strip()):
+        if item == "real" and param.name == "sweep_seq":
+            out.append(None)
+        elif item.isdigit() and int(item) > 0:
+            out.append(int(item))
+        else:
+            raise click.BadParameter(f"'{item}' is not a positive integer; use e.g. 1,4,16"
+                                     + (" (or 'real')" if param.name == "sweep_seq" else ""))
+    return out or None
+
+
 @main.command("bench")
 @click.argument("artifact", type=path_arg)
 @click.option("--data", default=None, help="Sentences to time on (default: a built-in handful).")
 @click.option("--text-column", default=None)
 @click.option("--batch-size", default=1, show_default=True, type=int)
-@click.option("--seq-len", default=None, type=int, help="Pad/truncate every batch to this length.")
-@click.option("--warmup", default=20, show_default=True, type=int)
-@click.option("--iterations", default=200, show_default=True, type=int)
-@click.option("--min-seconds", default=0.0, show_default=True, type=float)
+@click.option("--seq-len", default=None, type=int,
+              help="Tokens per input: real sentences joined and cut to this length (default: real lengths).")
+@click.option("--warmup", default=10, show_default=True, type=int, help="Untimed runs first, at least this many...")
+@click.option("--warmup-seconds", default=0.2, show_default=True, type=float, help="...and for at least this long.")
+@click.option("--iterations", default=100, show_default=True, type=int, help="Timed runs, at least this many...")
+@click.option("--min-seconds", default=3.0, show_default=True, type=float, help="...and for at least this long.")
 @click.option("--threads", default=None, type=int, help="Intra-op threads (default: usable cores).")
-@click.option("--json", "as_json", is_flag=True)
-def bench_cmd(artifact, data, text_column, batch_size, seq_len, warmup, iterations, min_seconds, threads, as_json):
-    """Latency (p50/p90/p99/mean) and throughput of ARTIFACT: HF folder (PyTorch) or ONNX (ONNX Runtime)."""
-    from .bench import BenchOptions, bench
+@click.option("--samples", default=512, show_default=True, type=int, help="Sentences drawn from --data (seeded).")
+@click.option("--end-to-end", is_flag=True,
+              help="Time edgekit.runtime.load(...).predict(texts): tokenization included (ONNX/engine artifacts).")
+@click.option("--sweep-batch", default=None, callback=_sizes, help="Batch sizes to sweep, e.g. 1,4,16.")
+@click.option("--sweep-seq", default=None, callback=_sizes, help="Sequence lengths to sweep, e.g. real,16,64,128.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (schema: bench/README.md).")
+def bench_cmd(artifact, data, text_column, sweep_batch, sweep_seq, as_json, **flags):
+    """Latency (p50/p90/p95/p99, mean, stdev, CV) and throughput of ARTIFACT: HF folder, ONNX or engine."""
+    from .bench import BenchOptions, bench, format_bench, sweep
 
-    options = BenchOptions(batch_size=batch_size, seq_len=seq_len, warmup=warmup, iterations=iterations,
-                           min_seconds=min_seconds, threads=threads)
-    r = bench(artifact, data, options, text_column)
-    lat = r["latency_ms"]
-    noisy = f" WARNING: noisy run (CV {r['cv']:.0%}); rerun on a quiet machine." if r["noisy"] else ""
-    emit(r, as_json, f"{r['backend']} batch {batch_size}, {r['threads']} threads, {r['iterations']} runs: "
-                     f"p50 {lat['p50']:.2f} ms, p90 {lat['p90']:.2f}, p99 {lat['p99']:.2f}, mean {lat['mean']:.2f} "
-                     f"(CV {r['cv']:.0%}), {r['throughput_per_s']:.1f} items/s.{noisy}")
+    options = BenchOptions(**flags)
+    if sweep_batch or sweep_seq:
+        r = sweep(artifact, data, sweep_batch, sweep_seq, options, text_column)
+    else:
+        r = bench(artifact, data, options, text_column)
+    if as_json:
+        for warning in r["warnings"]:
+            click.echo(f"Warning: {warning}", err=True)
+    emit(r, as_json, format_bench(r))
+
+
+def _duration(ctx, param, value):
+    """'15m', '90s', '1h30m' -> seconds (None stays None)."""
+    if value is None:
+        return None
+    from .errors import InputError
+    from .search import parse_duration
+
+    try:
+        return parse_duration(value)
+    except InputError as exc:
+        raise click.BadParameter(exc.message) from None
 
 
 @main.command("optimize")
@@ -185,17 +331,51 @@ def bench_cmd(artifact, data, text_column, batch_size, seq_len, warmup, iteratio
 @click.option("--max-samples", default=None, type=int)
 @click.option("--batch-size", default=None, type=int, help="Latency batch size (default 1).")
 @click.option("--eval-batch-size", default=None, type=int, help="Gate batch size (default: --batch-size).")
+@click.option("--precision", type=click.Choice(["int8", "fp16", "fp32"]), default=None,
+              help="TensorRT targets: engine precision (default int8, with per-layer fallback).")
+@click.option("--compute-capability", "compute_capabilities", default=None, callback=_cc_list,
+              help="TensorRT-RTX targets, comma-separated (e.g. 8.6,8.9,12.0); default: the backend's.")
+@click.option("--validation-data", default=None,
+              help="Labeled rows (not the gate's) for per-layer fallback; TensorRT int8 defaults to the calibration data.")
 @click.option("--iterations", default=None, type=int, help="Timed runs per model (default 200).")
 @click.option("--warmup", default=None, type=int, help="Untimed runs first (default 20).")
 @click.option("--threads", default=None, type=int)
+@click.option("--prune-ffn", default=None, type=float, help="Prune this share of FFN neurons first (edgekit prune).")
+@click.option("--prune-layers", default=None, type=int, help="Prune this many transformer blocks first.")
+@click.option("--prune-heads", default=None, type=float, help="Share of heads; refused for BERT-family models.")
+@click.option("--prune-data", default=None, help="Labeled training rows for pruning importance and recovery.")
+@click.option("--prune-importance", type=click.Choice(["taylor", "magnitude"]), default=None, help="Default: taylor.")
+@click.option("--prune-recover-epochs", default=None, type=float, help="Recovery fine-tune epochs (default 1; 0 = none).")
+@click.option("--prune-recover-samples", default=None, type=int, help="Training rows for recovery (default 16000).")
+@click.option("--prune-distill/--prune-no-distill", default=None, help="Distil the original's logits (default: on).")
+@click.option("--trust-remote-code", is_flag=True, help="Run Python code shipped with the model (off by default).")
+@click.option("--cache-dir", default=None, type=path_arg,
+              help="Step cache for export/quantize (default: $EDGEKIT_CACHE, else ~/.cache/edgekit).")
+@click.option("--no-cache", is_flag=True, help="Redo every step; read and write no step cache.")
+@click.option("--allow-outside-paths", is_flag=True, help="Let --recipe paths leave the recipe's project.")
 @click.option("--force", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
-def optimize_cmd(model, data, out, recipe, force, as_json, **flags):
-    """Export, quantize, check and bench MODEL; exit 0 within the accuracy budget, 3 when the gate fails."""
+@click.option("--search", "search_mode", is_flag=True,
+              help="Search quantization settings for the fastest artifact within --max-accuracy-drop; OUT always "
+                   "holds the best so far (edgekit.search).")
+@click.option("--time-budget", default=None, callback=_duration,
+              help="With --search: launch no trial after this long, e.g. 15m, 90s (default: no limit).")
+@click.option("--resume", is_flag=True, help="With --search: continue the interrupted search recorded in OUT.")
+@click.option("--ray-address", default=None,
+              help="With --search: run trials as Ray tasks on this cluster ('local' starts Ray here).")
+@click.option("--seed", default=None, type=int, help="With --search: order of the candidates (default 0).")
+def optimize_cmd(model, data, out, recipe, force, as_json, cache_dir, no_cache, allow_outside_paths, search_mode,
+                 time_budget, resume, ray_address, seed, **flags):
+    """Export, quantize, check and bench MODEL; exit 0 within the accuracy budget, 3 when the gate fails.
+
+    Export and quantize are cached by content (inputs, options, tool versions):
+    a rerun after an interruption redoes only what is missing.
+    """
+    from .cache import StepCache
     from .pipeline import OptimizeOptions, optimize
     from .recipe import load_recipe
 
-    rec = load_recipe(recipe) if recipe else None
+    rec = load_recipe(recipe, allow_outside_paths=allow_outside_paths) if recipe else None
     model = model or (rec.model if rec else None)
     data = data or (rec.data if rec else None)
     out = out or (rec.out if rec else None)
@@ -203,12 +383,42 @@ def optimize_cmd(model, data, out, recipe, force, as_json, **flags):
     if missing:
         raise click.UsageError(f"Missing {', '.join(missing)} (give them as arguments/flags or in --recipe).")
     options = _options_from(OptimizeOptions, rec.options if rec else {}, flags)
-    r = optimize(model, data, out, options, force=force)
+    searching = {"--time-budget": time_budget, "--resume": resume or None, "--ray-address": ray_address, "--seed": seed}
+    if search_mode or any(v is not None for v in searching.values()):
+        explicit = {k for k, v in flags.items() if v is not None} | set(rec.options if rec else {})
+        return _search_cmd(model, data, out, options, explicit, search_mode, searching, force, as_json,
+                           None if no_cache else StepCache(cache_dir))
+    r = optimize(model, data, out, options, force=force, cache=None if no_cache else StepCache(cache_dir))
     base, opt = r["baseline"], r["optimized"]
+    latency = (f"p50 {base['latency_ms']['p50']:.2f} -> {opt['latency_ms']['p50']:.2f} ms ({r['speedup_p50']:.2f}x)"
+               if opt["latency_ms"] else f"{opt['backend']} latency {opt['latency_note']}")
     emit(r, as_json, f"{'PASSED' if r['passed'] else 'FAILED'}: accuracy {base['accuracy']:.4f} -> {opt['accuracy']:.4f} "
                      f"(drop {r['accuracy_drop'] * 100:+.2f} pt, allowed {options.max_accuracy_drop * 100:.2f}), "
-                     f"p50 {base['latency_ms']['p50']:.2f} -> {opt['latency_ms']['p50']:.2f} ms "
-                     f"({r['speedup_p50']:.2f}x) in {r['seconds_total']:.0f} s. Report: {Path(out) / 'report.md'}")
+                     f"{latency} in {r['seconds_total']:.0f} s{_cached_note(r)}. Artifact: {opt['path']}; "
+                     f"report: {Path(out) / 'report.md'}")
+
+
+def _cached_note(report: dict) -> str:
+    cached = (report.get("cache") or {}).get("cached_stages") or []
+    return f" ({', '.join(cached)} served from the step cache)" if cached else ""
+
+
+def _search_cmd(model, data, out, options, explicit, search_mode, searching, force, as_json, cache):
+    """``optimize --search``: edgekit.search.search with the optimize options; progress lines on stderr."""
+    from .search import SearchOptions, format_search, search
+
+    if not search_mode:
+        raise click.UsageError(f"{', '.join(k for k, v in searching.items() if v is not None)} needs --search.")
+    sopts = SearchOptions.from_optimize(options, explicit, time_budget=searching["--time-budget"],
+                                        ray_address=searching["--ray-address"], seed=searching["--seed"] or 0)
+    try:
+        r = search(model, data, out, sopts, force=force, resume=bool(searching["--resume"]), cache=cache,
+                   log=lambda line: click.echo(line, err=True))
+    except KeyboardInterrupt:
+        if (Path(out) / "search_state.json").is_file():
+            click.echo(f"Search stopped: '{out}' holds the best artifact so far; continue with --resume.", err=True)
+        raise
+    emit(r, as_json, format_search(r))
 
 
 @main.command("finetune")
@@ -245,7 +455,8 @@ def finetune_cmd(base_model, data, eval_data, out, text_column, label_column, ep
 
 @main.command("build")
 @click.argument("onnx", type=path_arg)
-@click.option("--out", required=True, type=path_arg, help="Engine file (*.engine/*.plan) or folder (gets model.engine).")
+@click.option("--out", required=True, type=path_arg,
+              help="Engine file (*.engine/*.plan), or a folder that gets model.engine.")
 @click.option("--backend", type=click.Choice(["tensorrt-rtx", "tensorrt"]), default="tensorrt-rtx", show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16", show_default=True,
               help="fp16 converts an fp32 ONNX (written beside the engine); int8 needs Q/DQ (edgekit quantize).")
@@ -258,8 +469,10 @@ def finetune_cmd(base_model, data, eval_data, out, text_column, label_column, ep
 @click.option("--max-batch", default=32, show_default=True, type=int)
 @click.option("--min-seq", default=None, type=int, help="Default: 1.")
 @click.option("--opt-seq", default=None, type=int, help="Default: median token length of --data, else 128.")
-@click.option("--max-seq", default=None, type=int, help="Default: longest in --data (next power of 2), else the model's limit.")
-@click.option("--workspace", "workspace_mib", default=None, type=int, help="Builder workspace in MiB (default: backend's).")
+@click.option("--max-seq", default=None, type=int,
+              help="Default: longest in --data (next power of 2), else the model's limit.")
+@click.option("--workspace", "workspace_mib", default=None, type=int,
+              help="Builder workspace in MiB (default: the backend's).")
 @click.option("--timing-cache", default=None, type=path_arg, help="Timing cache file to reuse and update (TensorRT).")
 @click.option("--data", default=None, help="Sentences (tsv/csv/jsonl) whose token lengths set the sequence profile.")
 @click.option("--text-column", default=None)
@@ -281,9 +494,9 @@ def build_cmd(onnx, out, ccs, data, text_column, force, as_json, timing_cache, *
     fed = f"{mm['int8']}/{mm['total']} MatMuls fed by Q/DQ" if m["precision"] == "int8" else \
         f"{mm['fp16']} fp16 / {mm['fp32']} fp32 MatMuls"
     base = f" over {m['int8_base']}" if m["precision"] == "int8" else ""
-    emit(m, as_json, f"Built {art.path} ({m['backend']} {m['backend_version']}, {m['precision']}{base}, {m['targets']}): "
-                     f"{m['engine_bytes'] / 1e6:.1f} MB in {m['build_seconds']:.1f} s; {fed}; profile batch "
-                     f"{'/'.join(map(str, prof['batch']))}, seq {'/'.join(map(str, prof['sequence']))} "
+    emit(m, as_json, f"Built {art.path} ({m['backend']} {m['backend_version']}, {m['precision']}{base}, "
+                     f"{m['targets']}): {m['engine_bytes'] / 1e6:.1f} MB in {m['build_seconds']:.1f} s; {fed}; "
+                     f"profile batch {'/'.join(map(str, prof['batch']))}, seq {'/'.join(map(str, prof['sequence']))} "
                      f"({prof['source']['sequence']}). Built from {m['onnx']['built_from']}.")
 
 
@@ -295,3 +508,64 @@ def doctor_cmd(as_json):
 
     report = doctor()
     emit(report, as_json, format_doctor(report))
+
+
+@main.command("report")
+@click.argument("runs", nargs=-1, required=True, type=path_arg)
+@click.option("--out", required=True, type=path_arg, help="Folder for report.md, report.html and report.json.")
+@click.option("--force", is_flag=True, help="Replace a non-empty OUT that edgekit did not write.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json (schema: bench/README.md).")
+def report_cmd(runs, out, force, as_json):
+    """Combine saved RUNS (optimize --out folders, bench --json files) into Markdown and self-contained HTML."""
+    from .report import report
+
+    r = report(list(runs), out, force=force)
+    if as_json:
+        for warning in r["warnings"]:
+            click.echo(f"Warning: {warning}", err=True)
+    warned = f" {len(r['warnings'])} warning(s): see the report." if r["warnings"] else ""
+    emit(r, as_json, f"Report of {len(r['runs'])} run(s), {len(r['rows'])} artifact(s), {len(r['figures'])} plot(s): "
+                     f"{r['files']['report.md']}, {r['files']['report.html']}.{warned}")
+
+
+@main.command("prune")
+@click.argument("model", type=path_arg)
+@click.option("--data", required=True, help="Labeled training rows: importance scores and recovery (tsv/csv/jsonl).")
+@click.option("--out", required=True, type=path_arg, help="Output folder (a smaller HF model: safetensors + tokenizer).")
+@click.option("--eval-data", default=None, help="Labeled rows to report accuracy on (original, pruned, recovered).")
+@click.option("--ffn", default=0.0, show_default=True, type=float, help="Share of FFN neurons removed in every layer.")
+@click.option("--layers", default=0, show_default=True, type=int, help="Whole transformer blocks removed.")
+@click.option("--heads", default=0.0, show_default=True, type=float,
+              help="Share of attention heads; refused for BERT-family models (not expressible in their config).")
+@click.option("--importance", type=click.Choice(["taylor", "magnitude"]), default="taylor", show_default=True,
+              help="taylor: |gradient x activation| on --data; magnitude: weight norms.")
+@click.option("--importance-samples", default=1024, show_default=True, type=int, help="Rows for the importance pass.")
+@click.option("--sparsity", default=None, help="Also zero weights: 2:4 or unstructured:R (GPU/TensorRT speedup only).")
+@click.option("--recover-epochs", default=1.0, show_default=True, type=float, help="Recovery fine-tune; 0 = none.")
+@click.option("--recover-samples", default=16000, show_default=True, type=int, help="Training rows for recovery.")
+@click.option("--distill/--no-distill", default=True, show_default=True,
+              help="Recover against the original's logits (KL) plus the labels (CE).")
+@click.option("--temperature", default=2.0, show_default=True, type=float, help="Distillation temperature.")
+@click.option("--lr", default=1e-4, show_default=True, type=float, help="Peak AdamW learning rate of the recovery.")
+@click.option("--batch-size", default=32, show_default=True, type=int)
+@click.option("--max-length", default=128, show_default=True, type=int, help="Tokens per row; longer rows are cut.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--threads", default=None, type=int, help="CPU threads for torch (default: all cores).")
+@click.option("--text-column", default=None)
+@click.option("--label-column", default=None)
+@click.option("--force", is_flag=True, help="Replace a non-empty OUT that edgekit did not write.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def prune_cmd(model, data, out, eval_data, force, as_json, **flags):
+    """Remove FFN neurons and blocks from MODEL (importance from --data), recover accuracy, save a smaller HF folder."""
+    from .prune import PruneOptions, prune
+
+    m = prune(model, data, out, PruneOptions(**flags), eval_data=eval_data, force=force)
+    layers, ffn, params = m["layers"], m["ffn"], m["params"]
+    rec = m["recovery"]
+    recovered = (f"recovered {rec['steps']} steps on {rec['train_samples']} rows"
+                 f"{' (distilled)' if rec['distill'] else ''}" if rec else "no recovery")
+    acc = (f"accuracy {m['original_accuracy']:.4f} -> {m['accuracy']:.4f} (before recovery {m['pruned_accuracy']:.4f}) "
+           f"on {m['eval_samples']} rows" if m["accuracy"] is not None else "no --eval-data, accuracy not measured")
+    emit(m, as_json, f"Pruned {model}: FFN {ffn['before']} -> {ffn['after']} per layer, blocks {layers['before']} -> "
+                     f"{layers['after']} (dropped {layers['dropped'] or 'none'}), params {params['before'] / 1e6:.1f}M -> "
+                     f"{params['after'] / 1e6:.1f}M; {recovered}; {acc}; {m['seconds']:.0f} s. Saved to {out}.")

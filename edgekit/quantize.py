@@ -176,7 +176,7 @@ def _quantize_static(source: Path, target: Path, options: QuantizeOptions, reade
     if trt:
         extra.update({"QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}, "DedicatedQDQPair": False,
                             "QuantizeBias": False})
-    with _quiet_root_logger():
+    with _quiet_root_logger(), contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print progress
         q.quantize_static(str(prepared), str(target), reader,
                             quant_format=q.QuantFormat.QDQ if trt else q.QuantFormat.QOperator,
                             activation_type=q.QuantType.QInt8 if trt else q.QuantType.QUInt8,

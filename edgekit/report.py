@@ -39,12 +39,17 @@ def optimize_markdown(report: dict) -> str:
     ]
     for name, row in (("baseline", base), ("optimized", opt)):
         lat = row.get("latency_ms")
+        if lat is None and row.get("latency_note"):
+            lines.append(f"| {name} | {row['backend']} | {row['accuracy']:.4f} | {row['latency_note']} | | | | "
+                         f"{row.get('size_mb', 0):.1f} |")
+            continue
         lines.append(f"| {name} | {row['backend']} | {row['accuracy']:.4f} | {_ms(lat, 'p50')} | {_ms(lat, 'p90')} | "
                      f"{_ms(lat, 'p99')} | {_ms(lat, 'mean')} | {row.get('size_mb', 0):.1f} |")
     speed = report.get("speedup_p50")
     lines += [
         "",
-        f"- Speedup (p50): {speed:.2f}x" if speed else "- Speedup (p50): not measured",
+        f"- Speedup (p50): {speed:.2f}x" if speed else
+        f"- Speedup (p50): {opt.get('latency_note') or 'not measured'}",
         f"- Label agreement with baseline: {report['check']['label_agreement']:.4f}; "
         f"logit max |diff| {report['check']['logit_max_abs_diff']:.3g}, mean {report['check']['logit_mean_abs_diff']:.3g}",
         f"- Latency: batch {report['bench']['batch_size']}, {report['bench']['threads']} threads, "

@@ -1,0 +1,105 @@
+"""The fp32 ONNX each search candidate starts from: the model's export, or a pruned and re-exported copy.
+
+The model is exported once (through the step cache when one is given). A
+candidate with ``prune_ffn``/``prune_layers`` starts from
+:func:`edgekit.prune.prune` (structured pruning + recovery fine-tune on the
+training rows, never on the gate data) exported again; each pruning setting
+is made once, when the first candidate that needs it is about to run, and
+kept in the search's work folder for ``--resume``. A setting that cannot be
+made fails the candidates that need it, not the search.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+from .artifact import Artifact, resolve
+from .cache import entry_is_complete
+from .errors import EdgekitError, InputError, ModelError
+from .search_trial import Candidate, TrialSetup
+
+
+class Sources:
+    """``setup(candidate)``: the :class:`TrialSetup` of a candidate, its source made on first use."""
+
+    def __init__(self, model, data, options, work: Path, cache, log: Callable[[str], None]):
+        from .hf import fetch
+
+        self.options, self.data, self.work, self.log = options, data, work, log
+        src = resolve(fetch(model))
+        if src.kind not in ("hf", "onnx"):
+            raise ModelError(f"'{model}' cannot be searched", f"it is a {src.kind} artifact",
+                             "Pass the fine-tuned model folder or its fp32 ONNX export")
+        self.hf = src if src.kind == "hf" else None
+        self.base = src if src.kind == "onnx" else self._export_base(src, cache)
+        self.base_setup = _setup(self.base.path, data, options)
+        self._pruned: dict[str, Artifact | EdgekitError] = {}
+
+    def setup(self, candidate: Candidate) -> TrialSetup:
+        """Raises the EdgekitError of a pruning setting that could not be made."""
+        return replace(self.base_setup, source=str(self.source(candidate).path))
+
+    def source(self, candidate: Candidate) -> Artifact:
+        tag = candidate.prune_tag
+        if not tag:
+            return self.base
+        if tag not in self._pruned:
+            try:
+                self._pruned[tag] = self._pruned_export(candidate, tag)
+            except EdgekitError as exc:
+                self._pruned[tag] = exc
+        made = self._pruned[tag]
+        if isinstance(made, EdgekitError):
+            raise made
+        return made
+
+    def _export_base(self, src: Artifact, cache) -> Artifact:
+        from .pipeline import OptimizeOptions, _export_step
+
+        if entry_is_complete(self.work / "fp32"):  # a resumed search's export
+            return resolve(self.work / "fp32")
+        o = self.options
+        eopts = OptimizeOptions(opset=o.opset, task=o.task, trust_remote_code=o.trust_remote_code,
+                                text_column=o.text_column)
+        return _export_step(src, self.data, eopts, self.work / "fp32", cache)[0]
+
+    def _pruned_export(self, candidate: Candidate, tag: str) -> Artifact:
+        from .export import ExportOptions, export
+        from .prune import PruneOptions, prune
+
+        folder, o = self.work / "pruned" / tag, self.options
+        if entry_is_complete(folder / "onnx"):
+            return resolve(folder / "onnx")
+        if self.hf is None:
+            raise InputError(f"Cannot prune for candidate {candidate.id}", "the search was given an ONNX model",
+                             "Pass the fine-tuned model folder to search pruning ratios")
+        train = o.prune_data or o.calibration_data
+        if train is None or str(train) == str(self.data):
+            raise InputError("Pruning needs training data", "importance and recovery must not use the gate data",
+                             "Pass --prune-data (or --calibration-data) with labeled training rows")
+        started = time.perf_counter()
+        self.log(f"pruning {tag}: started (prune + recovery on {train}, then export)")
+        popts = PruneOptions(ffn=candidate.prune_ffn, layers=candidate.prune_layers, importance=o.prune_importance,
+                             recover_epochs=o.prune_recover_epochs, recover_samples=o.prune_recover_samples,
+                             distill=o.prune_distill, threads=o.threads, text_column=o.text_column,
+                             label_column=o.label_column)
+        prune(self.hf.path, train, folder / "hf", popts, force=True)
+        art = export(folder / "hf", folder / "onnx", ExportOptions(opset=o.opset, task=o.task), data=self.data,
+                     text_column=o.text_column, force=True)
+        self.log(f"pruning {tag}: done in {time.perf_counter() - started:.0f} s")
+        return art
+
+
+def _setup(source: Path, data, options) -> TrialSetup:
+    from .runtime.session import default_threads
+
+    calibration = str(options.calibration_data or data)
+    return TrialSetup(source=str(source), gate_data=str(data), calibration_data=calibration,
+                      validation_data=str(options.validation_data or calibration), target=options.target,
+                      text_column=options.text_column, label_column=options.label_column,
+                      max_samples=options.max_samples, eval_batch_size=options.eval_batch_size,
+                      validation_samples=options.validation_samples, latency_iterations=options.latency_iterations,
+                      latency_seconds=options.latency_seconds, threads=options.threads or default_threads())
