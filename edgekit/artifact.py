@@ -71,10 +71,10 @@ def _identify(p: Path) -> Artifact:
     if (p / ONNX_NAME).is_file():
         return Artifact(p, "onnx", p / ONNX_NAME, manifest)
     engines = sorted(x for x in p.iterdir() if x.suffix in ENGINE_SUFFIXES)
-    if engines and not (p / "config.json").is_file():
+    weights = [x for x in p.iterdir() if x.name.endswith((".safetensors", ".bin")) or x.name.endswith(".index.json")]
+    if engines and not weights:  # an engine folder (build/optimize copy config.json and the tokenizer beside it)
         return Artifact(p, "engine", engines[0], manifest)
     if (p / "config.json").is_file():
-        weights = [x for x in p.iterdir() if x.name.endswith((".safetensors", ".bin")) or x.name.endswith(".index.json")]
         if not weights:
             raise ModelError(f"Model folder '{p}' has no weights", "config.json is there but no *.safetensors or *.bin",
                              "Save the model with save_pretrained() or copy its weight files")

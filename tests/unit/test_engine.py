@@ -434,3 +434,25 @@ def test_engine_session_host_side_on_fake_cuda(tmp_path, monkeypatch):
             sess.run({"input_ids": np.ones((8, 3), np.int64)})
         with pytest.raises(InputError, match="input_ids"):
             sess.run({"attention_mask": ids})
+
+
+@needs_rtx
+def test_check_and_bench_take_an_engine_folder_and_say_no_gpu(tiny_model, tiny_onnx, tiny_data, tmp_path):
+    """A built engine folder (engine + config + tokenizer, no weights) is an engine artifact; without a GPU,
+    check and bench say so in one line (exit 1) instead of mistaking it for a model folder."""
+    import subprocess
+    import sys
+
+    from edgekit.artifact import resolve
+    from edgekit.engine import build
+
+    art = build(tiny_onnx, tmp_path / "eng" / "model.engine", options(precision="fp32"), data=tiny_data)
+    folder = art.path.parent
+    assert (folder / "config.json").is_file() and resolve(folder).kind == "engine"
+    if _gpus():
+        pytest.skip("a CUDA GPU is present: the engine would run")
+    for args in (["check", tiny_model, folder, "--data", tiny_data], ["bench", folder, "--iterations", "2"]):
+        r = subprocess.run([sys.executable, "-m", "edgekit", *map(str, args)], capture_output=True, text=True,
+                           timeout=300)
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert r.returncode == 1 and len(lines) == 1 and "No CUDA GPU found" in lines[0], r.stderr
