@@ -265,7 +265,21 @@ def _save(model, tokenizer, folder: Path) -> None:
                          "the base tokenizer is not a fast tokenizer", "Use a base model with tokenizer.json")
 
 
-class _Progress:
+class QuietCallback:
+    """Duck-typed ``transformers.TrainerCallback`` (no transformers import at module load): every ``on_*``
+    event a subclass does not define is a no-op."""
+
+    def __getattr__(self, name):
+        if name.startswith("on_"):
+            return _ignore_event
+        raise AttributeError(name)
+
+
+def _ignore_event(*args, **kwargs) -> None:
+    return None
+
+
+class _Progress(QuietCallback):
     """Duck-typed TrainerCallback (no transformers import here): all output on stderr.
 
     A tqdm bar with the running loss on a terminal; otherwise one line per ~10%
@@ -307,14 +321,6 @@ class _Progress:
             self.bar.close()
             self.bar = None
 
-    def __getattr__(self, name):
-        if name.startswith("on_"):
-            return _ignore_event
-        raise AttributeError(name)
-
-
-def _ignore_event(*args, **kwargs) -> None:
-    return None
 
 
 @contextlib.contextmanager

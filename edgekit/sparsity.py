@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from .deps import require
 from .errors import InputError
+from .finetune import QuietCallback
 
 PATTERNS = ("2:4", "unstructured:R (0 < R < 1, e.g. unstructured:0.5)")
 
@@ -117,8 +118,8 @@ def sparsity_report(model, spec: SparsitySpec) -> dict:
                             "for 2:4; none on ONNX Runtime CPU"}
 
 
-class KeepMasks:
-    """Duck-typed TrainerCallback: re-applies the sparsity masks after every optimizer step."""
+class KeepMasks(QuietCallback):
+    """A Trainer callback that re-applies the sparsity masks after every optimizer step."""
 
     def __init__(self, masks: dict):
         self.masks = masks
@@ -127,11 +128,3 @@ class KeepMasks:
         if model is not None:
             apply_masks(model, self.masks)
 
-    def __getattr__(self, name):
-        if name.startswith("on_"):
-            return _ignore_event
-        raise AttributeError(name)
-
-
-def _ignore_event(*args, **kwargs) -> None:
-    return None
