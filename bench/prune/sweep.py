@@ -34,7 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("EDGEKIT_SHARED", HERE.parents[1].parent / "shared"))
 DEFAULT_CONFIGS = ["ffn=0.5,layers=1", "ffn=0.5,layers=2", "ffn=0.7", "ffn=0.5", "layers=1", "ffn=0.25",
-                   "ffn=0.6,layers=1", "ffn=0.7,layers=1"]
+                   "ffn=0.6,layers=1", "ffn=0.7,layers=1", "ffn=0"]   # ffn=0: the recovery fine-tune alone (control)
 
 
 def parse_args(argv=None):
@@ -49,9 +49,10 @@ def parse_args(argv=None):
     p.add_argument("--work", default="/tmp/edgekit-prune-sweep", help="Artifacts (reused by later phases).")
     p.add_argument("--out", default=str(HERE), help="Where results.json / results.md / sweep.png go.")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--iterations", type=int, default=300)
     p.add_argument("--min-seconds", type=float, default=3.0)
+    p.add_argument("--paired-runs", type=int, default=1000, help="Runs per artifact in the paired (turn-taking) timing.")
     return p.parse_args(argv)
 
 
@@ -140,37 +141,55 @@ def measure(args, results: dict) -> None:
             b = bench(r["int8"], args.dev, opts)
             p50s[r["name"]].append(b["latency_ms"]["p50"])
             r["cv"], r["bench_warnings"] = b["cv"], b["warnings"]
+    paired = paired_times(rows, args, threads=args.threads, clock=time.perf_counter)
     results["load_average_after_measure"] = load_average()
-    for r in rows:
-        r["cpu_ms_1thread_p50"] = cpu_time_p50(r["int8"], args)
+    cpu = paired_times(rows, args, threads=1, clock=time.thread_time)
     base = statistics.median(p50s["int8"])
     for r in rows:
         r["p50_ms_rounds"] = [round(x, 3) for x in p50s[r["name"]]]
         r["p50_ms"] = round(statistics.median(p50s[r["name"]]), 3)
         r["speedup_vs_int8"] = round(base / statistics.median(p50s[r["name"]]), 3)
+        r["p50_ms_paired"] = round(statistics.median(paired[r["name"]]), 3)
+        r["speedup_paired"] = round(statistics.median(paired["int8"]) / statistics.median(paired[r["name"]]), 3)
+        r["cpu_ms_1thread_p50"] = round(statistics.median(cpu[r["name"]]), 3)
+    results["paired_runs"] = args.paired_runs
     results["environment"] = environment(threads=args.threads)
 
 
-def cpu_time_p50(int8: str, args, runs: int = 300) -> float:
-    """Median CPU time (thread_time) of one batch-1 run at 1 intra-op thread: a load-robust proxy, not latency."""
+def paired_times(rows: list[dict], args, threads: int, clock) -> dict[str, list[float]]:
+    """Per artifact, ms per batch-1 run by ``clock``, the artifacts taking turns run by run on the same sentence.
+
+    Every artifact's ONNX Runtime session is open at once; turn i runs each of
+    them on sentence i, so a burst of load from other processes hits all of
+    them alike. Intra-op spinning is off: the idle sessions' spinning workers
+    would otherwise compete with the one running.
+    """
+    import onnxruntime as ort
+
     from edgekit.artifact import resolve
     from edgekit.data import load_dataset
-    from edgekit.runtime.session import OrtSession
     from edgekit.sessions import encoder_for
 
-    art = resolve(int8)
-    encoder = encoder_for(art)
-    texts = load_dataset(args.dev, require_labels=False).subset(runs).texts
-    with OrtSession(art.model_file, threads=1) as sess:
-        feeds = [sess.feeds(encoder([t])) for t in texts]
-        for f in feeds[:20]:
-            sess.run(f)
-        times = []
-        for f in feeds:
-            t0 = time.thread_time()
-            sess.run(f)
-            times.append((time.thread_time() - t0) * 1000)
-    return round(statistics.median(times), 3)
+    texts = load_dataset(args.dev, require_labels=False).subset(512).texts
+    sessions, feeds = {}, {}
+    for r in rows:
+        art = resolve(r["int8"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        sess = ort.InferenceSession(str(art.model_file), options, providers=["CPUExecutionProvider"])
+        names = {i.name for i in sess.get_inputs()}
+        encoder = encoder_for(art)
+        sessions[r["name"]] = sess
+        feeds[r["name"]] = [{k: v for k, v in encoder([t]).items() if k in names} for t in texts]
+    times = {name: [] for name in sessions}
+    for i in range(20 + args.paired_runs):
+        for name, sess in sessions.items():
+            t0 = clock()
+            sess.run(None, feeds[name][i % len(texts)])
+            if i >= 20:  # the first 20 turns are warm-up
+                times[name].append((clock() - t0) * 1000)
+    return times
 
 
 def write_outputs(args, results: dict) -> None:
@@ -192,11 +211,17 @@ def markdown(results: dict) -> str:
              f"{results.get('load_average_after_measure')}", "",
              f"Original fp32 dev accuracy (PyTorch): {reference}. Recovery: {results['recover_samples']} SST-2 train "
              f"rows, {results['recover_epochs']} epoch, distilled from the original. Dev accuracy of the int8 ONNX at "
-             "batch 1 on all dev rows; p50 = median of the rounds' p50 (edgekit.bench, batch 1, dev sentences).", "",
-             "CPU ms = median CPU time of one batch-1 run at 1 thread (time.thread_time): a proxy that load "
-             "barely moves, shown because shared machines are rarely quiet; the latency columns are the result.", "",
-             "| config | FFN/layer | blocks | params | dev acc (int8) | drop vs fp32 (pt) | p50 ms (int8) "
-             "| speedup vs int8 | CPU ms (speedup) | prune+recover s (CPU s) |",
+             "batch 1 on all dev rows; p50 = median of the rounds' p50 (edgekit.bench, batch 1, dev sentences). "
+             "`ffn=0` prunes nothing: it is the recovery fine-tune alone, the control for how much of a pruned "
+             "model's accuracy comes from the extra training rather than from what was kept.", "",
+             f"Three latency views of the same int8 artifacts, batch 1, {results['threads']} threads unless said: "
+             "**bench p50** = edgekit.bench, each artifact timed alone for >= 3 s, median of the rounds' p50s; "
+             f"**paired p50** = all artifacts open at once, taking turns run by run on the same sentence "
+             f"({results.get('paired_runs')} runs each, intra-op spinning off), so a burst of load from other "
+             "processes hits all of them alike (the speedup to trust on a shared machine); **CPU ms** = median CPU time (time.thread_time) "
+             "of one run at 1 thread, paired the same way: a proxy that load barely moves.", "",
+             "| config | FFN/layer | blocks | params | dev acc (int8) | drop vs fp32 (pt) | bench p50 ms (speedup) "
+             "| paired p50 ms (speedup) | CPU ms (speedup) | prune+recover s (CPU s) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     cpu_base = results["rows"]["int8"].get("cpu_ms_1thread_p50")
     for r in rows:
@@ -205,9 +230,10 @@ def markdown(results: dict) -> str:
         cpu_text = f"{cpu} ({cpu_base / cpu:.2f}x)" if cpu and cpu_base else ""
         drop = f"{(reference - r['accuracy']) * 100:+.2f}" if reference else ""
         timing = f"{p['seconds']:.0f} ({p['cpu_seconds']:.0f})" if p else ""
+        bench_text = f"{r['p50_ms']} ({r['speedup_vs_int8']:.2f}x)" if "p50_ms" in r else "not measured"
+        paired_text = f"{r['p50_ms_paired']} ({r['speedup_paired']:.2f}x)" if "p50_ms_paired" in r else ""
         lines.append(f"| {r['config'] or 'unpruned'} | {r['ffn']} | {r['blocks']} | {r['params'] / 1e6:.2f}M | "
-                     f"{r['accuracy']:.4f} | {drop} | {r.get('p50_ms', 'not measured')} | "
-                     f"{r.get('speedup_vs_int8', '')} | {cpu_text} | {timing} |")
+                     f"{r['accuracy']:.4f} | {drop} | {bench_text} | {paired_text} | {cpu_text} | {timing} |")
     if results.get("warnings"):
         lines += ["", "Warnings:", *[f"- {w}" for w in results["warnings"]]]
     return "\n".join(lines) + "\n"
@@ -220,22 +246,25 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = list(results["rows"].values())
+    key = "p50_ms_paired" if all("p50_ms_paired" in r for r in rows) else "p50_ms"
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for r in rows:
-        left.scatter(r["p50_ms"], r["accuracy"] * 100, color="tab:red" if r["config"] is None else "tab:blue")
-        left.annotate(r["config"] or "int8 (unpruned)", (r["p50_ms"], r["accuracy"] * 100), fontsize=7,
+        color = "tab:red" if r["config"] is None else "tab:blue"
+        left.scatter(r[key], r["accuracy"] * 100, color=color)
+        left.annotate(r["config"] or "int8 (unpruned)", (r[key], r["accuracy"] * 100), fontsize=7,
                       xytext=(4, 3), textcoords="offset points")
-        right.scatter(r["params"] / 1e6, r["p50_ms"], color="tab:red" if r["config"] is None else "tab:blue")
-        right.annotate(r["config"] or "int8 (unpruned)", (r["params"] / 1e6, r["p50_ms"]), fontsize=7,
+        right.scatter(r["params"] / 1e6, r[key], color=color)
+        right.annotate(r["config"] or "int8 (unpruned)", (r["params"] / 1e6, r[key]), fontsize=7,
                        xytext=(4, 3), textcoords="offset points")
     if results.get("reference_fp32_accuracy"):
         ref = results["reference_fp32_accuracy"] * 100
         left.axhline(ref, color="gray", lw=0.8)
         left.axhline(ref - 1.0, color="gray", lw=0.8, ls="--", label="original fp32 - 1.0 pt")
         left.legend(fontsize=7)
-    left.set(xlabel="p50 latency, int8, batch 1 (ms)", ylabel="SST-2 dev accuracy, int8 (%)",
+    label = "paired p50" if key == "p50_ms_paired" else "bench p50"
+    left.set(xlabel=f"{label} latency, int8, batch 1 (ms)", ylabel="SST-2 dev accuracy, int8 (%)",
              title="accuracy vs latency")
-    right.set(xlabel="parameters (M, incl. 11.7M embeddings)", ylabel="p50 latency (ms)", title="size vs latency")
+    right.set(xlabel="parameters (M, incl. 11.7M embeddings)", ylabel=f"{label} latency (ms)", title="size vs latency")
     fig.suptitle(f"edgekit prune on MiniLM-L6 SST-2 ({results['threads']} threads, {results['machine']})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
