@@ -1,0 +1,129 @@
+"""Progress on stderr for long steps: a line when a stage starts and ends, a bar for loops over data.
+
+One switch for the whole process: :func:`set_quiet` (the CLI's ``--quiet``)
+silences everything; ``--json`` output is unaffected because nothing here
+writes to stdout. Bars are drawn (tqdm) only when stderr is a terminal; when
+it is not (CI logs, pipes) a loop prints one line when it ends instead, so a
+log never fills with carriage returns. Library callers get the same output;
+``set_quiet(True)`` turns it off for embedding.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from contextlib import contextmanager
+from typing import Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+_state = {"quiet": os.environ.get("EDGEKIT_QUIET", "") not in ("", "0"), "depth": 0}
+
+
+def set_quiet(quiet: bool = True) -> None:
+    """Silence (True) or restore (False) every stage line and bar of this process."""
+    _state["quiet"] = bool(quiet)
+
+
+def quiet() -> bool:
+    return _state["quiet"]
+
+
+def _tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def echo(line: str) -> None:
+    """One line on stderr (nothing when quiet)."""
+    if not _state["quiet"]:
+        indent = "  " * max(0, _state["depth"] - 1)
+        print(f"{indent}{line}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def stage(name: str, detail: str = "") -> Iterator[dict]:
+    """``[edgekit] name: detail ...`` when it starts, ``[edgekit] name done in 12.3 s`` when it ends.
+
+    Yields a dict: a ``note`` put in it is appended to the end line. A stage
+    that raises prints ``failed after ...`` (the error itself is the caller's
+    to report).
+    """
+    info: dict = {}
+    _state["depth"] += 1
+    echo(f"[edgekit] {name}{': ' + detail if detail else ''} ...")
+    started = time.perf_counter()
+    try:
+        yield info
+    except BaseException:
+        echo(f"[edgekit] {name} failed after {time.perf_counter() - started:.1f} s")
+        raise
+    else:
+        note = f" ({info['note']})" if info.get("note") else ""
+        echo(f"[edgekit] {name} done in {time.perf_counter() - started:.1f} s{note}")
+    finally:
+        _state["depth"] -= 1
+
+
+def bar(items: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T]:
+    """Iterate ``items`` with a progress bar on a terminal, one summary line otherwise, nothing when quiet."""
+    if _state["quiet"]:
+        yield from items
+        return
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    if _tty():
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            tqdm = None
+        if tqdm is not None:
+            yield from tqdm(items, total=total, desc=desc, unit=unit, file=sys.stderr, leave=False,
+                            dynamic_ncols=True, mininterval=0.25)
+            return
+    started, count = time.perf_counter(), 0
+    for item in items:
+        count += 1
+        yield item
+    if total is None or total >= 8:  # a loop of a handful of items needs no line of its own
+        echo(f"           {desc or 'loop'}: {count} {unit} in {time.perf_counter() - started:.1f} s")
+
+
+class Counter:
+    """A manual bar for loops that do not iterate a sequence (``update(n)``); same rules as :func:`bar`."""
+
+    def __init__(self, total: int | None, desc: str = "", unit: str = "it"):
+        self.total, self.desc, self.unit, self.count = total, desc, unit, 0
+        self._started = time.perf_counter()
+        self._bar = None
+        if not _state["quiet"] and _tty():
+            try:
+                from tqdm.auto import tqdm
+
+                self._bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False,
+                                 dynamic_ncols=True, mininterval=0.25)
+            except ImportError:
+                self._bar = None
+
+    def update(self, n: int = 1, postfix: str | None = None) -> None:
+        self.count += n
+        if self._bar is not None:
+            self._bar.update(n)
+            if postfix:
+                self._bar.set_postfix_str(postfix, refresh=False)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        elif not _state["quiet"] and (self.total is None or self.total >= 8):
+            echo(f"           {self.desc or 'loop'}: {self.count} {self.unit} in "
+                 f"{time.perf_counter() - self._started:.1f} s")
+
+    def __enter__(self) -> "Counter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
