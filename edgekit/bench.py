@@ -25,6 +25,7 @@ import numpy as np
 
 from .artifact import Artifact, resolve
 from .data import load_dataset
+from .schema import opt
 from .environment import environment, load_average
 from .errors import InputError
 from .export import BUILTIN_SENTENCES
@@ -41,15 +42,17 @@ MIN_RUNS_FOR_P99 = 100
 class BenchOptions:
     """Options of ``bench``; CLI flags and recipe keys share these names. Both minimums of a pair must be met."""
 
-    batch_size: int = 1
-    seq_len: int | None = None      # None = real sentences padded to the batch's longest; N = real text cut to N tokens
-    warmup: int = 10                # untimed runs first, at least this many...
-    warmup_seconds: float = 0.2     # ...and for at least this long
-    iterations: int = 100           # timed runs, at least this many...
-    min_seconds: float = 3.0        # ...and for at least this long
-    threads: int | None = None      # intra-op threads; None = one per usable core, the same for every backend
-    samples: int = 512              # sentences drawn from the data (seeded)
-    end_to_end: bool = False        # time runtime.load(...).predict(texts) instead of session.run(tokens)
+    batch_size: int = opt(1, help="Latency batch size.")
+    seq_len: int | None = opt(None, help="Tokens per input: real text cut to this length (default: real sentences "
+                                         "padded to the batch's longest).")
+    warmup: int = opt(10, help="Untimed runs first, at least this many...")
+    warmup_seconds: float = opt(0.2, help="...and for at least this long (seconds).")
+    iterations: int = opt(100, help="Timed runs, at least this many...")
+    min_seconds: float = opt(3.0, help="...and for at least this long (seconds).")
+    threads: int | None = opt(None, help="Intra-op threads, the same for every backend and for the accuracy check "
+                                         "(default: one per usable core).")
+    samples: int = opt(512, help="Sentences drawn from the data to time on (seeded).", flag="bench-samples")
+    end_to_end: bool = opt(False, help="Time runtime.load(...).predict(texts): tokenization included.")
 
     def validate(self) -> None:
         for name in ("batch_size", "iterations", "samples"):

@@ -170,20 +170,6 @@ def export_cmd(model, out, opset, task, data, text_column, atol, trust_remote_co
                f"on {v['samples']} sentences.")
 
 
-def _cc_list(ctx, param, value):
-    """'8.6,12.0' -> ['8.6', '12.0'] (validated by the engine builder, which knows the backend's list)."""
-    if value is None:
-        return None
-    return [v.strip() for v in str(value).split(",") if v.strip()]
-
-
-def _options_from(cls, recipe_values: dict, flags: dict):
-    """A dataclass of options: recipe values first, then every flag the user actually set."""
-    values = dict(recipe_values)
-    values.update({k: v for k, v in flags.items() if v is not None})
-    return cls.from_dict(values) if hasattr(cls, "from_dict") else cls(**values)
-
-
 @main.command("quantize")
 @click.argument("onnx", type=path_arg)
 @click.option("--out", required=True, type=path_arg, help="Output folder for the int8 model.")
@@ -216,10 +202,13 @@ def quantize_cmd(onnx, out, target, mode, calibration_data, calibration_method, 
                               calibration_samples=calibration_samples, per_channel=per_channel, fuse=not no_fuse,
                               nodes_to_exclude=list(exclude))
     if validation_data:
+        from .data import load_dataset
         from .fallback import FallbackOptions, quantize_with_fallback
 
+        validation = load_dataset(validation_data, text_column, label_column)  # each file read once, here
+        calibration = load_dataset(calibration_data, text_column, require_labels=False) if calibration_data else None
         art = quantize_with_fallback(onnx, out, options, FallbackOptions(max_accuracy_drop=max_accuracy_drop),
-                                     validation_data, calibration_data, text_column, label_column, force)
+                                     validation, calibration, force)
     else:
         art = quantize(onnx, out, options, calibration_data=calibration_data, text_column=text_column, force=force)
     m = art.manifest
@@ -316,65 +305,72 @@ def _duration(ctx, param, value):
         raise click.BadParameter(exc.message) from None
 
 
-@main.command("optimize")
-@click.argument("model", type=path_arg, required=False)
-@click.option("--data", default=None, help="Labeled data that gates the result (tsv/csv/jsonl).")
-@click.option("--out", default=None, type=path_arg, help="Output folder: model, report.json, report.md, manifest.")
-@click.option("--recipe", default=None, type=path_arg, help="YAML recipe (models/*.yaml); flags override it.")
-@click.option("--target", type=click.Choice(["cpu", "tensorrt", "tensorrt-rtx"]), default=None, help="Default: cpu.")
-@click.option("--max-accuracy-drop", default=None, type=float, help="Allowed drop as a fraction (default 0.01).")
-@click.option("--text-column", default=None)
-@click.option("--label-column", default=None)
-@click.option("--mode", type=click.Choice(["dynamic", "static"]), default=None)
-@click.option("--calibration-data", default=None)
-@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None)
-@click.option("--max-samples", default=None, type=int)
-@click.option("--batch-size", default=None, type=int, help="Latency batch size (default 1).")
-@click.option("--eval-batch-size", default=None, type=int, help="Gate batch size (default: --batch-size).")
-@click.option("--precision", type=click.Choice(["int8", "fp16", "fp32"]), default=None,
-              help="TensorRT targets: engine precision (default int8, with per-layer fallback).")
-@click.option("--compute-capability", "compute_capabilities", default=None, callback=_cc_list,
-              help="TensorRT-RTX targets, comma-separated (e.g. 8.6,8.9,12.0); default: the backend's.")
-@click.option("--validation-data", default=None,
-              help="Labeled rows (not the gate's) for per-layer fallback; TensorRT int8 defaults to the calibration data.")
-@click.option("--iterations", default=None, type=int, help="Timed runs per model (default 200).")
-@click.option("--warmup", default=None, type=int, help="Untimed runs first (default 20).")
-@click.option("--threads", default=None, type=int)
-@click.option("--prune-ffn", default=None, type=float, help="Prune this share of FFN neurons first (edgekit prune).")
-@click.option("--prune-layers", default=None, type=int, help="Prune this many transformer blocks first.")
-@click.option("--prune-heads", default=None, type=float, help="Share of heads; refused for BERT-family models.")
-@click.option("--prune-data", default=None, help="Labeled training rows for pruning importance and recovery.")
-@click.option("--prune-importance", type=click.Choice(["taylor", "magnitude"]), default=None, help="Default: taylor.")
-@click.option("--prune-recover-epochs", default=None, type=float, help="Recovery fine-tune epochs (default 1; 0 = none).")
-@click.option("--prune-recover-samples", default=None, type=int, help="Training rows for recovery (default 16000).")
-@click.option("--prune-distill/--prune-no-distill", default=None, help="Distil the original's logits (default: on).")
-@click.option("--trust-remote-code", is_flag=True, help="Run Python code shipped with the model (off by default).")
-@click.option("--cache-dir", default=None, type=path_arg,
-              help="Step cache for export/quantize (default: $EDGEKIT_CACHE, else ~/.cache/edgekit).")
-@click.option("--no-cache", is_flag=True, help="Redo every step; read and write no step cache.")
-@click.option("--allow-outside-paths", is_flag=True, help="Let --recipe paths leave the recipe's project.")
-@click.option("--force", is_flag=True)
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--search", "search_mode", is_flag=True,
-              help="Search quantization settings for the fastest artifact within --max-accuracy-drop; OUT always "
-                   "holds the best so far (edgekit.search).")
-@click.option("--time-budget", default=None, callback=_duration,
-              help="With --search: launch no trial after this long, e.g. 15m, 90s (default: no limit).")
-@click.option("--resume", is_flag=True, help="With --search: continue the interrupted search recorded in OUT.")
-@click.option("--ray-address", default=None,
-              help="With --search: run trials as Ray tasks on this cluster ('local' starts Ray here).")
-@click.option("--seed", default=None, type=int, help="With --search: order of the candidates (default 0).")
-def optimize_cmd(model, data, out, recipe, force, as_json, cache_dir, no_cache, allow_outside_paths, search_mode,
-                 time_budget, resume, ray_address, seed, **flags):
-    """Export, quantize, check and bench MODEL; exit 0 within the accuracy budget, 3 when the gate fails.
+_OPTIMIZE_RESERVED = {"data", "out", "recipe", "force", "json", "quiet", "cache-dir", "no-cache",
+                      "allow-outside-paths", "search", "time-budget", "resume", "ray-address", "seed", "help"}
+
+
+def _optimize_schema(func):
+    """The optimize flags generated from OptimizeOptions' fields (see edgekit.cli_options)."""
+    from .cli_options import add_schema_options
+    from .options import DERIVED, OptimizeOptions
+
+    return add_schema_options(OptimizeOptions, DERIVED, _OPTIMIZE_RESERVED)(func)
+
+
+def _opt(*decls, group: str, **kwargs):
+    from .cli_options import GroupedOption
+
+    return click.option(*decls, cls=GroupedOption, group=group, **kwargs)
+
+
+def _sectioned():
+    from .cli_options import SectionedCommand
+
+    return SectionedCommand
+
+
+@main.command("optimize", cls=_sectioned())
+@click.argument("model", type=path_arg, required=False, metavar="MODEL")
+@_opt("--data", default=None, group="Data", help="Labeled data that gates the result (tsv/csv/jsonl); read once.")
+@_opt("--recipe", default=None, type=path_arg, group="Data",
+      help="YAML recipe (models/*.yaml) giving MODEL, --data, --out and options; flags override it.")
+@_opt("--allow-outside-paths", is_flag=True, group="Data", help="Let --recipe paths leave the recipe's project.")
+@_optimize_schema
+@_opt("--search", "search_mode", is_flag=True, group="Search",
+      help="Search quantization settings for the fastest artifact within --max-accuracy-drop; OUT always "
+           "holds the best so far (edgekit.search).")
+@_opt("--time-budget", default=None, callback=_duration, group="Search",
+      help="With --search: launch no trial after this long, e.g. 15m, 90s (default: no limit).")
+@_opt("--resume", is_flag=True, group="Search", help="With --search: continue the interrupted search recorded in OUT.")
+@_opt("--ray-address", default=None, group="Search",
+      help="With --search: run trials as Ray tasks on this cluster ('local' starts Ray here).")
+@_opt("--seed", default=None, type=int, group="Search", help="With --search: order of the candidates (default 0).")
+@_opt("--out", default=None, type=path_arg, group="Output",
+      help="Output folder: model, report.json, report.md, manifest.json.")
+@_opt("--cache-dir", default=None, type=path_arg, group="Output",
+      help="Step cache for export/quantize (default: $EDGEKIT_CACHE, else ~/.cache/edgekit).")
+@_opt("--no-cache", is_flag=True, group="Output", help="Redo every step; read and write no step cache.")
+@_opt("--force", is_flag=True, group="Output", help="Replace a non-empty OUT that edgekit did not write.")
+@_opt("--json", "as_json", is_flag=True, group="Output", help="Print report.json on stdout (schema: bench/README.md).")
+@_opt("--quiet", is_flag=True, group="Output", help="No stage lines or progress bars on stderr.")
+def optimize_cmd(model, data, out, recipe, force, as_json, quiet, cache_dir, no_cache, allow_outside_paths,
+                 search_mode, time_budget, resume, ray_address, seed, **flags):
+    """Export, quantize, check and bench MODEL (a fine-tuned HF folder, or model: in --recipe); exit 0 within the
+    accuracy budget, 3 when the gate fails.
 
     Export and quantize are cached by content (inputs, options, tool versions):
     a rerun after an interruption redoes only what is missing.
     """
     from .cache import StepCache
-    from .pipeline import OptimizeOptions, optimize
+    from .cli_options import dotted, merge, nested
+    from .options import OptimizeOptions
+    from .pipeline import optimize
     from .recipe import load_recipe
 
+    if quiet:
+        from . import progress
+
+        progress.set_quiet(True)
     rec = load_recipe(recipe, allow_outside_paths=allow_outside_paths) if recipe else None
     model = model or (rec.model if rec else None)
     data = data or (rec.data if rec else None)
@@ -382,10 +378,11 @@ def optimize_cmd(model, data, out, recipe, force, as_json, cache_dir, no_cache, 
     missing = [n for n, v in (("MODEL", model), ("--data", data), ("--out", out)) if v is None]
     if missing:
         raise click.UsageError(f"Missing {', '.join(missing)} (give them as arguments/flags or in --recipe).")
-    options = _options_from(OptimizeOptions, rec.options if rec else {}, flags)
+    given = nested(flags)
+    options = OptimizeOptions.from_dict(merge(rec.options if rec else {}, given))
     searching = {"--time-budget": time_budget, "--resume": resume or None, "--ray-address": ray_address, "--seed": seed}
     if search_mode or any(v is not None for v in searching.values()):
-        explicit = {k for k, v in flags.items() if v is not None} | set(rec.options if rec else {})
+        explicit = dotted(given) | dotted(rec.options if rec else {})
         return _search_cmd(model, data, out, options, explicit, search_mode, searching, force, as_json,
                            None if no_cache else StepCache(cache_dir))
     r = optimize(model, data, out, options, force=force, cache=None if no_cache else StepCache(cache_dir))
@@ -393,9 +390,13 @@ def optimize_cmd(model, data, out, recipe, force, as_json, cache_dir, no_cache, 
     latency = (f"p50 {base['latency_ms']['p50']:.2f} -> {opt['latency_ms']['p50']:.2f} ms ({r['speedup_p50']:.2f}x)"
                if opt["latency_ms"] else f"{opt['backend']} latency {opt['latency_note']}")
     emit(r, as_json, f"{'PASSED' if r['passed'] else 'FAILED'}: accuracy {base['accuracy']:.4f} -> {opt['accuracy']:.4f} "
-                     f"(drop {r['accuracy_drop'] * 100:+.2f} pt, allowed {options.max_accuracy_drop * 100:.2f}), "
+                     f"(drop {r['accuracy_drop'] * 100:+.2f} pt, allowed {options.gate.max_accuracy_drop * 100:.2f}), "
                      f"{latency} in {r['seconds_total']:.0f} s{_cached_note(r)}. Artifact: {opt['path']}; "
                      f"report: {Path(out) / 'report.md'}")
+
+
+optimize_cmd.argument_help = {"model": "The fine-tuned Hugging Face model folder (save_pretrained output). "
+                                        "Required: here or as model: in --recipe."}
 
 
 def _cached_note(report: dict) -> str:
@@ -555,11 +556,16 @@ def report_cmd(runs, out, force, as_json):
 @click.option("--label-column", default=None)
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT that edgekit did not write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def prune_cmd(model, data, out, eval_data, force, as_json, **flags):
+def prune_cmd(model, data, out, eval_data, text_column, label_column, force, as_json, **flags):
     """Remove FFN neurons and blocks from MODEL (importance from --data), recover accuracy, save a smaller HF folder."""
+    from .data import load_dataset
     from .prune import PruneOptions, prune
 
-    m = prune(model, data, out, PruneOptions(**flags), eval_data=eval_data, force=force)
+    options = PruneOptions(**flags)
+    options.validate()  # before any data is read
+    train = load_dataset(data, text_column, label_column, split="train")  # each file read once, here
+    evalset = load_dataset(eval_data, text_column, label_column) if eval_data else None
+    m = prune(model, train, out, options, eval_data=evalset, force=force)
     layers, ffn, params = m["layers"], m["ffn"], m["params"]
     rec = m["recovery"]
     recovered = (f"recovered {rec['steps']} steps on {rec['train_samples']} rows"

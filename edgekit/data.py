@@ -33,6 +33,9 @@ class TextDataset:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def __str__(self) -> str:  # manifests and reports record where the rows came from
+        return self.source
+
     def subset(self, n: int | None, seed: int = 0) -> "TextDataset":
         """The first ``n`` rows after a seeded shuffle (None = all, in order)."""
         if n is None or n >= len(self):
@@ -46,7 +49,7 @@ class TextDataset:
 
 
 def load_dataset(
-    source: str | Path,
+    source: str | Path | TextDataset,
     text_column: str | None = None,
     label_column: str | None = None,
     require_labels: bool = True,
@@ -58,8 +61,11 @@ def load_dataset(
     line), or a Hugging Face datasets name such as ``glue/sst2`` (needs the
     ``datasets`` extra and a reachable hub). Columns are auto-detected when
     ``text_column``/``label_column`` are None. ``require_labels=False`` allows
-    unlabeled data (benchmarks, calibration).
+    unlabeled data (benchmarks, calibration). A :class:`TextDataset` is
+    returned as it is (read once, handed to every step; its columns travel with it).
     """
+    if isinstance(source, TextDataset):
+        return source
     path = Path(source)
     if path.exists():
         rows, columns = _read_file(path)

@@ -18,13 +18,14 @@ import contextlib
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .artifact import ENGINE_SUFFIXES, Artifact, copy_tokenizer_and_config, resolve, sha256_file
 from .deps import require
 from .engine_io import EngineOutputs, sidecar_path
 from .errors import BackendError, InputError, ModelError
+from .schema import opt
 from .inspect_network import inspect_engine, parse, verify, verify_engine, walk
 from .precision import (PRECISIONS, check_requested, graph_precision, int8_matmul_nodes, load_onnx, needs_conversion,
                         to_fp16)
@@ -42,19 +43,25 @@ RTX_DEFAULT_TARGETS = "TensorRT-RTX default targets: Ampere and later (not Turin
 class BuildOptions:
     """Options of ``build``; the CLI flags and recipe keys share these names."""
 
-    backend: str = "tensorrt-rtx"
-    precision: str = "fp16"                  # fp32 | fp16 | int8 (int8 needs Q/DQ in the ONNX)
-    int8_base: str = "fp16"                  # precision of the layers int8 Q/DQ does not cover: fp16 | fp32
-    compute_capabilities: list[str] = field(default_factory=list)  # RTX targets; [] = TensorRT-RTX's default
-    min_batch: int = 1
-    opt_batch: int = 8
-    max_batch: int = 32
-    min_seq: int | None = None               # None = 1
-    opt_seq: int | None = None               # None = median token length of --data, else min(128, max_seq)
-    max_seq: int | None = None               # None = longest in --data (next power of 2), else the model's limit
-    workspace_mib: int | None = None         # None = the backend's default (all device memory)
-    timing_cache: str | None = None          # classic TensorRT: read and updated; a no-op in TensorRT-RTX
-    allow_fallback: bool = False             # warn instead of failing when the precision is not applied
+    backend: str = opt("tensorrt-rtx", help="Engine backend.", choices=BACKENDS)
+    precision: str = opt("fp16", help="fp32 | fp16 | int8 (int8 needs Q/DQ in the ONNX).", choices=PRECISIONS)
+    int8_base: str = opt("fp16", help="Precision of the layers int8 Q/DQ does not cover.", choices=("fp16", "fp32"))
+    compute_capabilities: list[str] = opt(factory=list, flag="compute-capability",
+                                          help="TensorRT-RTX targets, comma-separated, e.g. 8.6,8.9,12.0 "
+                                               "(default: the backend's, Ampere and later).")
+    min_batch: int = opt(1, help="Smallest batch of the engine's profile.")
+    opt_batch: int = opt(8, help="Batch the engine's profile is tuned for.")
+    max_batch: int = opt(32, help="Largest batch of the engine's profile.")
+    min_seq: int | None = opt(None, help="Shortest sequence of the profile (default: 1).")
+    opt_seq: int | None = opt(None, help="Sequence length the profile is tuned for (default: median token length "
+                                         "of the data, else min(128, max-seq)).")
+    max_seq: int | None = opt(None, help="Longest sequence of the profile (default: longest in the data, next "
+                                         "power of 2, else the model's limit).")
+    workspace_mib: int | None = opt(None, help="Builder workspace in MiB (default: the backend's).",
+                                    flag="workspace")
+    timing_cache: str | None = opt(None, help="Timing cache file to reuse and update (classic TensorRT; a no-op "
+                                              "in TensorRT-RTX).")
+    allow_fallback: bool = opt(False, help="Warn instead of failing when the precision is not applied.")
 
     def validate(self) -> None:
         if self.backend not in BACKENDS:

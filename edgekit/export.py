@@ -20,6 +20,7 @@ from .artifact import ONNX_NAME, Artifact, atomic_dir, copy_tokenizer_and_config
 from .data import load_dataset
 from .deps import require
 from .errors import ExportValidationError, InputError, ModelError
+from .schema import opt
 from .runtime.session import OrtSession
 from .tasks import TASKS
 
@@ -39,11 +40,13 @@ BUILTIN_SENTENCES = [
 class ExportOptions:
     """Options of ``export``; the CLI flags and recipe keys share these names."""
 
-    opset: int = 18
-    task: str | None = None          # None = inferred from the model's architecture
-    atol: float = 1e-4               # max |diff| allowed per output in validation
-    validation_samples: int = 64     # real sentences compared against PyTorch
-    trust_remote_code: bool = False
+    opset: int = opt(18, help="ONNX opset of the export.")
+    task: str | None = opt(None, help="Task (default: inferred from the model's architecture).")
+    atol: float = opt(1e-4, help="Max |diff| allowed per output when the export is validated against PyTorch.",
+                      flag="export-atol")
+    validation_samples: int = opt(64, help="Real sentences of the data the export is validated on.",
+                                  flag="export-samples")
+    trust_remote_code: bool = opt(False, help="Run Python code shipped with the model (off by default).")
 
 
 def export(model: str | Path, out: str | Path, options: ExportOptions | None = None, data: str | Path | None = None,

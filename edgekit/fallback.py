@@ -30,7 +30,7 @@ import numpy as np
 from .artifact import Artifact, atomic_dir, resolve, write_manifest
 from .bench import summarize
 from .check import evaluate, labeled_data
-from .data import load_dataset
+from .data import TextDataset, load_dataset
 from .deps import require
 from .errors import InputError
 from .quantize import QuantizeOptions, quantize
@@ -149,26 +149,30 @@ def _weight_sqnr(w: np.ndarray, reduce_axis: int) -> float:
 
 
 def quantize_with_fallback(onnx: str | Path, out: str | Path, qoptions: QuantizeOptions, options: FallbackOptions,
-                           validation_data: str | Path, calibration_data: str | Path | None = None,
-                           text_column: str | None = None, label_column: str | None = None,
-                           force: bool = False) -> Artifact:
-    """Quantize ``onnx`` keeping the fewest, most sensitive nodes in fp32 that hold the accuracy budget."""
+                           validation_data: str | Path | TextDataset,
+                           calibration_data: str | Path | TextDataset | None = None, force: bool = False) -> Artifact:
+    """Quantize ``onnx`` keeping the fewest, most sensitive nodes in fp32 that hold the accuracy budget.
+
+    ``validation_data`` (labeled) and ``calibration_data`` (None = the validation rows) are datasets read
+    once by the caller (:func:`edgekit.data.load_dataset`, columns included) or paths read here once each.
+    """
     src = resolve(onnx)
     if src.kind != "onnx":
         raise InputError(f"'{onnx}' is not an ONNX model", f"it is a {src.kind} artifact", "Run edgekit export first")
     with tempfile.TemporaryDirectory(prefix="edgekit-fb-") as work, atomic_dir(out, force) as tmp:
         work = Path(work)
         src, qoptions = _fused_source(src, qoptions, work)
-        ds, labels = labeled_data(src, validation_data, text_column, label_column, options.validation_samples,
-                                  seed=options.seed)
+        validation = load_dataset(validation_data)
+        calibration = validation if calibration_data is None else load_dataset(calibration_data,
+                                                                               require_labels=False)
+        ds, labels = labeled_data(src, validation, max_samples=options.validation_samples, seed=options.seed)
         encoder = TextEncoder(src.folder)
         batch = 1 if qoptions.resolved_mode() == "dynamic" else 32  # dynamic scales depend on padding
         reference = evaluate(OrtSession(src.model_file), encoder, ds.texts, batch)
         ref_acc = float((reference.argmax(-1) == labels).mean())
-        texts = load_dataset(calibration_data or validation_data, text_column, require_labels=False)
-        ranked = sensitivity(src.model_file, src.folder, texts.subset(options.sensitivity_samples, 7).texts, qoptions)
-        trials = _search(src, qoptions, options, ranked, calibration_data or validation_data, text_column,
-                         work, encoder, ds, labels, ref_acc, batch)
+        ranked = sensitivity(src.model_file, src.folder, calibration.subset(options.sensitivity_samples, 7).texts,
+                             qoptions)
+        trials = _search(src, qoptions, options, ranked, calibration, work, encoder, ds, labels, ref_acc, batch)
         best = _pick(trials, options.max_accuracy_drop)
         _finish(tmp, work / f"trial{best['index']}", qoptions, best, trials, ranked, ref_acc)
     return resolve(out)
@@ -190,7 +194,7 @@ def _fused_source(src: Artifact, qoptions: QuantizeOptions, work: Path) -> tuple
     return resolve(fused), QuantizeOptions(**{**asdict(qoptions), "fuse": False})
 
 
-def _search(src, qoptions, options, ranked, calibration_data, text_column, work, encoder, ds, labels, ref_acc,
+def _search(src, qoptions, options, ranked, calibration: TextDataset, work, encoder, ds, labels, ref_acc,
             batch) -> list[dict]:
     cache = work / "calibration.json"
     trials: list[dict] = []
@@ -201,8 +205,8 @@ def _search(src, qoptions, options, ranked, calibration_data, text_column, work,
         excluded = [r["node"] for r in ranked[:k]]
         trial_opts = QuantizeOptions(**{**asdict(qoptions), "nodes_to_exclude": excluded})
         started = time.perf_counter()
-        art = quantize(src.path, work / f"trial{index}", trial_opts, calibration_data=calibration_data,
-                       text_column=text_column, calibration_cache=cache if trial_opts.resolved_mode() == "static" else None)
+        art = quantize(src.path, work / f"trial{index}", trial_opts, calibration_data=calibration,
+                       calibration_cache=cache if trial_opts.resolved_mode() == "static" else None)
         logits = evaluate(OrtSession(art.model_file), encoder, ds.texts, batch)
         accuracy = float((logits.argmax(-1) == labels).mean())
         # CPU latency of a TensorRT QDQ graph says nothing about the engine: time only the cpu target

@@ -37,9 +37,10 @@ from pathlib import Path
 
 from .artifact import TOKENIZER_FILES, atomic_dir, check_output_dir, resolve, sha256_folder, write_manifest
 from .check import labeled_data
-from .data import load_dataset
+from .data import TextDataset, load_dataset
 from .deps import require
 from .errors import InputError, ModelError
+from .schema import opt
 from .sparsity import KeepMasks, apply_masks, parse_sparsity, sparsity_masks, sparsity_report
 
 IMPORTANCE = ("taylor", "magnitude")
@@ -50,24 +51,25 @@ EVAL_RESULTS = "eval_results.json"
 class PruneOptions:
     """Options of ``prune``; the CLI flags and recipe keys share these names."""
 
-    heads: float = 0.0                 # share of attention heads per layer; > 0 is refused (not expressible)
-    ffn: float = 0.0                   # share of FFN neurons removed in every layer, in [0, 1)
-    layers: int = 0                    # whole transformer blocks removed
-    importance: str = "taylor"         # taylor (gradient x activation on the data) | magnitude (weights only)
-    importance_samples: int = 1024     # training rows (seeded subset) for the importance pass
-    sparsity: str | None = None        # None | "2:4" | "unstructured:R": zeros after the structural cut
-    recover_epochs: float = 1.0        # 0 = no recovery fine-tune
-    recover_samples: int | None = 16000   # training rows for recovery (seeded subset); None = all
-    distill: bool = True               # recovery loss: KL to the original's softened logits + CE on labels
-    temperature: float = 2.0           # softening of both models' logits in the KL term
-    distill_weight: float = 0.5        # share of the KL term (the rest is CE)
-    lr: float = 1e-4
-    batch_size: int = 32
-    max_length: int = 128              # tokens per row; longer rows are truncated
-    seed: int = 0                      # subsets, shuffle order
-    threads: int | None = None         # None = torch's default (all cores)
-    text_column: str | None = None     # None = auto-detected
-    label_column: str | None = None    # None = auto-detected
+    heads: float = opt(0.0, help="Share of attention heads per layer; > 0 is refused (not expressible in the "
+                                  "config of the supported models).")
+    ffn: float = opt(0.0, help="Share of FFN neurons removed in every layer, in [0, 1).")
+    layers: int = opt(0, help="Whole transformer blocks removed.")
+    importance: str = opt("taylor", help="taylor: |gradient x activation| on the training rows; magnitude: weight "
+                                         "norms.", choices=IMPORTANCE)
+    importance_samples: int = opt(1024, help="Training rows (seeded subset) for the importance pass.")
+    sparsity: str | None = opt(None, help="Also zero weights after the cut: 2:4 or unstructured:R (GPU/TensorRT "
+                                          "speedup only).")
+    recover_epochs: float = opt(1.0, help="Recovery fine-tune epochs; 0 = none.")
+    recover_samples: int | None = opt(16000, help="Training rows for recovery (seeded subset); None = all.")
+    distill: bool = opt(True, help="Recover against the original's softened logits (KL) plus the labels (CE).")
+    temperature: float = opt(2.0, help="Softening of both models' logits in the KL term.")
+    distill_weight: float = opt(0.5, help="Share of the KL term in the recovery loss (the rest is CE).")
+    lr: float = opt(1e-4, help="Peak AdamW learning rate of the recovery.")
+    batch_size: int = opt(32, help="Rows per step of importance and recovery.")
+    max_length: int = opt(128, help="Tokens per row; longer rows are cut.")
+    seed: int = opt(0, help="Seed of the subsets and the shuffle order.")
+    threads: int | None = opt(None, help="CPU threads for torch (default: all cores).")
 
     def validate(self) -> None:
         for flag, value in (("--heads", self.heads), ("--ffn", self.ffn)):
@@ -100,8 +102,8 @@ class PruneOptions:
         return cls(**values)
 
 
-def prune(model: str | Path, data: str | Path, out: str | Path, options: PruneOptions | None = None,
-          eval_data: str | Path | None = None, force: bool = False) -> dict:
+def prune(model: str | Path, data: str | Path | TextDataset, out: str | Path, options: PruneOptions | None = None,
+          eval_data: str | Path | TextDataset | None = None, force: bool = False) -> dict:
     """Prune ``model`` (an HF classifier folder) with importance from labeled ``data``; write the HF folder ``out``.
 
     ``eval_data=None`` skips evaluation (accuracies are then None). Returns
@@ -117,9 +119,8 @@ def prune(model: str | Path, data: str | Path, out: str | Path, options: PruneOp
         raise ModelError(f"'{model}' is not a Hugging Face model folder", f"it is a {src.kind} artifact",
                          "Pass the fine-tuned model folder (save_pretrained output) the ONNX came from")
     plan = _plan(_config(src.path), options)  # impossible cuts fail before anything is loaded
-    trainset = load_dataset(data, options.text_column, options.label_column, split="train")
-    train, train_labels = labeled_data(src, trainset)
-    evalset = labeled_data(src, eval_data, options.text_column, options.label_column) if eval_data else None
+    train, train_labels = labeled_data(src, load_dataset(data, split="train"))  # a TextDataset passes as it is
+    evalset = labeled_data(src, eval_data) if eval_data is not None else None
     check_output_dir(Path(out), force)  # fail before the slow part, not after
     started, cpu_started = time.perf_counter(), time.process_time()
     original, tokenizer = _load(src.path, options)
@@ -334,30 +335,24 @@ def _save(model, src: Path, folder: Path) -> None:
             f.chmod(0o644)
 
 
-def prune_stage(src, data: str | Path, scratch: Path, options, row: dict):
-    """``optimize``'s prune stage: prune + recover ``src`` into ``scratch``; fill ``row`` with its accuracy and latency.
+def prune_stage(src, gate: TextDataset, train: TextDataset, scratch: Path, options: PruneOptions,
+                bench_options, row: dict):
+    """``optimize``'s prune stage: prune + recover ``src`` on ``train`` into ``scratch``; fill ``row`` with its
+    accuracy and latency.
 
-    ``options`` is an OptimizeOptions (its ``prune_*`` fields). Accuracy is
-    the pruned PyTorch model's on the gate ``data``; latency is its PyTorch
-    p50 with the bench settings of the run, comparable to the baseline row.
+    ``options`` and ``bench_options`` are the run's own (``OptimizeOptions.prune`` and ``.bench``), unchanged.
+    Accuracy is the pruned PyTorch model's on the ``gate`` dataset; latency is its PyTorch p50 with the
+    run's bench settings, comparable to the baseline row.
     """
-    if not options.prune_data:
-        raise InputError("Pruning needs training data", "importance scores and recovery must not use the gate data",
-                         "Pass --prune-data with labeled training rows (e.g. the train split)")
-    from .bench import BenchOptions, bench
+    from .bench import bench
 
-    popts = PruneOptions(heads=options.prune_heads, ffn=options.prune_ffn, layers=options.prune_layers,
-                         importance=options.prune_importance, recover_epochs=options.prune_recover_epochs,
-                         recover_samples=options.prune_recover_samples, distill=options.prune_distill,
-                         threads=options.threads, text_column=options.text_column, label_column=options.label_column)
-    m = prune(src.path, options.prune_data, scratch, popts, eval_data=data)
+    m = prune(src.path, train, scratch, options, eval_data=gate)
     pruned = resolve(scratch)
-    timing = bench(pruned, data, BenchOptions(batch_size=options.batch_size, iterations=options.iterations,
-                                              warmup=options.warmup, threads=options.threads), options.text_column)
+    timing = bench(pruned, gate, bench_options)
     row.update(accuracy=m["accuracy"], original_accuracy=m["original_accuracy"], pruned_accuracy=m["pruned_accuracy"],
                latency_ms=timing["latency_ms"], backend=timing["backend"], params=m["params"], ffn=m["ffn"],
                layers=m["layers"], recovery=m["recovery"], prune_seconds=m["seconds"])
-    recovered = f"recovered on {options.prune_data}" if m["recovery"] else "no recovery"
+    recovered = f"recovered on {train.source}" if m["recovery"] else "no recovery"
     row["notes"] = (f"FFN {m['ffn']['before']}->{m['ffn']['after']}, blocks {m['layers']['before']}->"
                     f"{m['layers']['after']}, {recovered}; pruned fp32 ({timing['backend']}): accuracy "
                     f"{m['accuracy']:.4f} (before recovery {m['pruned_accuracy']:.4f}), "

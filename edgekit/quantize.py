@@ -19,11 +19,12 @@ import io
 import logging
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .artifact import ONNX_NAME, Artifact, atomic_dir, copy_tokenizer_and_config, resolve, sha256_file, write_manifest
 from .data import load_dataset
+from .schema import opt
 from .deps import require
 from .errors import DataError, InputError, ModelError
 from .runtime.tokenizer import TextEncoder, read_config
@@ -41,15 +42,20 @@ FUSION_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", 
 class QuantizeOptions:
     """Options of ``quantize``; the CLI flags and recipe keys share these names."""
 
-    target: str = "cpu"
-    mode: str | None = None               # None = dynamic for cpu, static for tensorrt targets
-    calibration_method: str = "minmax"
-    calibration_samples: int = 128
-    per_channel: bool = True
-    fuse: bool = True                     # cpu: ORT transformer fusions before quantizing
-    op_types: list[str] | None = None     # None = MatMul, Gemm (+ Gather: int8 embeddings, for cpu)
-    nodes_to_exclude: list[str] = field(default_factory=list)   # kept in fp32 (per-layer fallback)
-    seed: int = 0
+    target: str = opt("cpu", help="cpu: fast on ONNX Runtime's CPU provider; tensorrt*: S8S8 QDQ.",
+                      choices=TARGETS)
+    mode: str | None = opt(None, help="Quantization mode (default: dynamic for cpu, static for TensorRT targets; "
+                                      "TensorRT takes static only).", choices=MODES)
+    calibration_method: str = opt("minmax", help="How static ranges are calibrated.", choices=CALIBRATION_METHODS)
+    calibration_samples: int = opt(128, help="Sentences of the calibration data used for static calibration.")
+    per_channel: bool = opt(True, help="Weight scales per output channel (--per-tensor: one per tensor).",
+                            off_flag="per-tensor")
+    fuse: bool = opt(True, help="cpu: ONNX Runtime's transformer fusions before quantizing.")
+    op_types: list[str] | None = opt(None, help="Op types to quantize, comma-separated (default: MatMul, Gemm, "
+                                                "and Gather for cpu).")
+    nodes_to_exclude: list[str] = opt(factory=list, help="Nodes kept in fp32, comma-separated (per-layer fallback "
+                                                         "adds its own).", flag="exclude-nodes")
+    seed: int = opt(0, help="Seed of the calibration subset.")
 
     def resolved_op_types(self) -> list[str]:
         if self.op_types is not None:

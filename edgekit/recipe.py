@@ -8,14 +8,20 @@ A recipe names the model source, task, data, budgets and target::
     task: text-classification
     data: {path: ../shared/data/sst2/dev.tsv, text_column: sentence, label_column: label}
     target: cpu
-    budgets: {max_accuracy_drop: 0.01}
+    gate: {max_accuracy_drop: 0.01}
     quantize: {mode: dynamic, per_channel: true}
     bench: {batch_size: 1, iterations: 200}
     out: out/minilm-l6-sst2
 
-Keys map onto ``OptimizeOptions`` fields; an unknown key is an error.
+The sections are ``OptimizeOptions``' own (``data`` = DataOptions plus the
+gate file's ``path``, ``gate``, ``export``, ``quantize``, ``build``,
+``prune``, ``bench``), with the same keys as ``dataclasses.asdict`` writes
+and the CLI flags set; an unknown key is a one-line error listing the valid
+ones. Older recipes still read: ``task:`` at the top (= export.task),
+``budgets:`` (= gate) and an ``options:`` mapping of flat keys.
 
-Paths in a recipe (model.local or a model path, data, calibration_data, out)
+Paths in a recipe (model.local or a model path, data and its
+calibration_data / validation_data / prune_data, out)
 are relative to the recipe's *project*: the nearest folder above the recipe
 holding ``pyproject.toml`` or ``.git`` (else the recipe's own folder), so the
 recipe means the same from any working directory. They may not leave it: a
@@ -35,8 +41,11 @@ from pathlib import Path
 
 from .errors import InputError
 
-SECTIONS = ("budgets", "quantize", "bench", "options")
-TOP_LEVEL = ("model", "data", "out", "task", "target", "name", "description", *SECTIONS)
+SECTIONS = ("gate", "export", "quantize", "build", "prune", "bench")
+LEGACY = {"budgets": "gate"}          # older recipes' name of a section
+TOP_LEVEL = ("model", "data", "out", "task", "target", "precision", "name", "description", *SECTIONS, *LEGACY,
+             "options")
+DATA_PATHS = ("calibration_data", "validation_data", "prune_data")
 
 
 @dataclass
@@ -44,7 +53,7 @@ class Recipe:
     model: str | None
     data: str | None
     out: str | None
-    options: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)   # nested, as OptimizeOptions.from_dict takes them
 
 
 def load_recipe(path: str | Path, allow_outside_paths: bool = False) -> Recipe:
@@ -64,30 +73,63 @@ def load_recipe(path: str | Path, allow_outside_paths: bool = False) -> Recipe:
     if unknown:
         raise InputError(f"Recipe '{path}' has unknown key(s): {', '.join(unknown)}", None,
                          f"Valid keys: {', '.join(TOP_LEVEL)}")
-    options: dict = {}
-    for key in ("task", "target"):
-        if key in raw:
-            options[key] = raw[key]
-    for section in SECTIONS:
-        values = raw.get(section) or {}
-        if not isinstance(values, dict):
-            raise InputError(f"Recipe '{path}': '{section}' must be a mapping", None, None)
-        options.update(values)
-    if "trust_remote_code" in options:
+    options = _options(raw, path)
+    if "trust_remote_code" in options.get("export", {}):
         raise InputError(f"Recipe '{path}' sets trust_remote_code", "a recipe cannot allow running a model's code",
                          "Remove the key and pass --trust-remote-code yourself if you trust the model")
     data = raw.get("data")
     if isinstance(data, dict):
-        for key in ("text_column", "label_column"):
-            if key in data:
-                options[key] = data[key]
+        data = dict(data)
+        data_options = {k: v for k, v in data.items() if k != "path"}
+        options["data"] = {**data_options, **options.get("data", {})}
         data = data.get("path")
     box = _Confinement(path, allow_outside_paths)
-    if options.get("calibration_data") is not None:
-        options["calibration_data"] = box.data(options["calibration_data"], "calibration_data")
+    for key in DATA_PATHS:
+        if options.get("data", {}).get(key) is not None:
+            options["data"][key] = box.data(options["data"][key], key)
     out = box.path(raw["out"], "out", writable=True) if raw.get("out") is not None else None
     return Recipe(model=_model_source(raw.get("model"), path, box), data=box.data(data, "data"), out=out,
                   options=options)
+
+
+def _options(raw: dict, path: Path) -> dict:
+    """The recipe's options as OptimizeOptions' nested keys (top-level task -> export.task; budgets -> gate;
+    an ``options:`` mapping of older flat keys, e.g. prune_ffn -> prune.ffn, mode -> quantize.mode)."""
+    options: dict = {}
+    for key in ("target", "precision"):
+        if key in raw:
+            options[key] = raw[key]
+    for name in (*SECTIONS, *LEGACY):
+        values = raw.get(name) or {}
+        if not isinstance(values, dict):
+            raise InputError(f"Recipe '{path}': '{name}' must be a mapping", None, None)
+        options.setdefault(LEGACY.get(name, name), {}).update(values)
+    if "task" in raw:
+        options["export"]["task"] = raw["task"]
+    flat = raw.get("options") or {}
+    if not isinstance(flat, dict):
+        raise InputError(f"Recipe '{path}': 'options' must be a mapping", None, None)
+    for key, value in flat.items():
+        section, name = _locate(key, path)
+        if section is None:
+            options[name] = value
+        else:
+            options.setdefault(section, {})[name] = value
+    return {k: v for k, v in options.items() if v != {}}
+
+
+def _locate(key: str, path: Path) -> tuple[str | None, str]:
+    """An older flat key's place in the nested schema; a one-line error for a key that has none."""
+    from .options import DERIVED, OptimizeOptions
+    from .schema import walk
+
+    leaves = walk(OptimizeOptions, DERIVED)
+    name = key[len("prune_"):] if key.startswith("prune_") and key != "prune_data" else key
+    found = [leaf for leaf in leaves if leaf.name == name and (leaf.section == "prune") == (name != key)]
+    if len(found) != 1:
+        raise InputError(f"Recipe '{path}': unknown option '{key}'", None,
+                         f"Valid keys: {', '.join(sorted(leaf.key for leaf in leaves))}")
+    return found[0].section, found[0].name
 
 
 class _Confinement:

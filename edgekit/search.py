@@ -45,18 +45,22 @@ import signal
 import threading
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 from .artifact import MANIFEST, atomic_dir, check_output_dir, read_manifest, resolve, sha256_folder, write_manifest
 from .errors import BackendError, InputError
+from .export import ExportOptions
+from .options import DataOptions
+from .prune import PruneOptions
+from .schema import opt
 from .quantize import CALIBRATION_METHODS, MODES, TARGETS
 from .search_report import (STATE_NAME, build_report, contenders, format_search, pareto_front, pick_winner,
                             search_markdown)
 from .search_engines import local_trials, ray_trials
 from .search_sources import Sources
-from .search_trial import Candidate, TrialSetup
+from .search_trial import Candidate
 
 OWN_FILES = ("report.json", "report.md", STATE_NAME, MANIFEST)
 RUNTIME_ONLY = ("time_budget", "ray_address", "ray_num_cpus")   # may change between a search and its resume
@@ -65,41 +69,34 @@ STATE_SCHEMA = "edgekit.search-state/1"
 
 @dataclass
 class SearchOptions:
-    """Options of ``search``; the ``optimize --search`` flags share these names. Lists are the search space."""
+    """Options of ``search``. The data, export and prune (recovery) settings are ``optimize``'s own objects,
+    held as they are; the lists are the search space."""
 
-    target: str = "cpu"
-    max_accuracy_drop: float = 0.01          # fraction of the fp32 ONNX's accuracy on the gate data
-    time_budget: float | None = None         # seconds for the whole search (resumes included); None = no limit
-    seed: int = 0                            # shuffles the candidates after the baseline and the default int8
-    ray_address: str | None = None           # None = trials in this process; "local" = start Ray here; else a cluster
-    ray_num_cpus: int | None = None          # CPUs of a "local" Ray instance (None = all)
-    text_column: str | None = None
-    label_column: str | None = None
-    calibration_data: str | None = None      # None = the gate data
-    validation_data: str | None = None       # labeled split for per-layer fallback; None = calibration data
-    max_samples: int | None = None           # gate examples (None = all)
-    modes: list[str] | None = None           # None = dynamic and static on cpu; static on TensorRT targets
-    calibration_methods: list[str] = field(default_factory=lambda: list(CALIBRATION_METHODS))
-    calibration_samples: list[int] = field(default_factory=lambda: [32, 128])
-    per_channel: list[bool] = field(default_factory=lambda: [True, False])
-    fallback_budgets: list[float | None] | None = None   # None = [off, max_accuracy_drop]
-    fp16: bool = True                        # TensorRT targets: an fp16 candidate
-    prune_ffn: list[float] = field(default_factory=lambda: [0.0])   # FFN shares to prune first (0 = unpruned)
-    prune_layers: list[int] = field(default_factory=lambda: [0])     # blocks to prune first
-    prune_data: str | None = None            # labeled training rows for pruning; None = calibration data
-    prune_importance: str = "taylor"
-    prune_recover_epochs: float = 1.0
-    prune_recover_samples: int | None = 16000
-    prune_distill: bool = True
-    latency_tolerance: float = 0.05          # p50 within this fraction of the fastest counts as equally fast
-    latency_iterations: int = 100
-    latency_seconds: float = 1.0
-    eval_batch_size: int = 32                # TensorRT targets (accuracy only); cpu gates at batch 1
-    validation_samples: int = 400
-    threads: int | None = None               # intra-op threads per trial (None = usable cores here)
-    opset: int = 18
-    task: str | None = None
-    trust_remote_code: bool = False
+    target: str = opt("cpu", help="Where the result runs.", choices=TARGETS)
+    max_accuracy_drop: float = opt(0.01, help="Budget: fraction of the fp32 ONNX's accuracy on the gate data.")
+    time_budget: float | None = opt(None, help="Seconds for the whole search (resumes included); None = no limit.")
+    seed: int = opt(0, help="Shuffles the candidates after the baseline and the default int8.")
+    ray_address: str | None = opt(None, help="None = trials in this process; 'local' = start Ray here; else a cluster.")
+    ray_num_cpus: int | None = opt(None, help="CPUs of a 'local' Ray instance (None = all).")
+    data: DataOptions = opt(factory=DataOptions, help="Data files and columns (calibration_data None = the gate "
+                                                      "data; validation_data None = the calibration data).")
+    export: ExportOptions = opt(factory=ExportOptions, help="The one export every candidate starts from.")
+    prune: PruneOptions = opt(factory=PruneOptions, help="Pruning and recovery settings of pruned candidates "
+                                                         "(their ffn/layers come from the candidate).")
+    modes: list[str] | None = opt(None, help="None = dynamic and static on cpu; static on TensorRT targets.")
+    calibration_methods: list[str] = opt(factory=lambda: list(CALIBRATION_METHODS), help="Methods searched.")
+    calibration_samples: list[int] = opt(factory=lambda: [32, 128], help="Calibration sizes searched.")
+    per_channel: list[bool] = opt(factory=lambda: [True, False], help="Weight scale granularities searched.")
+    fallback_budgets: list[float | None] | None = opt(None, help="Fallback budgets; None = [off, max_accuracy_drop].")
+    fp16: bool = opt(True, help="TensorRT targets: an fp16 candidate.")
+    prune_ffn: list[float] = opt(factory=lambda: [0.0], help="FFN shares to prune first (0 = unpruned).")
+    prune_layers: list[int] = opt(factory=lambda: [0], help="Blocks to prune first.")
+    latency_tolerance: float = opt(0.05, help="A p50 within this fraction of the fastest counts as equally fast.")
+    latency_iterations: int = opt(100, help="Timed runs per trial.")
+    latency_seconds: float = opt(1.0, help="Minimum timed seconds per trial.")
+    eval_batch_size: int = opt(32, help="Gate batch of TensorRT targets (accuracy only); cpu gates at batch 1.")
+    validation_samples: int = opt(400, help="Labeled rows the per-layer fallback judges on.")
+    threads: int | None = opt(None, help="Intra-op threads per trial (None = usable cores here).")
 
     def resolved_modes(self) -> list[str]:
         return list(self.modes) if self.modes else (["dynamic", "static"] if self.target == "cpu" else ["static"])
@@ -129,26 +126,33 @@ class SearchOptions:
 
     @classmethod
     def from_optimize(cls, options, explicit: set[str], **search_fields) -> "SearchOptions":
-        """From ``OptimizeOptions``; the ``mode``, ``calibration_method``, ``calibration_samples`` and
-        ``per_channel`` the user set (``explicit``) narrow the search space to them."""
-        shared = {f.name for f in fields(cls)} & set(vars(options)) - {"calibration_samples", "per_channel",
-                                                                         "prune_ffn", "prune_layers"}
-        values = {k: getattr(options, k) for k in shared}
-        for name in ("prune_ffn", "prune_layers"):  # a pruning the user asked for is searched beside none
-            if getattr(options, name, 0):
-                values[name] = [0, getattr(options, name)]
-        if options.mode:
-            values["modes"] = [options.mode]
+        """From ``OptimizeOptions``: its data, export and prune objects as they are. The quantize settings the
+        user set (``explicit``, dotted keys such as ``quantize.mode``) narrow the search space to them."""
+        q = options.quantize
+        values = {"target": options.target, "max_accuracy_drop": options.gate.max_accuracy_drop,
+                  "data": options.data, "export": options.export, "prune": options.prune,
+                  "threads": options.bench.threads}
+        for name in ("ffn", "layers"):  # a pruning the user asked for is searched beside none
+            if getattr(options.prune, name):
+                values[f"prune_{name}"] = [0, getattr(options.prune, name)]
+        if q.mode:
+            values["modes"] = [q.mode]
         narrowed = {"calibration_method": "calibration_methods", "calibration_samples": "calibration_samples",
                     "per_channel": "per_channel"}
-        values.update({plural: [getattr(options, name)] for name, plural in narrowed.items() if name in explicit})
-        if "iterations" in explicit:
-            values["latency_iterations"] = options.iterations
-        ignored = sorted(explicit & {"batch_size", "eval_batch_size", "warmup", "prune_heads"})
+        values.update({plural: [getattr(q, name)] for name, plural in narrowed.items()
+                       if f"quantize.{name}" in explicit})
+        if "bench.iterations" in explicit:
+            values["latency_iterations"] = options.bench.iterations
+        ignored = sorted(explicit & {"bench.batch_size", "gate.eval_batch_size", "bench.warmup", "prune.heads"})
         if ignored:
-            warnings.warn(f"{', '.join('--' + n.replace('_', '-') for n in ignored)} do(es) not apply to --search "
-                          "(trials are gated and timed at batch 1): ignored", stacklevel=2)
+            flags = ", ".join(IGNORED_FLAGS.get(n, n) for n in ignored)
+            warnings.warn(f"{flags} do(es) not apply to --search (trials are gated and timed at batch 1): ignored",
+                          stacklevel=2)
         return cls(**values, **search_fields)
+
+
+IGNORED_FLAGS = {"bench.batch_size": "--batch-size", "gate.eval_batch_size": "--eval-batch-size",
+                 "bench.warmup": "--warmup", "prune.heads": "--prune-heads"}
 
 
 def parse_duration(text: str) -> float:
@@ -194,7 +198,7 @@ def search(model: str | Path, data: str | Path, out: str | Path, options: Search
     """
     options = options or SearchOptions()
     options.validate()
-    if options.calibration_data is None and any(b is not None for b in options.resolved_budgets()):
+    if options.data.calibration_data is None and any(b is not None for b in options.resolved_budgets()):
         warnings.warn("no --calibration-data: calibration and the per-layer fallback are judged on the gate data "
                       "itself; pass labeled training rows to keep the gate independent", stacklevel=2)
     out, log = Path(out), log or (lambda line: None)
@@ -206,7 +210,6 @@ def search(model: str | Path, data: str | Path, out: str | Path, options: Search
         shutil.rmtree(work, ignore_errors=True)  # a new search: nothing of an older one may be reused
     (work / "trials").mkdir(parents=True, exist_ok=True)
     sources = Sources(model, data, options, work, cache, log)
-    _check_gate_data(sources.base, sources.base_setup)
     _forget_lost(state, work, options, log)
     order = [Candidate(**c) for c in state["candidates"]]
     pending = [c for c in order if c.id not in state["trials"]]
@@ -284,17 +287,6 @@ def _forget_lost(state: dict, work: Path, options: SearchOptions, log) -> None:
             log(f"trial {t['id']}: its artifact is gone with the work folder; it runs again")
 
 
-def _check_gate_data(fp32, setup: TrialSetup) -> None:
-    """Fail before any trial on data the model cannot be judged on (one line, not N failed trials)."""
-    from .check import labeled_data
-
-    labeled_data(fp32, setup.gate_data, setup.text_column, setup.label_column, setup.max_samples)
-    if setup.validation_data != setup.gate_data:
-        from .data import load_dataset
-
-        load_dataset(setup.validation_data, setup.text_column, require_labels=False)
-
-
 # --- state and OUT -------------------------------------------------------------------------------------------
 
 def _state_key(options: SearchOptions, model, data) -> dict:
@@ -304,7 +296,7 @@ def _state_key(options: SearchOptions, model, data) -> dict:
     model_hash = sha256_folder(src) if src.is_dir() else file_digest(src)
     opts = {k: v for k, v in asdict(options).items() if k not in RUNTIME_ONLY}
     digests = {name: file_digest(value) for name, value in (("data", data), ("calibration_data",
-               options.calibration_data), ("validation_data", options.validation_data))}
+               options.data.calibration_data), ("validation_data", options.data.validation_data))}
     return {"model": model_hash, **digests, "options": json.loads(json.dumps(opts))}
 
 
@@ -345,8 +337,8 @@ def _commit(out: Path, state: dict, best_dir: Path, fp32, options: SearchOptions
                        options=asdict(options),
                        extra={**{k: lineage[-1].get(k) for k in ("task", "mode", "format", "input_names",
                                                                  "output_names", "fallback")},
-                              "precision": (report.get("winner") or {}).get("precision", "fp32"),
-                              "passed": report.get("winner") is not None,
+                              "precision": (report["search"]["winner"] or {}).get("precision", "fp32"),
+                              "passed": report["passed"],
                               "eval_batch_size": 1 if options.target == "cpu" else options.eval_batch_size,
                               "search": {"winner": state.get("best"), "trials": len(state["trials"]),
                                          "candidates": len(state["candidates"])},

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from .report_schema import SCHEMA
+
 EPS = 1e-9                          # accuracy differences below this are float noise
 STATE_NAME = "search_state.json"
 PRECISION_RANK = {"int8": 0, "int8 (mixed)": 0, "fp16": 1, "fp32": 2}
@@ -85,17 +87,40 @@ def build_report(state: dict, options, model, data, out) -> dict:
         r["pareto"] = r["id"] in front
     winner = next((r for r in rows if r["id"] == state.get("best")), None)
     measured, threads = options.target == "cpu", (base.get("latency") or {}).get("threads", options.threads)
-    return {
-        "schema": "edgekit.search/1", "kind": "search", "out": str(out), "model": str(model), "data": str(data),
-        "target": options.target, "max_accuracy_drop": options.max_accuracy_drop, "seed": options.seed,
+    search = {
+        "schema": "edgekit.search/1", "out": str(out), "seed": options.seed,
         "time_budget_s": options.time_budget, "elapsed_s": round(state.get("elapsed_s", 0.0), 1),
         "engine": f"ray ({options.ray_address})" if options.ray_address else "local",
         "candidates": len(order), "trials_run": len(trials), "stopped": state.get("stopped", "running"),
-        "baseline": {k: base.get(k) for k in ("accuracy", "p50_ms", "samples", "size_mb")},
         "winner": winner, "fell_back": (winner or {}).get("fell_back", []), "pareto_front": front,
         "selection": _selection(options, measured, threads), "notes": [TIMING_NOTE if measured else LATENCY_NOTE],
-        "trials": rows, "options": asdict(options), "environment": environment(threads=threads),
+        "trials": rows, "options": asdict(options),
     }
+    return {
+        "schema": SCHEMA, "kind": "search", "passed": winner is not None, "model": str(model), "data": str(data),
+        "target": options.target, "max_accuracy_drop": options.max_accuracy_drop,
+        "accuracy_drop": (winner or {}).get("accuracy_drop"), "speedup_p50": (winner or {}).get("speedup_p50"),
+        "baseline": _row(base, "fp32 ONNX (the search's reference)") if base.get("status") == "ok" else None,
+        "optimized": _row(winner, str(out)) if winner else None,
+        "check": {"samples": base.get("samples"), "original_accuracy": base.get("accuracy"),
+                  "candidate_accuracy": (winner or {}).get("accuracy"),
+                  "accuracy_drop": (winner or {}).get("accuracy_drop"),
+                  "eval_batch_size": 1 if measured else options.eval_batch_size},
+        "bench": {"batch_size": 1, "iterations": options.latency_iterations, "warmup": 10, "threads": threads},
+        "stages": [{"name": f"trial {r['id']}", "seconds": r.get("seconds"), "notes": r["status"]}
+                   for r in rows if r["status"] != "not run"],
+        "environment": environment(threads=threads),
+        "search": search,
+    }
+
+
+def _row(trial: dict, path: str) -> dict:
+    """A trial as a report row (the fields of edgekit.report_schema.ROW_FIELDS)."""
+    latency = trial.get("latency") or {}
+    return {"accuracy": trial.get("accuracy"), "latency_ms": latency.get("latency_ms"),
+            "backend": "onnxruntime", "throughput_per_s": None, "cv": latency.get("cv"),
+            "noisy": bool(latency.get("noisy")), "path": path, "precision": trial.get("precision"),
+            "size_mb": trial.get("size_mb"), "id": trial.get("id")}
 
 
 def _id(candidate: dict) -> str:
@@ -121,30 +146,31 @@ def _fmt(value, spec: str, missing: str = "—") -> str:
 
 
 def search_markdown(report: dict) -> str:
-    w = report.get("winner") or {}
-    budget = f"{report['time_budget_s']:.0f} s" if report["time_budget_s"] else "unlimited"
+    s = report["search"]
+    w = s.get("winner") or {}
+    budget = f"{s['time_budget_s']:.0f} s" if s["time_budget_s"] else "unlimited"
     lines = [f"# edgekit search report: {w.get('id', 'no result yet')}", "",
              f"- Model: `{report['model']}`; gate data: `{report['data']}`; target: {report['target']}",
              f"- Budget: accuracy drop <= {report['max_accuracy_drop'] * 100:.2f} pt; time {budget}; "
-             f"seed {report['seed']}; engine {report['engine']}",
-             f"- {report['trials_run']} of {report['candidates']} candidates run in {report['elapsed_s']:.0f} s "
-             f"({report['stopped']})", f"- Selection: {report['selection']}", ""]
+             f"seed {s['seed']}; engine {s['engine']}",
+             f"- {s['trials_run']} of {s['candidates']} candidates run in {s['elapsed_s']:.0f} s "
+             f"({s['stopped']})", f"- Selection: {s['selection']}", ""]
     if w:
-        base_p50 = report["baseline"]["p50_ms"]
-        speed = (f"p50 {w['p50_ms']:.2f} ms vs fp32 {base_p50:.2f} ms ({w['speedup_p50']:.2f}x)"
+        base_p50 = (report["baseline"] or {}).get("latency_ms") or {}
+        speed = (f"p50 {w['p50_ms']:.2f} ms vs fp32 {base_p50.get('p50', 0):.2f} ms ({w['speedup_p50']:.2f}x)"
                  if w.get("speedup_p50") else "latency not measured here (see the note)")
         lines += [f"**Winner `{w['id']}`**: accuracy {w['accuracy']:.4f} (drop {w.get('accuracy_drop', 0) * 100:+.2f} "
                   f"pt), {speed}, {w.get('size_mb')} MB, {w.get('precision')}.", ""]
-    lines += [*_fallback_lines(report), ""]
+    lines += [*_fallback_lines(s), ""]
     lines += ["## Trials", "", "| id | status | accuracy | drop (pt) | p50 ms | speedup | in budget | Pareto "
               "| fp32 nodes | s |", "|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [_trial_row(r, w.get("id")) for r in report["trials"]]
-    front = [r for r in report["trials"] if r.get("pareto")]
+    lines += [_trial_row(r, w.get("id")) for r in s["trials"]]
+    front = [r for r in s["trials"] if r.get("pareto")]
     lines += ["", "## Accuracy–latency Pareto front", ""]
     lines += [f"- `{r['id']}`: accuracy {r['accuracy']:.4f}, p50 {r['p50_ms']:.2f} ms" for r in front] or \
         ["Not measurable: no trial has a latency (see notes)."]
-    lines += _per_trial_fallback(report["trials"])
-    lines += ["", *[f"Note: {n}" for n in report["notes"]]] if report["notes"] else []
+    lines += _per_trial_fallback(s["trials"])
+    lines += ["", *[f"Note: {n}" for n in s["notes"]]] if s["notes"] else []
     return "\n".join(lines) + "\n"
 
 
@@ -161,14 +187,16 @@ def _trial_row(r: dict, winner: str | None) -> str:
 
 def format_search(report: dict) -> str:
     """The CLI's summary line."""
-    w, base = report.get("winner") or {}, report["baseline"]
-    p50 = (f", p50 {base['p50_ms']:.2f} -> {w['p50_ms']:.2f} ms ({w['speedup_p50']:.2f}x)"
-           if w.get("p50_ms") and base.get("p50_ms") else ", latency not measurable here")
-    return (f"Search: {report['trials_run']}/{report['candidates']} trials in {report['elapsed_s']:.0f} s "
-            f"({report['stopped']}). Winner {w.get('id')}: accuracy {base['accuracy']:.4f} -> "
+    s = report["search"]
+    w, base = s.get("winner") or {}, report["check"]
+    base_p50 = ((report["baseline"] or {}).get("latency_ms") or {}).get("p50")
+    p50 = (f", p50 {base_p50:.2f} -> {w['p50_ms']:.2f} ms ({w['speedup_p50']:.2f}x)"
+           if w.get("p50_ms") and base_p50 else ", latency not measurable here")
+    return (f"Search: {s['trials_run']}/{s['candidates']} trials in {s['elapsed_s']:.0f} s "
+            f"({s['stopped']}). Winner {w.get('id')}: accuracy {base['original_accuracy'] or 0:.4f} -> "
             f"{w.get('accuracy', 0):.4f} (drop {w.get('accuracy_drop', 0) * 100:+.2f} pt, allowed "
             f"{report['max_accuracy_drop'] * 100:.2f}){p50}; Pareto front: "
-            f"{', '.join(report['pareto_front']) or 'n/a'}. Report: {report['out']}/report.md")
+            f"{', '.join(s['pareto_front']) or 'n/a'}. Report: {s['out']}/report.md")
 
 
 def _fallback_lines(report: dict) -> list[str]:

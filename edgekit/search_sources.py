@@ -34,8 +34,9 @@ class Sources:
             raise ModelError(f"'{model}' cannot be searched", f"it is a {src.kind} artifact",
                              "Pass the fine-tuned model folder or its fp32 ONNX export")
         self.hf = src if src.kind == "hf" else None
+        self.gate, self.calibration, self.validation = _rows(src, data, options.data)
         self.base = src if src.kind == "onnx" else self._export_base(src, cache)
-        self.base_setup = _setup(self.base.path, data, options)
+        self.base_setup = _setup(self.base.path, self, options)
         self._pruned: dict[str, Artifact | EdgekitError] = {}
 
     def setup(self, candidate: Candidate) -> TrialSetup:
@@ -57,18 +58,17 @@ class Sources:
         return made
 
     def _export_base(self, src: Artifact, cache) -> Artifact:
-        from .pipeline import OptimizeOptions, _export_step
+        from .pipeline import export_step
 
         if entry_is_complete(self.work / "fp32"):  # a resumed search's export
             return resolve(self.work / "fp32")
-        o = self.options
-        eopts = OptimizeOptions(opset=o.opset, task=o.task, trust_remote_code=o.trust_remote_code,
-                                text_column=o.text_column)
-        return _export_step(src, self.data, eopts, self.work / "fp32", cache)[0]
+        return export_step(src, self.gate, self.options.export, self.work / "fp32", cache)[0]
 
     def _pruned_export(self, candidate: Candidate, tag: str) -> Artifact:
-        from .export import ExportOptions, export
-        from .prune import PruneOptions, prune
+        from .data import load_dataset
+        from .export import export
+        from .options import same_file
+        from .prune import prune
 
         folder, o = self.work / "pruned" / tag, self.options
         if entry_is_complete(folder / "onnx"):
@@ -76,30 +76,40 @@ class Sources:
         if self.hf is None:
             raise InputError(f"Cannot prune for candidate {candidate.id}", "the search was given an ONNX model",
                              "Pass the fine-tuned model folder to search pruning ratios")
-        train = o.prune_data or o.calibration_data
-        if train is None or str(train) == str(self.data):
+        train = o.data.prune_data or o.data.calibration_data
+        if train is None or same_file(train, self.data):
             raise InputError("Pruning needs training data", "importance and recovery must not use the gate data",
                              "Pass --prune-data (or --calibration-data) with labeled training rows")
         started = time.perf_counter()
         self.log(f"pruning {tag}: started (prune + recovery on {train}, then export)")
-        popts = PruneOptions(ffn=candidate.prune_ffn, layers=candidate.prune_layers, importance=o.prune_importance,
-                             recover_epochs=o.prune_recover_epochs, recover_samples=o.prune_recover_samples,
-                             distill=o.prune_distill, threads=o.threads, text_column=o.text_column,
-                             label_column=o.label_column)
-        prune(self.hf.path, train, folder / "hf", popts, force=True)
-        art = export(folder / "hf", folder / "onnx", ExportOptions(opset=o.opset, task=o.task), data=self.data,
-                     text_column=o.text_column, force=True)
+        rows = load_dataset(train, o.data.text_column, o.data.label_column, split="train")
+        prune(self.hf.path, rows, folder / "hf", replace(o.prune, ffn=candidate.prune_ffn,
+                                                          layers=candidate.prune_layers), force=True)
+        art = export(folder / "hf", folder / "onnx", o.export, data=self.gate, force=True)
         self.log(f"pruning {tag}: done in {time.perf_counter() - started:.0f} s")
         return art
 
 
-def _setup(source: Path, data, options) -> TrialSetup:
+def _rows(src: Artifact, data, d) -> tuple:
+    """The gate, calibration and validation rows, each file read once; fails before any trial on data the
+    model cannot be judged on (one line, not N failed trials)."""
+    from .check import labeled_data
+    from .data import load_dataset
+
+    gate = load_dataset(data, d.text_column, d.label_column)
+    labeled_data(src, gate, max_samples=d.max_samples)
+    calibration = gate if d.calibration_data is None else load_dataset(d.calibration_data, d.text_column,
+                                                                       require_labels=False)
+    validation = calibration if d.validation_data is None else load_dataset(d.validation_data, d.text_column,
+                                                                            d.label_column, require_labels=False)
+    return gate, calibration, validation
+
+
+def _setup(source: Path, rows: Sources, options) -> TrialSetup:
     from .runtime.session import default_threads
 
-    calibration = str(options.calibration_data or data)
-    return TrialSetup(source=str(source), gate_data=str(data), calibration_data=calibration,
-                      validation_data=str(options.validation_data or calibration), target=options.target,
-                      text_column=options.text_column, label_column=options.label_column,
-                      max_samples=options.max_samples, eval_batch_size=options.eval_batch_size,
-                      validation_samples=options.validation_samples, latency_iterations=options.latency_iterations,
-                      latency_seconds=options.latency_seconds, threads=options.threads or default_threads())
+    return TrialSetup(source=str(source), gate=rows.gate, calibration=rows.calibration, validation=rows.validation,
+                      target=options.target, max_samples=options.data.max_samples,
+                      eval_batch_size=options.eval_batch_size, validation_samples=options.validation_samples,
+                      latency_iterations=options.latency_iterations, latency_seconds=options.latency_seconds,
+                      threads=options.threads or default_threads())

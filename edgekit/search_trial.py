@@ -30,6 +30,7 @@ from pathlib import Path
 from .artifact import atomic_dir, copy_tokenizer_and_config, resolve, sha256_file, write_manifest
 from .bench import BenchOptions, measure
 from .check import evaluate, labeled_data
+from .data import TextDataset
 from .errors import EdgekitError
 from .runtime.session import OrtSession
 from .runtime.tokenizer import TextEncoder
@@ -72,15 +73,14 @@ class Candidate:
 
 @dataclass(frozen=True)
 class TrialSetup:
-    """What every trial shares: the fp32 ONNX (exported once), the data and the measurement settings."""
+    """What every trial shares: the fp32 ONNX (exported once), the rows (each file read once by the search,
+    columns included; a Ray task receives them pickled) and the measurement settings."""
 
     source: str                        # the fp32 ONNX artifact folder
-    gate_data: str                     # labeled data the accuracy (and the budget) is judged on
-    calibration_data: str              # sentences for static calibration and fallback sensitivity
-    validation_data: str               # labeled split the per-layer fallback judges on
+    gate: TextDataset                  # labeled rows the accuracy (and the budget) is judged on
+    calibration: TextDataset           # sentences for static calibration and fallback sensitivity
+    validation: TextDataset            # labeled rows the per-layer fallback judges on
     target: str = "cpu"
-    text_column: str | None = None
-    label_column: str | None = None
     max_samples: int | None = None     # gate examples (None = all)
     eval_batch_size: int = 32          # TensorRT targets; the cpu target gates at batch 1
     validation_samples: int = 400
@@ -124,15 +124,14 @@ def make_candidate(candidate: Candidate, setup: TrialSetup, dest: Path) -> Path:
                             calibration_method=candidate.calibration_method or "minmax",
                             calibration_samples=candidate.calibration_samples or 128,
                             per_channel=bool(candidate.per_channel))
-    calibration = setup.calibration_data if qopts.resolved_mode() == "static" else None
+    calibration = setup.calibration if qopts.resolved_mode() == "static" else None
     if candidate.fallback_budget is None:
-        return quantize(setup.source, dest, qopts, calibration_data=calibration, text_column=setup.text_column).path
+        return quantize(setup.source, dest, qopts, calibration_data=calibration).path
     from .fallback import FallbackOptions, quantize_with_fallback
 
     fopts = FallbackOptions(max_accuracy_drop=candidate.fallback_budget, validation_samples=setup.validation_samples)
-    return quantize_with_fallback(setup.source, dest, qopts, fopts, validation_data=setup.validation_data,
-                                  calibration_data=setup.calibration_data, text_column=setup.text_column,
-                                  label_column=setup.label_column).path
+    return quantize_with_fallback(setup.source, dest, qopts, fopts, validation_data=setup.validation,
+                                  calibration_data=setup.calibration).path
 
 
 def _fp16(source: Path, dest: Path) -> Path:
@@ -153,7 +152,7 @@ def _fp16(source: Path, dest: Path) -> Path:
 def measure_candidate(folder: Path, setup: TrialSetup) -> dict:
     """Accuracy on the gate data, p50 latency at batch 1 (cpu target), and what the artifact's manifest says."""
     art = resolve(folder)
-    ds, labels = labeled_data(art, setup.gate_data, setup.text_column, setup.label_column, setup.max_samples)
+    ds, labels = labeled_data(art, setup.gate, max_samples=setup.max_samples)
     encoder = TextEncoder(art.folder)
     batch = 1 if setup.target == "cpu" else setup.eval_batch_size
     logits = evaluate(OrtSession(art.model_file, threads=setup.threads), encoder, ds.texts, batch, ds.pairs)
@@ -183,16 +182,9 @@ def _latency(model: Path, encoder: TextEncoder, texts: list[str], setup: TrialSe
 
 # --- Ray: the same trial as a task on any node of a cluster -------------------------------------------------
 
-DATA_FIELDS = ("gate_data", "calibration_data", "validation_data")
-
-
 def pack(setup: TrialSetup) -> dict:
-    """The files a trial reads, as bytes (for ``ray.put``): the fp32 artifact folder and the data files."""
-    bundle = {"source": {f.name: f.read_bytes() for f in Path(setup.source).iterdir() if f.is_file()}}
-    for name in DATA_FIELDS:
-        path = Path(getattr(setup, name))
-        bundle[name] = (path.name, path.read_bytes()) if path.is_file() else None  # None: e.g. a datasets name
-    return bundle
+    """The files a trial reads, as bytes (for ``ray.put``): the fp32 artifact folder (the rows travel in the setup)."""
+    return {"source": {f.name: f.read_bytes() for f in Path(setup.source).iterdir() if f.is_file()}}
 
 
 def ray_trial(candidate: Candidate, setup: TrialSetup, bundle: dict) -> dict:
@@ -202,14 +194,7 @@ def ray_trial(candidate: Candidate, setup: TrialSetup, bundle: dict) -> dict:
         (root / "source").mkdir()
         for name, data in bundle["source"].items():
             (root / "source" / name).write_bytes(data)
-        local = {"source": str(root / "source")}
-        for i, field in enumerate(DATA_FIELDS):
-            if bundle[field] is not None:
-                path = root / f"data{i}" / bundle[field][0]
-                path.parent.mkdir()
-                path.write_bytes(bundle[field][1])
-                local[field] = str(path)
-        record = run_trial(candidate, replace(setup, **local), root / "trials")
+        record = run_trial(candidate, replace(setup, source=str(root / "source")), root / "trials")
         record["files"] = None
         if record["status"] == "ok" and candidate.precision != "fp32":
             folder = Path(record["artifact"])

@@ -12,10 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .artifact import Artifact, resolve
+from .data import TextDataset
 from .environment import gpu_info
+from .errors import InputError
+from .options import ENGINE_TARGETS
+from .report_schema import NO_GPU
 
-ENGINE_TARGETS = ("tensorrt", "tensorrt-rtx")
-NO_GPU = "not measured (no GPU)"
+__all__ = ["ENGINE_TARGETS", "NO_GPU", "EngineResult", "engine_for_target", "latency_note"]
 
 
 @dataclass
@@ -26,19 +29,22 @@ class EngineResult:
     latency_note: str           # why engine latency is (not) measured here
 
 
-def engine_for_target(fp32: Artifact, out_dir: Path, work: Path, options, data, calibration_data) -> EngineResult:
-    """Quantize (int8 + fallback) or keep fp32/fp16, then build the engine into ``out_dir/model.engine``."""
-    from .engine import BuildOptions, build
+def engine_for_target(fp32: Artifact, out_dir: Path, work: Path, options, data: TextDataset,
+                      calibration: TextDataset | None, validation: TextDataset | None) -> EngineResult:
+    """Quantize (int8 + fallback) or keep fp32/fp16, then build the engine into ``out_dir/model.engine``.
+
+    ``options`` is the run's OptimizeOptions; ``data`` the gate rows (they set the engine's sequence
+    profile only); ``calibration``/``validation`` the rows int8 is calibrated and its fallback judged on,
+    never the gate's (OptimizeOptions.validate and pipeline.load_run_data refuse that).
+    """
+    from .engine import build
 
     quantized = None
     source = fp32
     if options.precision == "int8":
-        quantized = _int8_with_fallback(fp32, work / "int8", options, data, calibration_data)
+        quantized = _int8_with_fallback(fp32, work / "int8", options, calibration, validation)
         source = quantized
-    bopts = BuildOptions(backend=options.target, precision=options.precision,
-                         compute_capabilities=list(options.compute_capabilities or []))
-    engine = build(source.path, out_dir / "model.engine", bopts, data=data, force=True,
-                   text_column=options.text_column)
+    engine = build(source.path, out_dir / "model.engine", options.build_options(), data=data, force=True)
     built_from = Path(engine.manifest["onnx"]["built_from"])
     return EngineResult(engine, built_from, quantized, latency_note())
 
@@ -47,17 +53,15 @@ def latency_note() -> str:
     return "measured on GPU" if gpu_info() else NO_GPU
 
 
-def _int8_with_fallback(fp32: Artifact, out: Path, options, data, calibration_data) -> Artifact:
-    """Symmetric S8S8 QDQ; the most sensitive nodes stay in float until half the gate's budget holds on a
-    held-out labeled split (the other half is margin for the gate's own data)."""
-    from .fallback import FallbackOptions, quantize_with_fallback
-    from .quantize import QuantizeOptions
+def _int8_with_fallback(fp32: Artifact, out: Path, options, calibration: TextDataset | None,
+                        validation: TextDataset | None) -> Artifact:
+    """S8S8 QDQ in the user's quantize settings (mode static: TensorRT takes no other); the most sensitive
+    nodes stay in float until half the gate's budget holds on the held-out labeled ``validation`` rows."""
+    from .fallback import quantize_with_fallback
+    from .pipeline import fallback_options
 
-    qopts = QuantizeOptions(target=options.target, mode="static", per_channel=options.per_channel,
-                            calibration_method=options.calibration_method,
-                            calibration_samples=options.calibration_samples)
-    validation = options.validation_data or calibration_data or data
-    fopts = FallbackOptions(max_accuracy_drop=options.max_accuracy_drop / 2)
-    return resolve(quantize_with_fallback(fp32.path, out, qopts, fopts, validation_data=validation,
-                                          calibration_data=calibration_data or data,
-                                          text_column=options.text_column, label_column=options.label_column).path)
+    if calibration is None or validation is None:  # OptimizeOptions.validate refuses this first
+        raise InputError(f"TensorRT int8 for {options.target} needs labeled rows other than the gate's", None,
+                         "Pass --calibration-data (or --validation-data) with labeled training rows")
+    return resolve(quantize_with_fallback(fp32.path, out, options.quantize_options(), fallback_options(options),
+                                          validation_data=validation, calibration_data=calibration).path)

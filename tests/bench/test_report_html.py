@@ -25,11 +25,11 @@ IMG = re.compile(r'<img[^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
 @pytest.fixture(scope="module")
 def runs(tiny_model, tiny_onnx, tiny_int8, tiny_data, tmp_path_factory):
-    from edgekit.pipeline import OptimizeOptions, optimize
+    from edgekit.pipeline import GateOptions, OptimizeOptions, optimize
 
     folder = tmp_path_factory.mktemp("runs")
     opt = folder / "optimize-out"
-    optimize(tiny_model, tiny_data, opt, OptimizeOptions(iterations=20, warmup=2, max_accuracy_drop=0.5))
+    optimize(tiny_model, tiny_data, opt, OptimizeOptions(bench=BenchOptions(iterations=20, warmup=2), gate=GateOptions(max_accuracy_drop=0.5)))
     noisy = bench(tiny_onnx, tiny_data, QUICK)
     noisy.update(summarize([1.0] * 15 + [3.0] * 15, 1))  # a real run carrying a known-noisy sample
     noisy["samples_ms"], noisy["warnings"] = [1.0] * 15 + [3.0] * 15, ["noisy run: CV 51% is above 10%"]

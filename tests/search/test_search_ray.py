@@ -34,15 +34,15 @@ def _options(**engine) -> SearchOptions:
 def test_ray_cluster_gives_the_local_winner(tiny_onnx, tiny_data, tmp_path):
     local = search(tiny_onnx, tiny_data, tmp_path / "local", _options())
     on_ray = search(tiny_onnx, tiny_data, tmp_path / "ray", _options(ray_address="local", ray_num_cpus=2))
-    assert on_ray["engine"] == "ray (local)" and local["engine"] == "local"
-    assert [t["id"] for t in on_ray["trials"]] == [t["id"] for t in local["trials"]]
-    assert len(local["trials"]) == 5 and on_ray["stopped"] == local["stopped"] == "all candidates run"
-    for mine, theirs in zip(local["trials"], on_ray["trials"]):
+    assert on_ray["search"]["engine"] == "ray (local)" and local["search"]["engine"] == "local"
+    assert [t["id"] for t in on_ray["search"]["trials"]] == [t["id"] for t in local["search"]["trials"]]
+    assert len(local["search"]["trials"]) == 5 and on_ray["search"]["stopped"] == local["search"]["stopped"] == "all candidates run"
+    for mine, theirs in zip(local["search"]["trials"], on_ray["search"]["trials"]):
         assert mine["status"] == theirs["status"] == "ok", (mine, theirs)
         assert (mine["accuracy"], mine["bytes"]) == (theirs["accuracy"], theirs["bytes"])
         assert mine["worker"]["pid"] == os.getpid() and theirs["worker"]["pid"] != os.getpid()  # Ray workers ran them
-    assert on_ray["winner"]["id"] == local["winner"]["id"]
-    assert on_ray["winner"]["precision"] != "fp32"
+    assert on_ray["search"]["winner"]["id"] == local["search"]["winner"]["id"]
+    assert on_ray["search"]["winner"]["precision"] != "fp32"
     local_art, ray_art = resolve(tmp_path / "local"), resolve(tmp_path / "ray")
     assert sha256_file(ray_art.model_file) == sha256_file(local_art.model_file)  # shipped back byte for byte
 

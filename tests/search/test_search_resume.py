@@ -36,7 +36,7 @@ def _assert_valid_best_so_far(out: Path, finished: int) -> dict:
     state = _state(out)
     report = json.loads((out / "report.json").read_text())
     assert len(state["trials"]) == finished
-    assert state["best"] in state["trials"] and report["winner"]["id"] == state["best"]
+    assert state["best"] in state["trials"] and report["search"]["winner"]["id"] == state["best"]
     assert art.manifest["search"]["winner"] == state["best"]
     assert len(load(out, threads=1).predict(["a gripping , moving film"])) == 1
     assert not list(out.parent.glob(f".{out.name}.tmp-*")) and not list(out.parent.glob(f".{out.name}.old-*"))
@@ -74,8 +74,8 @@ def test_interrupted_search_leaves_a_valid_best_and_resumes(tiny_onnx, tiny_data
         assert final["trials"][tid] == record  # measured once, never rerun
     assert first["trials"].items() <= final["trials"].items()
     report = json.loads(done.stdout)
-    assert report["stopped"] == "all candidates run" and [t["status"] for t in report["trials"]] == ["ok"] * 5
-    assert report["winner"]["id"] == final["best"] and report["pareto_front"]
+    assert report["search"]["stopped"] == "all candidates run" and [t["status"] for t in report["search"]["trials"]] == ["ok"] * 5
+    assert report["search"]["winner"]["id"] == final["best"] and report["search"]["pareto_front"]
     assert not (out.parent / f".{out.name}.search").exists()
 
 

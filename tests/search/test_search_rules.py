@@ -95,17 +95,23 @@ def test_pareto_front():
 
 
 def test_optimize_flags_narrow_the_space():
+    from edgekit.bench import BenchOptions
+    from edgekit.options import DataOptions, GateOptions
     from edgekit.pipeline import OptimizeOptions
+    from edgekit.prune import PruneOptions
+    from edgekit.quantize import QuantizeOptions
 
-    flags = OptimizeOptions(mode="static", calibration_method="entropy", max_accuracy_drop=0.003, prune_ffn=0.5,
-                            prune_data="train.tsv", threads=1)
-    s = SearchOptions.from_optimize(flags, {"mode", "calibration_method", "max_accuracy_drop", "prune_ffn",
-                                            "prune_data", "threads"}, seed=3, time_budget=60.0)
+    flags = OptimizeOptions(quantize=QuantizeOptions(mode="static", calibration_method="entropy"),
+                            gate=GateOptions(max_accuracy_drop=0.003), prune=PruneOptions(ffn=0.5),
+                            data=DataOptions(prune_data="train.tsv"), bench=BenchOptions(threads=1))
+    s = SearchOptions.from_optimize(flags, {"quantize.mode", "quantize.calibration_method", "gate.max_accuracy_drop",
+                                            "prune.ffn", "data.prune_data", "bench.threads"}, seed=3, time_budget=60.0)
     assert (s.modes, s.calibration_methods, s.per_channel) == (["static"], ["entropy"], [True, False])
-    assert (s.prune_ffn, s.prune_layers, s.prune_data) == ([0, 0.5], [0], "train.tsv")
+    assert (s.prune_ffn, s.prune_layers, s.data.prune_data) == ([0, 0.5], [0], "train.tsv")
+    assert s.data is flags.data and s.prune is flags.prune and s.export is flags.export  # held, not copied
     assert (s.max_accuracy_drop, s.seed, s.time_budget, s.threads) == (0.003, 3, 60.0, 1)
     ids = [c.id for c in candidates(s)]
     assert ids[:2] == ["fp32", "int8-static-entropy32-pc"] and "ffn0.5-fp32" in ids
     assert len(ids) == 2 * (1 + 2 * 2 * 2) and all("dynamic" not in i for i in ids)
     with pytest.warns(UserWarning, match="--batch-size"):
-        SearchOptions.from_optimize(OptimizeOptions(batch_size=8), {"batch_size"})
+        SearchOptions.from_optimize(OptimizeOptions(bench=BenchOptions(batch_size=8)), {"bench.batch_size"})
