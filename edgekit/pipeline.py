@@ -75,15 +75,15 @@ def load_run_data(src, data, options: OptimizeOptions) -> RunData:
                                       require_labels=labeled, split=split)
         return cache[key]
 
+    engine_int8 = options.target in ENGINE_TARGETS and options.precision == "int8"
+    for name in ("validation_data", "calibration_data") if engine_int8 else ("validation_data",):
+        if same_file(getattr(d, name), data):  # before anything is read
+            flag = f"--{name.replace('_', '-')}"
+            raise InputError(f"{flag} is the gate's own data file '{data}'",
+                             "the per-layer fallback would be judged on the rows that gate it",
+                             f"Pass other labeled rows (e.g. the train split) as {flag}")
     gate = load_dataset(data, d.text_column, d.label_column)
     checked, labels = labeled_data(src, gate, max_samples=d.max_samples)
-    engine_int8 = options.target in ENGINE_TARGETS and options.precision == "int8"
-    if engine_int8 or same_file(d.validation_data, data):
-        for name in ("validation_data", "calibration_data"):
-            if same_file(getattr(d, name), data):
-                raise InputError(f"--{name.replace('_', '-')} is the gate's own data file '{data}'",
-                                 "the per-layer fallback would be judged on the rows that gate it",
-                                 f"Pass other labeled rows (e.g. the train split) as --{name.replace('_', '-')}")
     validation_path = d.validation_data or (d.calibration_data if engine_int8 else None)
     calibration_path = d.calibration_data or (d.validation_data if engine_int8 else data)
     validation = read(validation_path, labeled=True) if validation_path else None  # first: it needs the labels
@@ -154,7 +154,7 @@ def optimize(model: str | Path, data: str | Path, out: str | Path, options: Opti
                        extra={"task": candidate.manifest.get("task"), "precision": report["optimized"]["precision"],
                               "passed": report["passed"], "eval_batch_size": eval_bs,
                               "input_names": candidate.manifest.get("input_names"), "stages": stages.rows,
-                              "lineage": [fp32.manifest, candidate.manifest] + ([engine.engine.manifest] if engine else []),
+                              "lineage": _lineage(fp32, candidate, engine),
                               "seconds": report["seconds_total"]})
     if not report["passed"]:
         raise GateFailedError(f"Accuracy gate failed: drop {report['accuracy_drop'] * 100:.2f} pt > allowed "
@@ -231,6 +231,13 @@ def _copy_artifact(src: Path, dst: Path) -> None:
     for f in src.iterdir():
         if f.is_file() and f.name != "manifest.json":
             shutil.copyfile(f, dst / f.name)
+
+
+def _lineage(fp32, candidate, engine: EngineResult | None) -> list[dict]:
+    """Manifests from the export to what ships: fp32, the int8 QDQ with its fallback record, the engine."""
+    if engine is None:
+        return [fp32.manifest, candidate.manifest]
+    return [fp32.manifest, *([engine.quantized.manifest] if engine.quantized else []), engine.engine.manifest]
 
 
 def _accuracy_artifact(engine: EngineResult, tmp: Path):
