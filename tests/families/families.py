@@ -109,6 +109,14 @@ def build(family: str, folder: Path, seed: int = 0) -> Path:
         config = tf.GPT2Config(vocab_size=tok.get_vocab_size(), n_embd=32, n_layer=2, n_head=4, n_positions=128,
                                bos_token_id=eos, eos_token_id=eos, pad_token_id=eos, **sentiment)
         model = tf.GPT2ForSequenceClassification(config)
+    elif family == "gpt2-base":
+        # as the hub's "gpt2": a language model whose tokenizer has no pad token and whose config no pad id
+        tok = _byte_level(["<|endoftext|>"], roberta=False)
+        eos = tok.token_to_id("<|endoftext|>")
+        _save_tokenizer(folder, tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+        config = tf.GPT2Config(vocab_size=tok.get_vocab_size(), n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                               bos_token_id=eos, eos_token_id=eos)
+        model = tf.GPT2LMHeadModel(config)
     elif family == "distilbert":
         tok, special = _wordpiece()
         _save_tokenizer(folder, tok, **special)
