@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from .artifact import Artifact, resolve
-from .data import TextDataset, encode_labels, encode_tags, load_dataset, load_token_dataset
+from . import data as data_readers
+from .data import TextDataset, encode_labels, encode_tags
 from .errors import DataError, ModelError
 from .metrics import IGNORE, fit_tokens, word_tags
 from .runtime.session import Session
@@ -68,7 +69,7 @@ def labeled_data(model: Artifact, data: str | Path | TextDataset, text_column: s
     each word and ``IGNORE`` (-100) on the rest, tokens as ``encoder_for(model)`` makes them.
     """
     spec = gated(task_of(model.folder))
-    reader = {"load_dataset": load_dataset, "load_token_dataset": load_token_dataset}[spec.reader]
+    reader = getattr(data_readers, spec.reader)
     ds = data if isinstance(data, TextDataset) else reader(data, text_column, label_column)
     ds = ds.subset(max_samples, seed)
     label2id = _label2id(model)

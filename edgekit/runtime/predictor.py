@@ -198,19 +198,20 @@ def load(artifact: str | Path, backend: str = "auto", threads: int | None = None
     session.open()
     if batch_size is None:
         batch_size = int(_read_json(folder / "manifest.json").get("eval_batch_size") or DEFAULT_BATCH_SIZE)
-    if task == "token-classification":
-        from .tokens import TokenClassifier  # noqa: PLC0415  (imports this module)
-
-        return TokenClassifier(session, encoder, id2label_of(folder), batch_size=batch_size, limits=limits)
-    return TextClassifier(session, encoder, id2label_of(folder), batch_size=batch_size, limits=limits)
+    return _predictor_class(task)(session, encoder, id2label_of(folder), batch_size=batch_size, limits=limits)
 
 
-SERVED = ("text-classification", "token-classification")
+def _predictor_class(task: str):
+    """The runtime class the task's entry names (``edgekit.tasks.TASKS[task].predictor``)."""
+    from .. import runtime  # noqa: PLC0415  (the package: every predictor class is exported there)
+    from ..tasks import TASKS  # noqa: PLC0415
+
+    return getattr(runtime, TASKS[task].predictor)
 
 
 def _servable_task(folder: Path, allow_failed: bool) -> str:
     """The artifact's task, refusing ones the runtime does not serve and (unless allowed) failed gates."""
-    from ..tasks import task_of  # noqa: PLC0415  (pure Python: no torch)
+    from ..tasks import TASKS, task_of  # noqa: PLC0415  (pure Python: no torch)
 
     manifest = _read_json(folder / "manifest.json")
     if manifest.get("passed") is False and not allow_failed:
@@ -218,8 +219,9 @@ def _servable_task(folder: Path, allow_failed: bool) -> str:
                          "Fix the model or the budget and re-run edgekit optimize, or pass allow_failed=True to "
                          "load it anyway")
     task = task_of(folder)
-    if task not in SERVED:
-        raise ModelError(f"Artifact '{folder}' is a {task} model", f"the runtime serves {', '.join(SERVED)}",
+    served = [name for name, spec in TASKS.items() if spec.predictor]
+    if task not in served:
+        raise ModelError(f"Artifact '{folder}' is a {task} model", f"the runtime serves {', '.join(served)}",
                          "Load it with ONNX Runtime directly (edgekit.runtime.OrtSession)")
     return task
 
