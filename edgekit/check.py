@@ -136,6 +136,13 @@ def score(logits: np.ndarray, labels: np.ndarray, task: str | None = None) -> di
     return spec.score(logits, labels, getattr(labels, "id2label", None))
 
 
+def gate_metric(logits: np.ndarray, labels: np.ndarray, task: str | None = None) -> float:
+    """The one number the gate compares for the task (accuracy, entity F1...): use it where code computed
+    ``(logits.argmax(-1) == labels).mean()``, which is only right for text classification."""
+    spec = _spec_of(labels, task)
+    return float(score(logits, labels, spec.name)[spec.metric])
+
+
 def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray, task: str | None = None) -> dict:
     """Both scored by the task's metric, the drop, label agreement and output differences.
 

@@ -76,3 +76,18 @@ def test_every_gated_task_has_what_the_steps_ask_for():
         gated("fill-mask")
     with pytest.raises(InputError, match="Unsupported task"):
         task_spec("summarization")
+
+
+def test_gate_metric_is_accuracy_or_entity_f1_by_the_targets_task():
+    from edgekit.check import Targets, gate_metric
+
+    logits = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]], np.float32)
+    labels = Targets([1, 1, 1], {0: "negative", 1: "positive"}, "text-classification")
+    assert gate_metric(logits, labels) == pytest.approx(2 / 3)
+    assert gate_metric(logits, labels) == float((logits.argmax(-1) == labels).mean())
+    tags = Targets([[IGNORE, 1, 2, IGNORE]], {0: "O", 1: "B-PER", 2: "I-PER"}, "token-classification")
+    token_logits = np.zeros((1, 4, 3), np.float32)
+    token_logits[0, [1, 2], [1, 0]] = 5.0      # B-PER then O: the PER entity is cut short
+    assert gate_metric(token_logits, tags) == 0.0
+    token_logits[0, 2, 2] = 9.0                # B-PER I-PER: exact
+    assert gate_metric(token_logits, tags) == 1.0
