@@ -134,7 +134,7 @@ def run_load(url: str, texts: list[str], clients: int, seconds: float, requests:
     lat = sorted(x for r in results for x in r.get("latencies", []))
     errors = sum((r.get("errors", Counter()) for r in results), Counter())
     ok, failed = len(lat), sum(errors.values())
-    return {"clients": clients, "seconds": round(wall, 2), "requests": ok + failed, "ok": ok, "failed": failed,
+    return {"clients": clients, "send_seconds": seconds, "seconds": round(wall, 2), "requests": ok + failed, "ok": ok, "failed": failed,
             "errors": dict(errors), "connections": sum(r.get("connections", 0) for r in results),
             "unfinished_clients": sum(t.is_alive() for t in threads),
             "latency_ms": {f"p{q}": round(percentile(lat, q), 2) for q in (50, 90, 99)}
@@ -164,13 +164,14 @@ def markdown(result: dict, command: str, server: str) -> str:
     ratio = lat["p99"] / lat["p50"] if lat["p50"] else float("nan")
     return "\n".join([
         f"## {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {result['clients']} clients x "
-        f"{result['seconds']:.0f} s", "", "```bash", command, "```", "",
+        f"{result['send_seconds']:g} s", "", "```bash", command, "```", "",
         f"- Server: {server}",
         f"- Requests: {result['requests']} ({result['ok']} ok, **{result['failed']} failed**"
         + (f": {result['errors']}" if result["errors"] else "") + f"), {result['connections']} connections opened",
         f"- Latency ms: p50 {lat['p50']}, p90 {lat['p90']}, p99 {lat['p99']}, max {lat['max']} "
         f"(p99/p50 = {ratio:.2f})",
-        f"- Throughput: {result['requests_per_s']} requests/s",
+        f"- Throughput: {result['requests_per_s']} requests/s over {result['seconds']} s wall (sending stops at "
+        f"{result['send_seconds']:g} s; requests in flight then are waited for)",
         f"- Machine: {result['cores']} cores; load average (1/5/15 min) before {result['load_average_before']}, "
         f"after {result['load_average_after']} (shared with other work; the client runs on the same cores)",
         "", ""])
