@@ -12,6 +12,10 @@ Endpoints: ``POST /classify`` with ``{"texts": [str, ...]}`` -> a JSON list in t
 too large) and ``{"error": "<one line>"}``. ``--port 0`` picks a free port; the first line on stdout says
 which. ``--max-wait-ms`` > 0 merges concurrent requests into shared batches (DynamicBatcher). SIGTERM or
 Ctrl-C stops the server cleanly (exit 0).
+
+Connections are HTTP/1.1 keep-alive (a client sends request after request on one socket), each served by a
+daemon thread, with a listen backlog of 128; ``bench/serve/load.py`` drives it with concurrent clients and
+``bench/serve/results.md`` records what it holds.
 """
 
 from __future__ import annotations
