@@ -154,7 +154,8 @@ def _sabotage(folder: Path) -> None:
 @pytest.mark.parametrize("family", ["bert-ner"], indirect=True)
 def test_gate_fails_when_entity_f1_drops_beyond_budget(family, tmp_path):
     from edgekit.errors import GateFailedError, ModelError
-    from edgekit.pipeline import OptimizeOptions, optimize
+    from edgekit.bench import BenchOptions
+    from edgekit.pipeline import GateOptions, OptimizeOptions, optimize
     from edgekit.runtime import TokenClassifier, load
 
     model = shutil.copytree(family.model, tmp_path / "model")
@@ -162,7 +163,7 @@ def test_gate_fails_when_entity_f1_drops_beyond_budget(family, tmp_path):
     data = ner_jsonl(tmp_path / "ner.jsonl", model, TEXTS)  # gold = the (sabotaged) fp32 model's own tags
     out = tmp_path / "out"
     with pytest.raises(GateFailedError):
-        optimize(model, data, out, OptimizeOptions(iterations=2, warmup=1, max_accuracy_drop=0.05))
+        optimize(model, data, out, OptimizeOptions(bench=BenchOptions(iterations=2, warmup=1), gate=GateOptions(max_accuracy_drop=0.05)))
     report = json.loads((out / "report.json").read_text())
     assert report["check"]["metric"] == "entity_f1"
     assert report["check"]["original_accuracy"] == 1.0
