@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     texts = load_texts(args.data)
     proc, url = (start_server(args) if args.artifact else (None, args.url))
     server = (f"examples/classify_server.py {Path(args.artifact).name} --max-wait-ms {args.max_wait_ms}"
+              + (f" --threads {args.server_threads}" if args.server_threads else " (threads: default, the usable cores)")
               if args.artifact else url)
     try:
         result = run_load(url, texts, args.clients, args.seconds, args.requests, args.timeout)

@@ -81,8 +81,10 @@ def test_optimize_tensorrt_rtx_int8_two_compute_capabilities(ref_model, sst2_dev
     assert opt["precision"] == "int8" and report["accuracy_drop"] <= 0.01
     side = read_json(out / "model.engine.json")
     assert side["backend"] == "tensorrt-rtx" and side["precision"] == "int8"
-    assert side["compute_capabilities"] == ["8.6", "12.0"]
+    assert side["compute_capabilities"] == ["8.6", "12.0"] and side["verification"]["network"] == "passed"
     assert side["engine_bytes"] == (out / "model.engine").stat().st_size > 0
+    carried = side["onnx"]["carried"]  # what the parsed ONNX carries into the engine: int8 Q/DQ
+    assert carried["carries"] == "int8" and carried["quantize_nodes"] > 0 and carried["dequantize_nodes"] > 0
     assert (out / "model.int8.onnx").is_file()  # the exact ONNX the engine was built from; its accuracy gates
     stages = {s["name"]: s for s in report["stages"]}
     assert re.search(r"accuracy from model\.int8\.onnx", stages["quantize+build"]["notes"])
