@@ -13,14 +13,14 @@ import tempfile
 from pathlib import Path
 
 from ..deps import require
-from ..errors import BackendError
+from ..errors import BackendError, MissingDependencyError
 
 MODULE = "onnxruntime_genai.models.builder"
 
 
 def build(folder: Path, out: Path, precision: str, extra: dict[str, object] | None = None) -> None:
     """Write ``out/model.onnx`` (+ ``model.onnx.data``, ``genai_config.json``) for ``precision`` on the CPU EP."""
-    require("onnxruntime_genai")
+    require_llm("onnxruntime_genai")
     with tempfile.TemporaryDirectory(prefix="edgekit-genai-") as work:
         cmd = [sys.executable, "-m", MODULE, "-i", str(folder), "-o", str(out), "-p", precision, "-e", "cpu",
                "-c", str(Path(work) / "cache")]
@@ -37,6 +37,14 @@ def build(folder: Path, out: Path, precision: str, extra: dict[str, object] | No
     if not (out / "model.onnx").is_file():
         raise BackendError("onnxruntime-genai's model builder wrote no model.onnx", f"output folder {out}",
                            "Try --route dynamo")
+
+
+def require_llm(module: str):
+    """``require`` for the llm extra's modules (edgekit.deps does not list them yet: name the right extra)."""
+    try:
+        return require(module)
+    except MissingDependencyError as exc:
+        raise MissingDependencyError(module, "llm", exc.__cause__) from None
 
 
 def _text(value: object) -> str:

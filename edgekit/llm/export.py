@@ -89,7 +89,7 @@ def choose_route(config: dict, requested: str) -> str:
         if arch not in BUILDER_ARCHITECTURES:
             raise InputError(f"onnxruntime-genai's builder does not cover {arch or 'this model'}",
                              f"it builds {', '.join(sorted(BUILDER_ARCHITECTURES))}", "Pass --route dynamo")
-        require("onnxruntime_genai")
+        genai_builder.require_llm("onnxruntime_genai")
         return "builder"
     if requested == "dynamo":
         return "dynamo"

@@ -20,6 +20,7 @@ from ..artifact import atomic_dir, sha256_file, write_manifest
 from ..cache import StepCache
 from ..deps import require
 from ..errors import InputError, ModelError
+from .builder import require_llm
 
 PKG_PREFIX = "pkg:"
 GGUF_MAGIC = b"GGUF"
@@ -150,7 +151,7 @@ def import_key(gguf_sha256: str) -> str:
 
 def _convert(gguf: Path, out: Path) -> None:
     """Load with transformers' GGUF loader, copy the de-quantized weights into a fresh model, save it."""
-    require("gguf")
+    require_llm("gguf")
     require("accelerate")
     transformers = require("transformers")
     torch = require("torch")
