@@ -107,6 +107,7 @@ def dynamo_export(folder: Path, onnx_path: Path, opset: int = 18) -> None:
     """``torch.onnx.export(dynamo=True)`` of the model with per-layer past/present tensors and dynamic axes."""
     torch = require("torch")
     transformers = require("transformers")
+    transformers.utils.logging.disable_progress_bar()
     model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     text = model.config.get_text_config(decoder=True)
     layers = text.num_hidden_layers

@@ -33,7 +33,7 @@ from .export import _inputs, choose_route, dynamo_export
 from .layout import finish_folder, llm_section
 from .loop import DecoderSession, agreement, greedy
 from .source import check_causal_lm, resolve_source
-from .validate import PROMPTS, encode_prompts, torch_greedy
+from .validate import PROMPTS, encode_prompts, load_causal_lm, torch_greedy
 
 PRECISIONS = ("int4", "int8")
 KEEP = ("auto", "none", "lm_head")
@@ -141,10 +141,7 @@ def _check(options: LMQuantizeOptions) -> None:
 
 def _references(folder: Path, options: LMQuantizeOptions) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, PyTorch greedy tokens) for each measurement prompt."""
-    torch = require("torch")
-    transformers = require("transformers")
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    model, tokenizer = load_causal_lm(folder)
     prompts = tuple(options.prompts) or PROMPTS
     with progress.stage("reference", f"PyTorch greedy on {len(prompts)} prompts"):
         return [(ids, torch_greedy(model, ids, options.tokens)[0]) for ids in encode_prompts(tokenizer, prompts)]

@@ -7,6 +7,7 @@ prefill and cached decode steps alike.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,15 @@ def encode_prompts(tokenizer, prompts: tuple[str, ...] | list[str]) -> list[list
     return out
 
 
+def load_causal_lm(folder: Path):
+    """(model, tokenizer) in fp32 eval mode, without transformers' progress bars."""
+    torch = require("torch")
+    transformers = require("transformers")
+    transformers.utils.logging.disable_progress_bar()
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    return model, transformers.AutoTokenizer.from_pretrained(str(folder))
+
+
 def torch_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], list[np.ndarray]]:
     """Greedy decoding in PyTorch with a KV cache (no EOS stop, so every step is compared)."""
     torch = require("torch")
@@ -61,7 +71,8 @@ def torch_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> tuple[lis
     ids = torch.tensor([prompt_ids])
     total = len(prompt_ids)
     tokens, logits = [], []
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers 5.x renames past_key_values (still accepted)
         for _ in range(max_new_tokens):
             out = model(input_ids=ids, attention_mask=torch.ones(1, total, dtype=torch.long),
                         past_key_values=cache, use_cache=True)
@@ -87,10 +98,7 @@ def compare(reference: tuple[list[int], list[np.ndarray]], decoder: DecoderSessi
 def validate_lm(folder: Path, onnx_path: Path, prompts: tuple[str, ...] = (), tokens: int = 16,
                 atol: float = 1e-2) -> dict:
     """Raise LMValidationError unless every prompt's first ``tokens`` greedy tokens match and logits are within atol."""
-    torch = require("torch")
-    transformers = require("transformers")
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    model, tokenizer = load_causal_lm(folder)
     decoder = DecoderSession(onnx_path)
     prompts = tuple(prompts) or PROMPTS
     rows = []

@@ -65,18 +65,24 @@ def test_builder_export_matches_pytorch(tmp_path, arch):
     _check_parity_independently(src, art)
 
 
-def test_dynamo_export_gpt2_matches_pytorch(tmp_path):
-    src, art = _export(tmp_path, "gpt2", "dynamo")
+@pytest.fixture(scope="module")
+def gpt2_export(tmp_path_factory):
+    """One dynamo export of tiny GPT-2 shared by the tests below (each export takes a while on 2 cores)."""
+    return _export(tmp_path_factory.mktemp("gpt2"), "gpt2", "dynamo")
+
+
+def test_dynamo_export_gpt2_matches_pytorch(gpt2_export):
+    src, art = gpt2_export
     _check_layout(art, "dynamo")
     assert "position_ids" in art.manifest["llm"]["inputs"]
     _check_parity_independently(src, art)
 
 
-def test_dynamo_graph_takes_batch_and_past_axes(tmp_path):
+def test_dynamo_graph_takes_batch_and_past_axes(gpt2_export):
     """Batch 2 with left padding through the exported graph gives each row's batch-1 logits."""
     from edgekit.llm.loop import DecoderSession
 
-    _, art = _export(tmp_path, "gpt2", "dynamo")
+    _, art = gpt2_export
     dec = DecoderSession(art.model_file)
     a, b = [5, 6, 7, 8], [9, 10]
     single = [dec.forward(np.array([p]), np.ones((1, len(p)), dtype=np.int64), dec.empty_cache(1))[0][0, -1]
@@ -90,11 +96,11 @@ def test_dynamo_graph_takes_batch_and_past_axes(tmp_path):
     assert step.shape[:2] == (2, 1)
 
 
-def test_divergent_export_is_refused_and_nothing_written(tmp_path):
-    """A graph whose weights differ from the source's fails validation in one line; OUT is not created."""
+def test_divergent_graph_is_refused_in_one_line(gpt2_export, tmp_path):
+    """A graph whose weights differ from the source's fails validation with a one-line error."""
     from edgekit.llm.validate import LMValidationError, validate_lm
 
-    src, art = _export(tmp_path, "gpt2", "dynamo")
+    src, art = gpt2_export
     other = build_tiny_lm(tmp_path / "other", "gpt2", seed=1)
     with pytest.raises(LMValidationError) as err:
         validate_lm(other, art.model_file, tuple(PROMPTS), 8, 1e-3)
