@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import progress
-from ..artifact import atomic_dir, sha256_file, write_manifest
+from ..artifact import atomic_dir, read_manifest, sha256_file, write_manifest
 from ..cache import StepCache
 from ..deps import require
 from ..errors import InputError, ModelError
@@ -40,7 +40,10 @@ class LMSource:
 
 
 def resolve_source(model: str | Path, cache_dir: str | Path | None = None) -> LMSource:
-    """Turn what the user passed into an HF folder holding a causal LM (importing a GGUF when needed)."""
+    """Turn what the user passed into an HF folder holding a causal LM (importing a GGUF when needed).
+
+    An edgekit LM artifact (an ``export-lm`` folder) resolves to the model it was exported from.
+    """
     text = str(model)
     if text.startswith(PKG_PREFIX):
         gguf = find_package_gguf(text[len(PKG_PREFIX):])
@@ -54,6 +57,9 @@ def resolve_source(model: str | Path, cache_dir: str | Path | None = None) -> LM
             raise ModelError(f"Model file '{path}' is not a GGUF file", f"its suffix is '{path.suffix}'",
                              "Pass a .gguf file or a Hugging Face model folder")
         return import_gguf(path, cache_dir, origin=str(path))
+    exported = read_manifest(path)
+    if exported.get("task") == "text-generation" and exported.get("inputs", {}).get("model"):
+        return resolve_source(exported["inputs"]["model"], cache_dir)  # an edgekit LM artifact: its source
     ggufs = sorted(path.glob("*.gguf"))
     if not (path / "config.json").is_file() and len(ggufs) == 1:
         return import_gguf(ggufs[0], cache_dir, origin=str(ggufs[0]))

