@@ -123,7 +123,7 @@ def dynamo_export(folder: Path, onnx_path: Path, opset: int = 18) -> None:
     shapes = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: total},
               "position_ids": {0: batch, 1: seq}, "past": tuple({0: batch, 2: past} for _ in kv)}
     with torch.no_grad():
-        torch.onnx.export(_KVWrapper(model, layers), feeds, str(onnx_path), dynamo=True, opset_version=opset,
+        torch.onnx.export(_KVWrapper(model, layers).eval(), feeds, str(onnx_path), dynamo=True, opset_version=opset,
                           input_names=["input_ids", "attention_mask", "position_ids",
                                        *(f"past_key_values.{n}" for n in kv)],
                           output_names=["logits", *(f"present.{n}" for n in kv)],
