@@ -18,6 +18,9 @@ in fp32 are measured as well (the fallback list is in the manifest).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import shutil
 import time
@@ -25,12 +28,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import progress
-from ..artifact import ONNX_NAME, Artifact, atomic_dir, write_manifest
+from ..artifact import ONNX_NAME, Artifact, atomic_dir, sha256_folder, versions, write_manifest
+from ..cache import StepCache
 from ..deps import require
 from ..errors import InputError
 from . import builder as genai_builder
 from .export import _inputs, choose_route, dynamo_export
-from .layout import finish_folder, llm_section
+from .layout import dims, finish_folder, llm_section
 from .loop import DecoderSession, agreement, greedy
 from .source import check_causal_lm, resolve_source
 from .validate import PROMPTS, encode_prompts, load_causal_lm, torch_greedy
@@ -140,11 +144,21 @@ def _check(options: LMQuantizeOptions) -> None:
 
 
 def _references(folder: Path, options: LMQuantizeOptions) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, PyTorch greedy tokens) for each measurement prompt."""
-    model, tokenizer = load_causal_lm(folder)
+    """(prompt ids, PyTorch greedy tokens) for each measurement prompt, cached by weights + prompts + versions."""
     prompts = tuple(options.prompts) or PROMPTS
+    payload = json.dumps([sha256_folder(folder), prompts, options.tokens, versions()])
+    stored = StepCache(options.cache_dir).root / "lm-reference" / f"{hashlib.sha256(payload.encode()).hexdigest()[:40]}.json"
+    if stored.is_file():
+        return [tuple(pair) for pair in json.loads(stored.read_text())]
+    model, tokenizer = load_causal_lm(folder)
     with progress.stage("reference", f"PyTorch greedy on {len(prompts)} prompts"):
-        return [(ids, torch_greedy(model, ids, options.tokens)[0]) for ids in encode_prompts(tokenizer, prompts)]
+        refs = [(ids, torch_greedy(model, ids, options.tokens)[0]) for ids in encode_prompts(tokenizer, prompts)]
+    with contextlib.suppress(OSError):
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        partial = stored.with_suffix(f".tmp-{os.getpid()}")
+        partial.write_text(json.dumps(refs))
+        os.replace(partial, stored)
+    return refs
 
 
 def _measure_all(folder: Path, route: str, options: LMQuantizeOptions, refs: list, work: Path,
@@ -161,7 +175,7 @@ def _measure_all(folder: Path, route: str, options: LMQuantizeOptions, refs: lis
                 cand = Candidate(block, level, keep, work / f"{keep}-b{block}-a{level}")
                 shutil.copytree(built, cand.folder)
                 set_accuracy_level(cand.folder / ONNX_NAME, level)
-                measure(cand, refs, options.threads)
+                measure(cand, refs, options.threads, dims(folder)["head_dim"])
                 progress.echo(f"           block {block}, accuracy_level {level}, keep {keep}: agreement "
                               f"{cand.agreement:.3f}, decode {cand.decode_tokens_per_s:.1f} tok/s")
                 out.append(cand)
@@ -177,7 +191,6 @@ def build_quantized(folder: Path, out: Path, route: str, precision: str, block: 
         if keep == "lm_head":
             extra.update(shared_embeddings=False, op_types_to_quantize="MatMul", nodes_to_exclude=LM_HEAD_NODE)
         genai_builder.build(folder, out, precision, extra)
-        (out / "genai_config.json").unlink(missing_ok=True)  # finish_folder copies the chosen one's
         return
     fp32 = out / "fp32"
     fp32.mkdir()
@@ -226,9 +239,9 @@ def set_accuracy_level(onnx_path: Path, level: int) -> int:
     return count
 
 
-def measure(cand: Candidate, refs: list[tuple[list[int], list[int]]], threads: int) -> None:
+def measure(cand: Candidate, refs: list[tuple[list[int], list[int]]], threads: int, head_dim: int) -> None:
     """Greedy agreement with PyTorch (mean over prompts) and decode tokens/s (one warm-up prompt first)."""
-    decoder = DecoderSession(cand.folder / ONNX_NAME, threads=threads)
+    decoder = DecoderSession(cand.folder / ONNX_NAME, threads=threads, head_dim=head_dim)
     greedy(decoder, refs[0][0], 2)
     scores, generated, seconds = [], 0, 0.0
     for ids, ref in refs:
