@@ -84,7 +84,7 @@ class Candidate:
 
 def quantize_lm(model: str | Path, out: str | Path, options: LMQuantizeOptions | None = None,
                 force: bool = False) -> Artifact:
-    """Quantize a causal LM (HF folder, .gguf or pkg:NAME) to int4/int8 weight-only, choosing settings by measurement."""
+    """Quantize a causal LM (HF folder, .gguf or pkg:NAME) to int4/int8 weight-only; settings chosen by measurement."""
     options = options or LMQuantizeOptions()
     _check(options)
     source = resolve_source(model, options.cache_dir)
@@ -147,7 +147,8 @@ def _references(folder: Path, options: LMQuantizeOptions) -> list[tuple[list[int
     """(prompt ids, PyTorch greedy tokens) for each measurement prompt, cached by weights + prompts + versions."""
     prompts = tuple(options.prompts) or PROMPTS
     payload = json.dumps([sha256_folder(folder), prompts, options.tokens, versions()])
-    stored = StepCache(options.cache_dir).root / "lm-reference" / f"{hashlib.sha256(payload.encode()).hexdigest()[:40]}.json"
+    key = hashlib.sha256(payload.encode()).hexdigest()[:40]
+    stored = StepCache(options.cache_dir).root / "lm-reference" / f"{key}.json"
     if stored.is_file():
         return [tuple(pair) for pair in json.loads(stored.read_text())]
     model, tokenizer = load_causal_lm(folder)

@@ -102,7 +102,8 @@ def validate_lm(folder: Path, onnx_path: Path, prompts: tuple[str, ...] = (), to
     decoder = DecoderSession(onnx_path)
     prompts = tuple(prompts) or PROMPTS
     rows = []
-    for text, ids in progress.bar(list(zip(prompts, encode_prompts(tokenizer, prompts))), desc="validate", unit="prompt"):
+    pairs = list(zip(prompts, encode_prompts(tokenizer, prompts)))
+    for text, ids in progress.bar(pairs, desc="validate", unit="prompt"):
         rows.append({"prompt": text, **compare(torch_greedy(model, ids, tokens), decoder, ids)})
     worst = max(r["max_abs_logit_diff"] for r in rows)
     bad = [r for r in rows if r["agreement"] < 1.0]

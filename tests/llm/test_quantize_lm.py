@@ -38,7 +38,7 @@ def test_int4_builder_measures_accuracy_levels(tmp_path):
 
     src = build_tiny_lm(tmp_path / "llama", "llama")
     options = LMQuantizeOptions(precision="int4", block_sizes=(32,), accuracy_levels=(4, 1), keep_fp="none",
-                                prompts=tuple(PROMPTS), tokens=8)
+                                prompts=tuple(PROMPTS), tokens=8, cache_dir=str(tmp_path / "cache"))
     art = quantize_lm(src, tmp_path / "int4", options)
     assert "MatMulNBits" in _ops(art.model_file)
     q = art.manifest["llm"]["quantization"]
@@ -55,7 +55,8 @@ def test_int8_dynamo_keeps_lm_head_in_fp32(tmp_path):
 
     src = build_tiny_lm(tmp_path / "gpt2", "gpt2")
     options = LMQuantizeOptions(precision="int8", block_size=32, accuracy_level=1, keep_fp="lm_head",
-                                route="dynamo", prompts=tuple(PROMPTS[:2]), tokens=8)
+                                route="dynamo", prompts=tuple(PROMPTS[:2]), tokens=8,
+                                cache_dir=str(tmp_path / "cache"))
     art = quantize_lm(src, tmp_path / "int8", options)
     q = art.manifest["llm"]["quantization"]
     assert q["fp32_fallback"] == ["lm_head", "embed_tokens"] and len(q["measurements"]) == 1
