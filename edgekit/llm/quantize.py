@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -31,7 +32,7 @@ from .. import progress
 from ..artifact import ONNX_NAME, Artifact, atomic_dir, sha256_folder, versions, write_manifest
 from ..cache import StepCache
 from ..deps import require
-from ..errors import InputError
+from ..errors import BackendError, InputError
 from . import builder as genai_builder
 from .export import _inputs, choose_route, dynamo_export
 from .layout import dims, finish_folder, llm_section
@@ -205,13 +206,47 @@ def quantize_graph(src: Path, dst: Path, bits: int, block: int, keep_lm_head: bo
     onnx = require("onnx")
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)  # one INFO line per node otherwise
     model = onnx.load(str(src))
+    gemm_to_matmul(model)
     exclude = [lm_head_node(model)] if keep_lm_head else []
     quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=True, accuracy_level=4,
                                      nodes_to_exclude=[n for n in exclude if n])
     quantizer.process()
+    if not any(n.op_type == "MatMulNBits" for n in quantizer.model.model.graph.node):
+        raise BackendError(f"Nothing in '{src}' was quantized", "no MatMul has a constant weight",
+                           "Report the architecture; try --route builder if it is covered")
     onnx.save_model(quantizer.model.model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=dst.name + ".data", size_threshold=1024)
+
+
+def gemm_to_matmul(model) -> int:
+    """Rewrite ``Gemm(A, W[, C])`` with a constant W (GPT-2's Conv1D) as MatMul (+ Add) so MatMulNBits covers it."""
+    onnx = require("onnx")
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes, count = [], 0
+    for node in model.graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        plain = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
+        if node.op_type != "Gemm" or node.input[1] not in inits or not plain:
+            nodes.append(node)
+            continue
+        weight = node.input[1]
+        if attrs.get("transB", 0):
+            w = numpy_helper.to_array(inits[weight]).T.copy()
+            weight = f"{weight}_T"
+            model.graph.initializer.append(numpy_helper.from_array(w, weight))
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        product = f"{node.output[0]}_matmul" if bias else node.output[0]
+        nodes.append(onnx.helper.make_node("MatMul", [node.input[0], weight], [product], name=f"{node.name}_MatMul"))
+        if bias:
+            nodes.append(onnx.helper.make_node("Add", [product, bias], [node.output[0]], name=f"{node.name}_Add"))
+        count += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return count
 
 
 def lm_head_node(model) -> str | None:
