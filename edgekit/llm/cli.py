@@ -1,0 +1,95 @@
+"""Click commands for causal LMs; the main CLI registers them (``register(main)``).
+
+Proposed surface: ``edgekit export-lm MODEL --out DIR`` and ``edgekit
+quantize-lm MODEL --out DIR --precision int4``; ``edgekit export MODEL --task
+text-generation`` can route to :func:`export_lm` with the same options. MODEL
+is an HF folder, a ``.gguf`` file or ``pkg:<installed distribution>``.
+Errors are EdgekitErrors, printed as one line by the main group's boundary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+path_arg = click.Path(path_type=Path)
+
+
+def _csv_ints(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in str(value).split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+
+
+@click.command("export-lm")
+@click.argument("model")
+@click.option("--out", required=True, type=path_arg, help="Output folder (model.onnx, genai_config.json, tokenizer).")
+@click.option("--route", type=click.Choice(["auto", "builder", "dynamo"]), default="auto", show_default=True,
+              help="builder: onnxruntime-genai's model builder (Llama, Qwen, Phi, Gemma, Mistral); "
+                   "dynamo: torch.onnx.export (GPT-2 and the rest); auto picks.")
+@click.option("--validation-tokens", default=16, show_default=True, type=int,
+              help="Greedy tokens that must equal PyTorch's on every validation prompt.")
+@click.option("--atol", default=1e-2, show_default=True, type=float, help="Max |logit diff| along the greedy path.")
+@click.option("--prompt", "prompts", multiple=True, help="Validation prompt (repeatable; default: 10 built-in).")
+@click.option("--cache-dir", default=None, help="Cache for imported GGUF folders (default: $EDGEKIT_CACHE).")
+@click.option("--force", is_flag=True, help="Replace a non-empty OUT that edgekit did not write.")
+def export_lm_cmd(model, out, route, validation_tokens, atol, prompts, cache_dir, force):
+    """Export a causal LM (HF folder, .gguf, pkg:NAME) to ONNX with a KV cache, validated against PyTorch."""
+    from .export import LMExportOptions, export_lm
+
+    options = LMExportOptions(route=route, validation_tokens=validation_tokens, atol=atol, prompts=tuple(prompts),
+                              cache_dir=cache_dir)
+    art = export_lm(model, out, options, force=force)
+    v = art.manifest["validation"]
+    click.echo(f"Exported {art.model_file} ({art.manifest['route']} route, fp32, KV cache): first {v['tokens']} "
+               f"greedy tokens identical to PyTorch on {v['prompts']} prompts, max |logit diff| "
+               f"{v['max_abs_logit_diff']:.2e}.")
+
+
+@click.command("quantize-lm")
+@click.argument("model")
+@click.option("--out", required=True, type=path_arg, help="Output folder.")
+@click.option("--precision", type=click.Choice(["int4", "int8"]), default="int4", show_default=True)
+@click.option("--block-size", default=0, show_default=True, type=int, help="0 = measure --block-sizes.")
+@click.option("--accuracy-level", default=0, show_default=True, type=int,
+              help="MatMulNBits accuracy_level (1 fp32, 4 int8 activations); 0 = measure --accuracy-levels.")
+@click.option("--block-sizes", default="32,128", show_default=True, callback=_csv_ints)
+@click.option("--accuracy-levels", default="4,1", show_default=True, callback=_csv_ints)
+@click.option("--keep-fp", type=click.Choice(["auto", "none", "lm_head"]), default="auto", show_default=True,
+              help="Keep lm_head and embeddings in fp32: auto does so only when greedy agreement needs it.")
+@click.option("--min-agreement", default=0.75, show_default=True, type=float)
+@click.option("--route", type=click.Choice(["auto", "builder", "dynamo"]), default="auto", show_default=True)
+@click.option("--prompt", "prompts", multiple=True, help="Measurement prompt (repeatable; default: 10 built-in).")
+@click.option("--tokens", default=16, show_default=True, type=int, help="Greedy tokens compared per prompt.")
+@click.option("--threads", default=2, show_default=True, type=int)
+@click.option("--cache-dir", default=None)
+@click.option("--force", is_flag=True)
+def quantize_lm_cmd(model, out, precision, block_size, accuracy_level, block_sizes, accuracy_levels, keep_fp,
+                    min_agreement, route, prompts, tokens, threads, cache_dir, force):
+    """Quantize a causal LM to int4/int8 weight-only, choosing block size and accuracy_level by measurement."""
+    from .quantize import LMQuantizeOptions, quantize_lm
+
+    options = LMQuantizeOptions(precision=precision, block_size=block_size, accuracy_level=accuracy_level,
+                                block_sizes=block_sizes, accuracy_levels=accuracy_levels, keep_fp=keep_fp,
+                                min_agreement=min_agreement, route=route, prompts=tuple(prompts), tokens=tokens,
+                                threads=threads, cache_dir=cache_dir)
+    art = quantize_lm(model, out, options, force=force)
+    q = art.manifest["llm"]["quantization"]
+    size = sum(f.stat().st_size for f in art.folder.iterdir() if f.name.startswith("model.onnx")) / 1e6
+    kept = f", fp32: {', '.join(q['fp32_fallback'])}" if q["fp32_fallback"] else ""
+    click.echo(f"Quantized to {art.model_file} ({precision}, block {q['block_size']}, accuracy_level "
+               f"{q['accuracy_level']}{kept}; {size:.1f} MB): greedy agreement {q['chosen']['greedy_agreement']:.3f}, "
+               f"decode {q['chosen']['decode_tokens_per_s']:.1f} tok/s.")
+
+
+COMMANDS = (export_lm_cmd, quantize_lm_cmd)
+
+
+def register(group: click.Group) -> None:
+    """Add ``export-lm`` and ``quantize-lm`` to the main group."""
+    for command in COMMANDS:
+        group.add_command(command)

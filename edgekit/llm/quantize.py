@@ -1,0 +1,294 @@
+"""Weight-only int4 / int8 (MatMulNBits) for causal LMs, with block size and accuracy_level chosen by measurement.
+
+Graphs come from onnxruntime-genai's builder (``-p int4|int8``) where it
+covers the architecture, else from the dynamo export passed through ONNX
+Runtime's ``MatMulNBitsQuantizer``. ``accuracy_level`` is only a node
+attribute, so each block size is built once and every level is measured by
+rewriting the attribute: 4 (int8 activations, ORT's CPU default, which
+changes greedy tokens on some models, onnxruntime issue 29849) and 1 (fp32
+activations).
+
+Each candidate decodes the same prompts greedily; its agreement with
+PyTorch's greedy tokens and its decode speed are recorded. The fastest
+candidate within ``agreement_slack`` of the best agreement wins. With
+``keep_fp="auto"`` the lm_head and embeddings are quantized too unless the
+best agreement stays under ``min_agreement``; then candidates that keep them
+in fp32 are measured as well (the fallback list is in the manifest).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .. import progress
+from ..artifact import ONNX_NAME, Artifact, atomic_dir, sha256_folder, versions, write_manifest
+from ..cache import StepCache
+from ..deps import require
+from ..errors import BackendError, InputError
+from . import builder as genai_builder
+from .export import _inputs, choose_route, dynamo_export
+from .layout import dims, finish_folder, llm_section
+from .loop import DecoderSession, agreement, greedy
+from .source import check_causal_lm, resolve_source
+from .validate import PROMPTS, encode_prompts, load_causal_lm, torch_greedy
+
+PRECISIONS = ("int4", "int8")
+KEEP = ("auto", "none", "lm_head")
+LM_HEAD_NODE = "/lm_head/MatMul"  # the builder's node name
+
+
+@dataclass
+class LMQuantizeOptions:
+    """Options of :func:`quantize_lm`; the CLI flags share these names."""
+
+    precision: str = field(default="int4", metadata={"help": "int4 or int8 weight-only (MatMulNBits)"})
+    block_size: int = field(default=0, metadata={"help": "quantization block size; 0 = measure block_sizes"})
+    accuracy_level: int = field(default=0, metadata={"help": "MatMulNBits accuracy_level (1 fp32 .. 4 int8 "
+                                                              "activations); 0 = measure accuracy_levels"})
+    block_sizes: tuple[int, ...] = field(default=(32, 128), metadata={"help": "block sizes measured"})
+    accuracy_levels: tuple[int, ...] = field(default=(4, 1), metadata={"help": "accuracy levels measured"})
+    keep_fp: str = field(default="auto", metadata={"help": "keep lm_head/embeddings fp32: auto (only when "
+                                                            "agreement needs it), none, lm_head"})
+    min_agreement: float = field(default=0.75, metadata={"help": "greedy agreement under which auto keeps "
+                                                                  "lm_head/embeddings in fp32"})
+    agreement_slack: float = field(default=0.02, metadata={"help": "a faster candidate may trail the best "
+                                                                    "agreement by this much"})
+    route: str = field(default="auto", metadata={"help": "auto, builder (onnxruntime-genai) or dynamo"})
+    prompts: tuple[str, ...] = field(default=(), metadata={"help": "measurement prompts (default: built-in)"})
+    tokens: int = field(default=16, metadata={"help": "greedy tokens compared per prompt"})
+    threads: int = field(default=2, metadata={"help": "ONNX Runtime threads while measuring speed"})
+    cache_dir: str | None = field(default=None, metadata={"help": "where imported GGUF folders are cached"})
+
+
+@dataclass
+class Candidate:
+    block_size: int
+    accuracy_level: int
+    keep: str
+    folder: Path
+    agreement: float = 0.0
+    decode_tokens_per_s: float = 0.0
+
+    def row(self) -> dict:
+        return {"block_size": self.block_size, "accuracy_level": self.accuracy_level, "keep_fp": self.keep,
+                "greedy_agreement": round(self.agreement, 4),
+                "decode_tokens_per_s": round(self.decode_tokens_per_s, 1)}
+
+
+def quantize_lm(model: str | Path, out: str | Path, options: LMQuantizeOptions | None = None,
+                force: bool = False) -> Artifact:
+    """Quantize a causal LM (HF folder, .gguf or pkg:NAME) to int4/int8 weight-only; settings chosen by measurement."""
+    options = options or LMQuantizeOptions()
+    _check(options)
+    source = resolve_source(model, options.cache_dir)
+    config = check_causal_lm(source.folder)
+    route = choose_route(config, options.route)
+    refs = _references(source.folder, options)
+    started = time.perf_counter()
+    with atomic_dir(out, force) as tmp:
+        work = tmp / ".candidates"
+        measured = _measure_all(source.folder, route, options, refs, work, ("lm_head",) if options.keep_fp == "lm_head"
+                                else ("none",))
+        if options.keep_fp == "auto" and max(c.agreement for c in measured) < options.min_agreement:
+            progress.echo(f"[edgekit] greedy agreement {max(c.agreement for c in measured):.2f} < "
+                          f"{options.min_agreement}: measuring with lm_head/embeddings kept in fp32")
+            measured += _measure_all(source.folder, route, options, refs, work, ("lm_head",))
+        chosen = choose(measured, options.agreement_slack)
+        for f in chosen.folder.iterdir():
+            shutil.move(str(f), tmp / f.name)
+        shutil.rmtree(work)
+        finish_folder(source.folder, tmp, route)
+        quant = {"precision": options.precision, "block_size": chosen.block_size,
+                 "accuracy_level": chosen.accuracy_level,
+                 "fp32_fallback": ["lm_head", "embed_tokens"] if chosen.keep == "lm_head" else [],
+                 "chosen": chosen.row(), "measurements": [c.row() for c in measured],
+                 "rule": f"fastest decode within {options.agreement_slack} of the best greedy agreement",
+                 "prompts": len(refs), "tokens": options.tokens, "threads": options.threads,
+                 "loadavg": [round(x, 2) for x in os.getloadavg()]}
+        manifest = write_manifest(tmp, "onnx", "quantize-lm", _inputs(source), _jsonable(options), {
+            "task": "text-generation", "precision": options.precision, "route": route,
+            "llm": {**llm_section(source.folder, tmp / ONNX_NAME), "quantization": quant},
+            "quantize_seconds": round(time.perf_counter() - started, 1),
+        })
+    return Artifact(Path(out), "onnx", Path(out) / ONNX_NAME, manifest)
+
+
+def choose(measured: list[Candidate], slack: float) -> Candidate:
+    """The fastest candidate whose agreement is within ``slack`` of the best one's."""
+    best = max(c.agreement for c in measured)
+    eligible = [c for c in measured if c.agreement >= best - slack]
+    return max(eligible, key=lambda c: c.decode_tokens_per_s)
+
+
+def _check(options: LMQuantizeOptions) -> None:
+    if options.precision not in PRECISIONS:
+        raise InputError(f"Unknown precision '{options.precision}'", "causal LMs quantize to int4 or int8",
+                         "Pass --precision int4 or int8")
+    if options.keep_fp not in KEEP:
+        raise InputError(f"Unknown --keep-fp '{options.keep_fp}'", f"expected one of {', '.join(KEEP)}",
+                         "Pass --keep-fp auto, none or lm_head")
+    for b in (options.block_size, *options.block_sizes):
+        if b and (b < 16 or b & (b - 1)):
+            raise InputError(f"Invalid block size {b}", "MatMulNBits takes a power of two >= 16",
+                             "Pass 16, 32, 64, 128 or 256")
+    for a in (options.accuracy_level, *options.accuracy_levels):
+        if a not in (0, 1, 2, 3, 4):
+            raise InputError(f"Invalid accuracy_level {a}", "MatMulNBits takes 1 to 4", "Pass 1 (fp32) or 4 (int8)")
+
+
+def _references(folder: Path, options: LMQuantizeOptions) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, PyTorch greedy tokens) for each measurement prompt, cached by weights + prompts + versions."""
+    prompts = tuple(options.prompts) or PROMPTS
+    payload = json.dumps([sha256_folder(folder), prompts, options.tokens, versions()])
+    key = hashlib.sha256(payload.encode()).hexdigest()[:40]
+    stored = StepCache(options.cache_dir).root / "lm-reference" / f"{key}.json"
+    if stored.is_file():
+        return [tuple(pair) for pair in json.loads(stored.read_text())]
+    model, tokenizer = load_causal_lm(folder)
+    with progress.stage("reference", f"PyTorch greedy on {len(prompts)} prompts"):
+        refs = [(ids, torch_greedy(model, ids, options.tokens)[0]) for ids in encode_prompts(tokenizer, prompts)]
+    with contextlib.suppress(OSError):
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        partial = stored.with_suffix(f".tmp-{os.getpid()}")
+        partial.write_text(json.dumps(refs))
+        os.replace(partial, stored)
+    return refs
+
+
+def _measure_all(folder: Path, route: str, options: LMQuantizeOptions, refs: list, work: Path,
+                 keeps: tuple[str, ...]) -> list[Candidate]:
+    blocks = (options.block_size,) if options.block_size else options.block_sizes
+    levels = (options.accuracy_level,) if options.accuracy_level else options.accuracy_levels
+    out = []
+    for keep in keeps:
+        for block in blocks:
+            built = work / f"{keep}-b{block}"
+            with progress.stage("quantize", f"{options.precision}, block {block}, keep fp32: {keep}, {route} route"):
+                build_quantized(folder, built, route, options.precision, block, keep)
+            for level in levels:
+                cand = Candidate(block, level, keep, work / f"{keep}-b{block}-a{level}")
+                shutil.copytree(built, cand.folder)
+                set_accuracy_level(cand.folder / ONNX_NAME, level)
+                measure(cand, refs, options.threads, dims(folder)["head_dim"])
+                progress.echo(f"           block {block}, accuracy_level {level}, keep {keep}: agreement "
+                              f"{cand.agreement:.3f}, decode {cand.decode_tokens_per_s:.1f} tok/s")
+                out.append(cand)
+            shutil.rmtree(built)
+    return out
+
+
+def build_quantized(folder: Path, out: Path, route: str, precision: str, block: int, keep: str) -> None:
+    """One quantized graph (accuracy_level set later) into ``out``."""
+    out.mkdir(parents=True)
+    if route == "builder":
+        extra: dict[str, object] = {"block_size": block, "accuracy_level": 4}
+        if keep == "lm_head":
+            extra.update(shared_embeddings=False, op_types_to_quantize="MatMul", nodes_to_exclude=LM_HEAD_NODE)
+        genai_builder.build(folder, out, precision, extra)
+        return
+    fp32 = out / "fp32"
+    fp32.mkdir()
+    dynamo_export(folder, fp32 / ONNX_NAME, 18)
+    quantize_graph(fp32 / ONNX_NAME, out / ONNX_NAME, 4 if precision == "int4" else 8, block, keep == "lm_head")
+    shutil.rmtree(fp32)
+
+
+def quantize_graph(src: Path, dst: Path, bits: int, block: int, keep_lm_head: bool) -> None:
+    """ONNX Runtime's MatMulNBitsQuantizer (symmetric, RTN) over every MatMul with a constant weight."""
+    onnx = require("onnx")
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)  # one INFO line per node otherwise
+    model = onnx.load(str(src))
+    gemm_to_matmul(model)
+    exclude = [lm_head_node(model)] if keep_lm_head else []
+    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=True, accuracy_level=4,
+                                     nodes_to_exclude=[n for n in exclude if n])
+    quantizer.process()
+    if not any(n.op_type == "MatMulNBits" for n in quantizer.model.model.graph.node):
+        raise BackendError(f"Nothing in '{src}' was quantized", "no MatMul has a constant weight",
+                           "Report the architecture; try --route builder if it is covered")
+    onnx.save_model(quantizer.model.model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=dst.name + ".data", size_threshold=1024)
+
+
+def gemm_to_matmul(model) -> int:
+    """Rewrite ``Gemm(A, W[, C])`` with a constant W (GPT-2's Conv1D) as MatMul (+ Add) so MatMulNBits covers it."""
+    onnx = require("onnx")
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes, count = [], 0
+    for node in model.graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        plain = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
+        if node.op_type != "Gemm" or node.input[1] not in inits or not plain:
+            nodes.append(node)
+            continue
+        weight = node.input[1]
+        if attrs.get("transB", 0):
+            w = numpy_helper.to_array(inits[weight]).T.copy()
+            weight = f"{weight}_T"
+            model.graph.initializer.append(numpy_helper.from_array(w, weight))
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        product = f"{node.output[0]}_matmul" if bias else node.output[0]
+        nodes.append(onnx.helper.make_node("MatMul", [node.input[0], weight], [product], name=f"{node.name}_MatMul"))
+        if bias:
+            nodes.append(onnx.helper.make_node("Add", [product, bias], [node.output[0]], name=f"{node.name}_Add"))
+        count += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return count
+
+
+def lm_head_node(model) -> str | None:
+    """The MatMul that produces the logits (the last MatMul before the ``logits`` output)."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    node = producers.get("logits")
+    seen = 0
+    while node is not None and node.op_type not in ("MatMul", "Gemm") and seen < 8:
+        node = producers.get(node.input[0])
+        seen += 1
+    return node.name if node is not None and node.op_type in ("MatMul", "Gemm") else None
+
+
+def set_accuracy_level(onnx_path: Path, level: int) -> int:
+    """Rewrite ``accuracy_level`` on every MatMulNBits node (weights stay in the external data file)."""
+    onnx = require("onnx")
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    count = 0
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            attrs = [a for a in node.attribute if a.name != "accuracy_level"]
+            del node.attribute[:]
+            node.attribute.extend([*attrs, onnx.helper.make_attribute("accuracy_level", level)])
+            count += 1
+    onnx.save_model(model, str(onnx_path))
+    return count
+
+
+def measure(cand: Candidate, refs: list[tuple[list[int], list[int]]], threads: int, head_dim: int) -> None:
+    """Greedy agreement with PyTorch (mean over prompts) and decode tokens/s (one warm-up prompt first)."""
+    decoder = DecoderSession(cand.folder / ONNX_NAME, threads=threads, head_dim=head_dim)
+    greedy(decoder, refs[0][0], 2)
+    scores, generated, seconds = [], 0, 0.0
+    for ids, ref in refs:
+        started = time.perf_counter()
+        got = greedy(decoder, ids, len(ref))
+        seconds += time.perf_counter() - started
+        generated += len(got.tokens)
+        scores.append(agreement(ref, got.tokens))
+    cand.agreement = sum(scores) / len(scores)
+    cand.decode_tokens_per_s = generated / seconds if seconds else 0.0
+
+
+def _jsonable(options: LMQuantizeOptions) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(options).items()}
