@@ -47,14 +47,14 @@ class QuantizeOptions:
     calibration_samples: int = 128
     per_channel: bool = True
     fuse: bool = True                     # cpu: ORT transformer fusions before quantizing
-    op_types: list[str] | None = None     # None = MatMul, Gemm (+ Gather: int8 embeddings, for cpu)
+    op_types: list[str] | None = None     # None = MatMul, Gemm (+ Gather, fused Attention -> QAttention, for cpu)
     nodes_to_exclude: list[str] = field(default_factory=list)   # kept in fp32 (per-layer fallback)
     seed: int = 0
 
     def resolved_op_types(self) -> list[str]:
         if self.op_types is not None:
             return list(self.op_types)
-        return ["MatMul", "Gemm", "Gather"] if self.target == "cpu" else ["MatMul", "Gemm"]
+        return ["MatMul", "Gemm", "Gather", "Attention"] if self.target == "cpu" else ["MatMul", "Gemm"]
 
     def resolved_mode(self) -> str:
         return self.mode or ("dynamic" if self.target == "cpu" else "static")
@@ -127,19 +127,48 @@ def quant_format(target: str, mode: str) -> str:
 
 
 def fuse_transformer_graph(source: Path, dest: Path, folder: Path) -> dict:
-    """ORT's transformer fusions (SkipLayerNorm, BiasGelu, Attention...) for known model types."""
+    """Fused Attention, SkipLayerNormalization, BiasGelu... for ONNX Runtime's CPU provider (see fusion.py).
+
+    onnxscript's ORT fusions first (they match the dynamo exporter's SDPA),
+    ONNX Runtime's transformer optimizer for known model types as the
+    alternative; the graph with more fused attention wins, and a fused graph
+    is used only when it matches the unfused one on sample inputs.
+    """
+    from . import fusion
+
     config = read_config(folder)
+    feeds = _fusion_feeds(source, folder)
+    tried, best = {}, None
     model_type = FUSION_MODEL_TYPES.get(str(config.get("model_type", "")))
-    if model_type is None:
-        return {"applied": False, "reason": f"no ORT fusions for model_type '{config.get('model_type')}'"}
-    optimizer = require("onnxruntime.transformers.optimizer")
-    with contextlib.redirect_stdout(io.StringIO()):
-        model = optimizer.optimize_model(str(source), model_type=model_type,
-                                         num_heads=int(config.get("num_attention_heads", 0) or 0),
-                                         hidden_size=int(config.get("hidden_size", 0) or 0), opt_level=1)
-        stats = {k: v for k, v in model.get_fused_operator_statistics().items() if v}
-        model.save_model_to_file(str(dest))
-    return {"applied": True, "model_type": model_type, "fused_ops": stats}
+    candidates = [("onnxscript", lambda out: fusion.onnxscript_fuse(source, out))]
+    if model_type is not None:
+        heads, hidden = int(config.get("num_attention_heads", 0) or 0), int(config.get("hidden_size", 0) or 0)
+        candidates.append(("onnxruntime", lambda out: fusion.ort_fuse(source, out, model_type, heads, hidden)))
+    for name, run in candidates:
+        out = dest.with_name(f"{dest.stem}-{name}.onnx")
+        try:
+            counts = run(out)
+            diff = fusion.max_output_diff(source, out, feeds)
+        except Exception as exc:  # a fusion pass that breaks is skipped (recorded), the unfused graph still works
+            tried[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
+            continue
+        tried[name] = {"fused_ops": counts, "max_abs_diff": diff}
+        if diff <= fusion.FUSION_ATOL and counts and (
+                best is None or fusion.attention_count(counts) > fusion.attention_count(tried[best]["fused_ops"])):
+            best = name
+    if best is None:
+        return {"applied": False, "reason": "no fusion pass produced a matching fused graph", "tried": tried}
+    dest.with_name(f"{dest.stem}-{best}.onnx").replace(dest)
+    return {"applied": True, "by": best, "fused_ops": tried[best]["fused_ops"], "tried": tried}
+
+
+def _fusion_feeds(model: Path, folder: Path) -> list[dict]:
+    """Real sentences, one alone and two padded together, to check a fused graph against the unfused one."""
+    from .export import BUILTIN_SENTENCES
+
+    encoder, names = TextEncoder(folder), _input_names(model)
+    return [{k: v for k, v in encoder(texts).items() if k in names}
+            for texts in (BUILTIN_SENTENCES[:1], BUILTIN_SENTENCES[2:4])]
 
 
 @contextlib.contextmanager
