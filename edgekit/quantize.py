@@ -19,9 +19,10 @@ import io
 import logging
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from . import progress
 from .artifact import ONNX_NAME, Artifact, atomic_dir, copy_tokenizer_and_config, resolve, sha256_file, write_manifest
 from .data import load_dataset
 from .deps import require
@@ -50,6 +51,8 @@ class QuantizeOptions:
     op_types: list[str] | None = None     # None = MatMul, Gemm (+ Gather, fused Attention -> QAttention, for cpu)
     nodes_to_exclude: list[str] = field(default_factory=list)   # kept in fp32 (per-layer fallback)
     seed: int = 0
+    reduce_range: bool = False            # 7-bit weights (avoids u8s8 saturation on CPUs without VNNI)
+    choose: bool = True                   # cpu, mode unset: time int8 variants here, keep the fastest (cpu_int8.py)
 
     def resolved_op_types(self) -> list[str]:
         if self.op_types is not None:
@@ -99,15 +102,16 @@ def quantize(onnx: str | Path, out: str | Path, options: QuantizeOptions | None 
             steps["fusion"] = fuse_transformer_graph(source, fused, src.folder)
             source = fused if steps["fusion"]["applied"] else source
         target = tmp / ONNX_NAME
-        if mode == "dynamic":
+        if options.target == "cpu" and options.choose and options.mode is None and not options.nodes_to_exclude:
+            steps["int8_choice"] = _choose_cpu_int8(source, target, src.folder, options, calibration_data,
+                                                    text_column, Path(work), calibration_cache)
+            chosen = steps["int8_choice"]["chosen_options"]
+            mode, options = chosen["mode"], replace(options, **chosen)
+        elif mode == "dynamic":
             _quantize_dynamic(source, target, options)
         else:
-            reader = CalibrationReader(source, src.folder, calibration_data, text_column,
-                                       options.calibration_samples, options.seed,
-                                       fixed_length=options.calibration_method != "minmax")
-            _quantize_static(source, target, options, reader, Path(work), calibration_cache)
-            steps["calibration"] = {"samples": len(reader), "method": options.calibration_method,
-                                    "data": str(calibration_data)}
+            steps["calibration"] = _quantize_static(source, target, src.folder, options, calibration_data,
+                                                    text_column, Path(work), calibration_cache)
         copy_tokenizer_and_config(src.folder, tmp)
         write_manifest(tmp, "onnx", "quantize",
                        inputs={"onnx": str(src.model_file), "onnx_sha256": sha256_file(src.model_file)},
@@ -118,6 +122,32 @@ def quantize(onnx: str | Path, out: str | Path, options: QuantizeOptions | None 
                               "output_names": src.manifest.get("output_names"),
                               "seconds": round(time.perf_counter() - started, 2)})
     return resolve(out)
+
+
+def _choose_cpu_int8(source: Path, target: Path, folder: Path, options: QuantizeOptions, calibration_data,
+                     text_column, work: Path, calibration_cache) -> dict:
+    """Build the CPU int8 variants, keep the one cpu_int8.choose measures fastest at equal fidelity to fp32."""
+    from . import cpu_int8
+    from .export import BUILTIN_SENTENCES
+
+    variants = cpu_int8.candidates(options, static_ok=calibration_data is not None)
+    built, calibration = {}, None
+    with progress.stage("int8 choice", f"{len(variants)} variants on this CPU"):
+        for name, v in variants.items():
+            built[name] = work / f"{name}.onnx"
+            vopts = replace(options, **v)
+            if v["mode"] == "dynamic":
+                _quantize_dynamic(source, built[name], vopts)
+            else:
+                calibration = _quantize_static(source, built[name], folder, vopts, calibration_data, text_column,
+                                               work, calibration_cache)
+        texts = (load_dataset(calibration_data, text_column=text_column, require_labels=False)
+                 .subset(cpu_int8.TIMING.samples, options.seed).texts if calibration_data else BUILTIN_SENTENCES)
+        result = cpu_int8.choose(source, built, folder, texts)
+    built[result["chosen"]].replace(target)
+    result.update(cpu=cpu_int8.cpu_int8_flags(), chosen_options=variants[result["chosen"]],
+                  calibration=calibration if variants[result["chosen"]]["mode"] == "static" else None)
+    return result
 
 
 def quant_format(target: str, mode: str) -> str:
@@ -187,16 +217,26 @@ def _quantize_dynamic(source: Path, target: Path, options: QuantizeOptions) -> N
     q = require("onnxruntime.quantization")
     with _quiet_root_logger():
         q.quantize_dynamic(str(source), str(target), weight_type=q.QuantType.QInt8, per_channel=options.per_channel,
+                           reduce_range=options.reduce_range,
                                  op_types_to_quantize=options.resolved_op_types(), nodes_to_exclude=options.nodes_to_exclude,
                                  extra_options={"MatMulConstBOnly": True})
 
 
-def _quantize_static(source: Path, target: Path, options: QuantizeOptions, reader, work: Path,
-                     calibration_cache: Path | None = None) -> None:
+def _quantize_static(source: Path, target: Path, folder: Path, options: QuantizeOptions, calibration_data,
+                     text_column, work: Path, calibration_cache: Path | None = None) -> dict:
+    """Static int8 calibrated on real sentences; returns what the manifest records of the calibration."""
+    reader = CalibrationReader(source, folder, calibration_data, text_column, options.calibration_samples,
+                               options.seed, fixed_length=options.calibration_method != "minmax")
+    _quantize_static_with(source, target, options, reader, work, calibration_cache)
+    return {"samples": len(reader), "method": options.calibration_method, "data": str(calibration_data)}
+
+
+def _quantize_static_with(source: Path, target: Path, options: QuantizeOptions, reader, work: Path,
+                          calibration_cache: Path | None = None) -> None:
     q = require("onnxruntime.quantization")
     methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
                "percentile": q.CalibrationMethod.Percentile}
-    prepared = work / "prepared.onnx"
+    prepared = work / f"{target.stem}-prepared.onnx"
     with contextlib.redirect_stdout(io.StringIO()):
         q.shape_inference.quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
     trt = options.target != "cpu"
