@@ -30,7 +30,7 @@ from .paired import PairedOptions, paired_sessions
 
 MIN_GAIN = 1.05          # another variant replaces the default only when this much faster (median ratio)
 ERROR_SLACK = 1.5        # ...and its mean |logit diff| vs fp32 is within this factor of the best candidate's
-TIMING = PairedOptions(rounds=6, runs=3, slice_seconds=0.1, warmup=2, samples=32)
+TIMING = PairedOptions(rounds=8, runs=8, warmup=3, samples=32)
 
 
 def cpu_int8_flags() -> dict:
@@ -92,7 +92,7 @@ def decide(default: str, fidelity: dict[str, dict], timing: dict) -> dict:
     else:
         reason = f"{default} kept: no variant was >= {MIN_GAIN:.2f}x faster (lower IQR bound) at equal fidelity"
     return {"chosen": chosen, "reason": reason, "candidates": table, "load_average": timing["load_average_before"],
-            "timing": {k: timing["options"][k] for k in ("rounds", "runs", "slice_seconds")}}
+            "timing": {k: timing["options"][k] for k in ("rounds", "runs")}}
 
 
 def _fidelity(session, encoder, texts: list[str], want: list[np.ndarray]) -> dict:

@@ -2,7 +2,7 @@
 
 Timing A, then B, lets load that arrives in between land on one side only (a
 competing process once turned a 3.9x speedup into a reported 42x). Here every
-round times each session for a short slice on the *same* inputs (A B, then
+round times each session on the *same* inputs (A B, then
 B A next round, so neither always goes first), and the ratio is taken per
 round: load that lasts a round hits both sides. The result gives each
 artifact's p50 over all its runs, and for each candidate the ratio
@@ -36,13 +36,12 @@ UNSTABLE_SPREAD = 0.15   # ratio IQR / ratio above this flags the run unstable
 
 @dataclass
 class PairedOptions:
-    """Interleaved timing: ``rounds`` rounds, each session timed for a slice of >= ``runs`` runs and ``slice_seconds``."""
+    """Interleaved timing: ``rounds`` rounds; in each, every session runs the same ``runs`` inputs."""
 
     batch_size: int = 1
     seq_len: int | None = None        # None = real sentence lengths; N = real text cut to N tokens
     rounds: int = 15
-    runs: int = 5                     # timed runs per session per round, at least this many...
-    slice_seconds: float = 0.2        # ...and for at least this long
+    runs: int = 5                     # timed runs per session per round (the same inputs for every session)
     warmup: int = 5                   # untimed runs per session before the first round
     threads: int | None = None        # intra-op threads, the same for every session; None = usable cores
     samples: int = 256                # sentences drawn from the data (seeded)
@@ -55,8 +54,8 @@ class PairedOptions:
         if self.rounds < 4:
             raise InputError(f"Interleaved timing needs at least 4 rounds, got {self.rounds}",
                              "the ratio's interquartile range is taken over rounds", "Use rounds >= 4")
-        if self.slice_seconds < 0 or self.warmup < 0:
-            raise InputError("slice seconds and warmup must be >= 0", f"got {self.slice_seconds}, {self.warmup}", None)
+        if self.warmup < 0:
+            raise InputError("warmup must be >= 0", f"got {self.warmup}", None)
 
 
 def interleaved(runs: dict[str, Callable[[int], None]], options: PairedOptions) -> dict[str, list[list[float]]]:
@@ -66,21 +65,15 @@ def interleaved(runs: dict[str, Callable[[int], None]], options: PairedOptions) 
         for i in range(options.warmup):
             runs[name](i)
     times: dict[str, list[list[float]]] = {n: [] for n in names}
-    cursor = 0
     for r in range(options.rounds):
         order = names if r % 2 == 0 else names[::-1]
-        count = None
-        for name in order:  # the first in the round sets how many runs; the others run the same inputs
-            samples, started, i = [], time.perf_counter(), 0
-            while (i < count) if count is not None else (i < options.runs or time.perf_counter() - started
-                                                         < options.slice_seconds):
+        for name in order:  # every session runs the same inputs this round
+            samples = []
+            for i in range(r * options.runs, (r + 1) * options.runs):
                 t0 = time.perf_counter()
-                runs[name](cursor + i)
+                runs[name](i)
                 samples.append((time.perf_counter() - t0) * 1000.0)
-                i += 1
-            count = i
             times[name].append(samples)
-        cursor += count
     return times
 
 
@@ -94,18 +87,19 @@ def summarize(times: dict[str, list[list[float]]], baseline: str, batch_size: in
                      "mean_ms": float(flat.mean()), "runs": int(flat.size),
                      "throughput_per_s": 1000.0 * batch_size / float(flat.mean()),
                      "round_p50_ms": [round(float(np.median(r)), 4) for r in rounds]}
-    ratios = {}
-    base = np.asarray(per[baseline]["round_p50_ms"])
-    for name in per:
-        if name == baseline:
-            continue
-        r = base / np.asarray(per[name]["round_p50_ms"])
-        median, q25, q75 = (float(np.percentile(r, q)) for q in (50, 25, 75))
-        spread = (q75 - q25) / median if median else float("inf")
-        ratios[name] = {"ratio": median, "iqr": [q25, q75], "spread": spread, "unstable": spread > unstable_spread,
-                        "ratio_of_p50s": per[baseline]["p50_ms"] / per[name]["p50_ms"],
-                        "throughput_ratio": per[name]["throughput_per_s"] / per[baseline]["throughput_per_s"]}
+    ratios = {name: pair_ratio(per, baseline, name, unstable_spread) for name in per if name != baseline}
     return {"baseline": baseline, "artifacts": per, "ratios": ratios}
+
+
+def pair_ratio(artifacts: dict, baseline: str, candidate: str, unstable_spread: float = UNSTABLE_SPREAD) -> dict:
+    """``baseline p50 / candidate p50`` per round (higher = candidate faster): median, IQR, spread, unstable."""
+    base, cand = artifacts[baseline], artifacts[candidate]
+    r = np.asarray(base["round_p50_ms"]) / np.asarray(cand["round_p50_ms"])
+    median, q25, q75 = (float(np.percentile(r, q)) for q in (50, 25, 75))
+    spread = (q75 - q25) / median if median else float("inf")
+    return {"ratio": median, "iqr": [q25, q75], "spread": spread, "unstable": spread > unstable_spread,
+            "ratio_of_p50s": base["p50_ms"] / cand["p50_ms"],
+            "throughput_ratio": cand["throughput_per_s"] / base["throughput_per_s"]}
 
 
 def paired_sessions(sessions: dict[str, object], encoder, texts: list[str], options: PairedOptions,

@@ -9,7 +9,7 @@ from edgekit.quantize import QuantizeOptions, quantize
 def _timing(ratios: dict[str, tuple[float, float, float]]) -> dict:
     return {"ratios": {n: {"ratio": r, "iqr": [lo, hi], "unstable": False} for n, (r, lo, hi) in ratios.items()},
             "artifacts": {n: {"p50_ms": 1.0} for n in ["dynamic", *ratios]}, "load_average_before": 0.5,
-            "options": {"rounds": 6, "runs": 3, "slice_seconds": 0.1}}
+            "options": {"rounds": 6, "runs": 3}}
 
 
 def test_faster_variant_wins_only_at_equal_fidelity():

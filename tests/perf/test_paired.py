@@ -20,7 +20,7 @@ def test_ratio_of_known_workloads_and_alternating_order():
     calls = []
     runs = {"slow": lambda i: (calls.append("slow"), _busy(3.0)(i)), "fast": lambda i: (calls.append("fast"),
                                                                                         _busy(1.0)(i))}
-    opts = PairedOptions(rounds=6, runs=3, slice_seconds=0.0, warmup=1)
+    opts = PairedOptions(rounds=6, runs=3, warmup=1)
     times = interleaved(runs, opts)
     assert [len(r) for r in times["slow"]] == [3] * 6 and [len(r) for r in times["fast"]] == [3] * 6
     # round 0 starts with slow, round 1 with fast (after 1 warm-up each)
