@@ -1,10 +1,16 @@
 """int8 on ``onnxruntime.quantization``: the format follows the target.
 
-* ``cpu``: what ONNX Runtime's CPU provider runs fast. ``dynamic`` (default):
-  int8 weights, activations quantized on the fly (MatMulInteger), per-channel
-  weights; ``static``: QOperator (QLinearMatMul) U8S8 calibrated on real data.
+* ``cpu``: what ONNX Runtime's CPU provider runs fast. The graph is fused
+  first (fusion.py: Attention with packed QKV, SkipLayerNormalization,
+  BiasGelu), so attention's QKV projection quantizes into QAttention. With the
+  mode left unset, cpu_int8.py builds the variants (dynamic per-channel,
+  dynamic reduce-range, dynamic per-tensor, static QOperator U8S8 when there is
+  calibration data), checks each against fp32 and times them interleaved on
+  this CPU; the fastest at equal fidelity is kept and the manifest says why.
+  ``dynamic``: int8 weights, activations quantized on the fly (MatMulInteger);
+  ``static``: QOperator (QLinearMatMul) U8S8 calibrated on real data.
   QDQ is *not* used here: measured on this CPU, static S8S8 QDQ ran 7x slower
-  than fp32. ORT's transformer fusions run first, as a step of their own.
+  than fp32.
 * ``tensorrt`` / ``tensorrt-rtx``: symmetric S8S8 QDQ around MatMul/Gemm,
   per-channel weights, calibrated on real data; TensorRT fuses Q/DQ into int8
   kernels. No implicit calibrator (removed in TensorRT 11).
