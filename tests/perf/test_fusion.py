@@ -85,3 +85,14 @@ def test_fused_int8_agrees_with_fp32_on_padded_batches(tiny_model, tiny_data, tm
         alone = [a.run(a.feeds(encoder([t])))["logits"] for t in texts]
         got = b.run(batch)["logits"]
     np.testing.assert_allclose(got, np.concatenate(alone), atol=1e-4)
+
+
+def test_reference_model_is_fused(ref_model, sst2_dev, tmp_path):
+    """The real MiniLM-L6 (6 layers): 6 fused Attention -> QAttention, 12 SkipLayerNormalization, 6 BiasGelu."""
+    fp32 = export(ref_model, tmp_path / "fp32", ExportOptions(validation_samples=16), data=sst2_dev)
+    int8 = quantize(fp32.path, tmp_path / "int8", QuantizeOptions(target="cpu", mode="dynamic"))
+    fusion = int8.manifest["steps"]["fusion"]
+    assert fusion["fused_ops"] == {"Attention": 6, "SkipLayerNormalization": 12, "BiasGelu": 6}, fusion
+    kinds = [n.op_type for n in onnx.load(str(int8.model_file)).graph.node]
+    # 6 x (attention output, FFN in, FFN out) + pooler + classifier
+    assert kinds.count("QAttention") == 6 and kinds.count("MatMulInteger") == 20
