@@ -260,7 +260,7 @@ def _sizes(ctx, param, value):
 
 
 @main.command("bench")
-@click.argument("artifact", type=path_arg)
+@click.argument("artifacts", nargs=-1, required=True, type=path_arg)
 @click.option("--data", default=None, help="Sentences to time on (default: a built-in handful).")
 @click.option("--text-column", default=None)
 @click.option("--batch-size", default=1, show_default=True, type=int)
@@ -276,11 +276,20 @@ def _sizes(ctx, param, value):
               help="Time edgekit.runtime.load(...).predict(texts): tokenization included (ONNX/engine artifacts).")
 @click.option("--sweep-batch", default=None, callback=_sizes, help="Batch sizes to sweep, e.g. 1,4,16.")
 @click.option("--sweep-seq", default=None, callback=_sizes, help="Sequence lengths to sweep, e.g. real,16,64,128.")
+@click.option("--rounds", default=15, show_default=True, type=int,
+              help="Two or more artifacts: interleaved rounds (A B, B A, ...); the ratio's IQR is over rounds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (schema: bench/README.md).")
-def bench_cmd(artifact, data, text_column, sweep_batch, sweep_seq, as_json, **flags):
-    """Latency (p50/p90/p95/p99, mean, stdev, CV) and throughput of ARTIFACT: HF folder, ONNX or engine."""
+def bench_cmd(artifacts, data, text_column, sweep_batch, sweep_seq, rounds, as_json, **flags):
+    """Latency (p50/p90/p95/p99, mean, stdev, CV) and throughput of ARTIFACTS: HF folder, ONNX or engine.
+
+    With two or more, they are timed in interleaved rounds on the same inputs and each is compared to the
+    first: the p50 ratio (higher = faster than the first) with its interquartile range over rounds.
+    """
     from .bench import BenchOptions, bench, format_bench, sweep
 
+    if len(artifacts) > 1:
+        return _bench_paired(artifacts, data, text_column, rounds, as_json, flags)
+    artifact = artifacts[0]
     options = BenchOptions(**flags)
     if sweep_batch or sweep_seq:
         r = sweep(artifact, data, sweep_batch, sweep_seq, options, text_column)
@@ -290,6 +299,23 @@ def bench_cmd(artifact, data, text_column, sweep_batch, sweep_seq, as_json, **fl
         for warning in r["warnings"]:
             click.echo(f"Warning: {warning}", err=True)
     emit(r, as_json, format_bench(r))
+
+
+def _bench_paired(artifacts, data, text_column, rounds, as_json, flags):
+    from .errors import InputError
+    from .paired import PairedOptions, compare, format_paired
+
+    if flags["end_to_end"]:
+        raise InputError("--end-to-end times one artifact", "interleaved comparison is model-only",
+                         "Drop --end-to-end, or bench each artifact on its own")
+    options = PairedOptions(batch_size=flags["batch_size"], seq_len=flags["seq_len"], rounds=rounds,
+                            warmup=flags["warmup"], threads=flags["threads"], samples=flags["samples"])
+    names = [f"{i}:{Path(a).name}" for i, a in enumerate(artifacts, 1)]
+    r = compare(dict(zip(names, artifacts)), data, options, text_column)
+    if as_json:
+        for warning in r["warnings"]:
+            click.echo(f"Warning: {warning}", err=True)
+    emit(r, as_json, format_paired(r))
 
 
 def _duration(ctx, param, value):

@@ -1,10 +1,16 @@
 """int8 on ``onnxruntime.quantization``: the format follows the target.
 
-* ``cpu``: what ONNX Runtime's CPU provider runs fast. ``dynamic`` (default):
-  int8 weights, activations quantized on the fly (MatMulInteger), per-channel
-  weights; ``static``: QOperator (QLinearMatMul) U8S8 calibrated on real data.
+* ``cpu``: what ONNX Runtime's CPU provider runs fast. The graph is fused
+  first (fusion.py: Attention with packed QKV, SkipLayerNormalization,
+  BiasGelu), so attention's QKV projection quantizes into QAttention. With the
+  mode left unset, cpu_int8.py builds the variants (dynamic per-channel,
+  dynamic reduce-range, dynamic per-tensor, static QOperator U8S8 when there is
+  calibration data), checks each against fp32 and times them interleaved on
+  this CPU; the fastest at equal fidelity is kept and the manifest says why.
+  ``dynamic``: int8 weights, activations quantized on the fly (MatMulInteger);
+  ``static``: QOperator (QLinearMatMul) U8S8 calibrated on real data.
   QDQ is *not* used here: measured on this CPU, static S8S8 QDQ ran 7x slower
-  than fp32. ORT's transformer fusions run first, as a step of their own.
+  than fp32.
 * ``tensorrt`` / ``tensorrt-rtx``: symmetric S8S8 QDQ around MatMul/Gemm,
   per-channel weights, calibrated on real data; TensorRT fuses Q/DQ into int8
   kernels. No implicit calibrator (removed in TensorRT 11).
@@ -19,9 +25,10 @@ import io
 import logging
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from . import progress
 from .artifact import ONNX_NAME, Artifact, atomic_dir, copy_tokenizer_and_config, resolve, sha256_file, write_manifest
 from .data import load_dataset
 from .schema import opt
@@ -52,15 +59,18 @@ class QuantizeOptions:
                             off_flag="per-tensor")
     fuse: bool = opt(True, help="cpu: ONNX Runtime's transformer fusions before quantizing.")
     op_types: list[str] | None = opt(None, help="Op types to quantize, comma-separated (default: MatMul, Gemm, "
-                                                "and Gather for cpu).")
+                                                "and Gather + fused Attention -> QAttention for cpu).")
     nodes_to_exclude: list[str] = opt(factory=list, help="Nodes kept in fp32, comma-separated (per-layer fallback "
                                                          "adds its own).", flag="exclude-nodes")
     seed: int = opt(0, help="Seed of the calibration subset.")
+    reduce_range: bool = opt(False, help="7-bit weights (avoids u8s8 saturation on CPUs without VNNI).")
+    choose: bool = opt(True, help="cpu with no --mode: time the int8 variants on this machine and keep the fastest "
+                                  "(the choice and its timings go into the manifest).", off_flag="no-choose")
 
     def resolved_op_types(self) -> list[str]:
         if self.op_types is not None:
             return list(self.op_types)
-        return ["MatMul", "Gemm", "Gather"] if self.target == "cpu" else ["MatMul", "Gemm"]
+        return ["MatMul", "Gemm", "Gather", "Attention"] if self.target == "cpu" else ["MatMul", "Gemm"]
 
     def resolved_mode(self) -> str:
         return self.mode or ("dynamic" if self.target == "cpu" else "static")
@@ -105,15 +115,16 @@ def quantize(onnx: str | Path, out: str | Path, options: QuantizeOptions | None 
             steps["fusion"] = fuse_transformer_graph(source, fused, src.folder)
             source = fused if steps["fusion"]["applied"] else source
         target = tmp / ONNX_NAME
-        if mode == "dynamic":
+        if options.target == "cpu" and options.choose and options.mode is None and not options.nodes_to_exclude:
+            steps["int8_choice"] = _choose_cpu_int8(source, target, src.folder, options, calibration_data,
+                                                    text_column, Path(work), calibration_cache)
+            chosen = steps["int8_choice"]["chosen_options"]
+            mode, options = chosen["mode"], replace(options, **chosen)
+        elif mode == "dynamic":
             _quantize_dynamic(source, target, options)
         else:
-            reader = CalibrationReader(source, src.folder, calibration_data, text_column,
-                                       options.calibration_samples, options.seed,
-                                       fixed_length=options.calibration_method != "minmax")
-            _quantize_static(source, target, options, reader, Path(work), calibration_cache)
-            steps["calibration"] = {"samples": len(reader), "method": options.calibration_method,
-                                    "data": str(calibration_data)}
+            steps["calibration"] = _quantize_static(source, target, src.folder, options, calibration_data,
+                                                    text_column, Path(work), calibration_cache)
         copy_tokenizer_and_config(src.folder, tmp)
         write_manifest(tmp, "onnx", "quantize",
                        inputs={"onnx": str(src.model_file), "onnx_sha256": sha256_file(src.model_file)},
@@ -126,6 +137,32 @@ def quantize(onnx: str | Path, out: str | Path, options: QuantizeOptions | None 
     return resolve(out)
 
 
+def _choose_cpu_int8(source: Path, target: Path, folder: Path, options: QuantizeOptions, calibration_data,
+                     text_column, work: Path, calibration_cache) -> dict:
+    """Build the CPU int8 variants, keep the one cpu_int8.choose measures fastest at equal fidelity to fp32."""
+    from . import cpu_int8
+    from .export import BUILTIN_SENTENCES
+
+    variants = cpu_int8.candidates(options, static_ok=calibration_data is not None)
+    built, calibration = {}, None
+    with progress.stage("int8 choice", f"{len(variants)} variants on this CPU"):
+        for name, v in variants.items():
+            built[name] = work / f"{name}.onnx"
+            vopts = replace(options, **v)
+            if v["mode"] == "dynamic":
+                _quantize_dynamic(source, built[name], vopts)
+            else:
+                calibration = _quantize_static(source, built[name], folder, vopts, calibration_data, text_column,
+                                               work, calibration_cache)
+        texts = (load_dataset(calibration_data, text_column=text_column, require_labels=False)
+                 .subset(cpu_int8.TIMING.samples, options.seed).texts if calibration_data else BUILTIN_SENTENCES)
+        result = cpu_int8.choose(source, built, folder, texts)
+    built[result["chosen"]].replace(target)
+    result.update(cpu=cpu_int8.cpu_int8_flags(), chosen_options=variants[result["chosen"]],
+                  calibration=calibration if variants[result["chosen"]]["mode"] == "static" else None)
+    return result
+
+
 def quant_format(target: str, mode: str) -> str:
     if mode == "dynamic":
         return "dynamic (MatMulInteger, int8 weights)"
@@ -133,19 +170,48 @@ def quant_format(target: str, mode: str) -> str:
 
 
 def fuse_transformer_graph(source: Path, dest: Path, folder: Path) -> dict:
-    """ORT's transformer fusions (SkipLayerNorm, BiasGelu, Attention...) for known model types."""
+    """Fused Attention, SkipLayerNormalization, BiasGelu... for ONNX Runtime's CPU provider (see fusion.py).
+
+    onnxscript's ORT fusions first (they match the dynamo exporter's SDPA),
+    ONNX Runtime's transformer optimizer for known model types as the
+    alternative; the graph with more fused attention wins, and a fused graph
+    is used only when it matches the unfused one on sample inputs.
+    """
+    from . import fusion
+
     config = read_config(folder)
+    feeds = _fusion_feeds(source, folder)
+    tried, best = {}, None
     model_type = FUSION_MODEL_TYPES.get(str(config.get("model_type", "")))
-    if model_type is None:
-        return {"applied": False, "reason": f"no ORT fusions for model_type '{config.get('model_type')}'"}
-    optimizer = require("onnxruntime.transformers.optimizer")
-    with contextlib.redirect_stdout(io.StringIO()):
-        model = optimizer.optimize_model(str(source), model_type=model_type,
-                                         num_heads=int(config.get("num_attention_heads", 0) or 0),
-                                         hidden_size=int(config.get("hidden_size", 0) or 0), opt_level=1)
-        stats = {k: v for k, v in model.get_fused_operator_statistics().items() if v}
-        model.save_model_to_file(str(dest))
-    return {"applied": True, "model_type": model_type, "fused_ops": stats}
+    candidates = [("onnxscript", lambda out: fusion.onnxscript_fuse(source, out))]
+    if model_type is not None:
+        heads, hidden = int(config.get("num_attention_heads", 0) or 0), int(config.get("hidden_size", 0) or 0)
+        candidates.append(("onnxruntime", lambda out: fusion.ort_fuse(source, out, model_type, heads, hidden)))
+    for name, run in candidates:
+        out = dest.with_name(f"{dest.stem}-{name}.onnx")
+        try:
+            counts = run(out)
+            diff = fusion.max_output_diff(source, out, feeds)
+        except Exception as exc:  # a fusion pass that breaks is skipped (recorded), the unfused graph still works
+            tried[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
+            continue
+        tried[name] = {"fused_ops": counts, "max_abs_diff": diff}
+        if diff <= fusion.FUSION_ATOL and counts and (
+                best is None or fusion.attention_count(counts) > fusion.attention_count(tried[best]["fused_ops"])):
+            best = name
+    if best is None:
+        return {"applied": False, "reason": "no fusion pass produced a matching fused graph", "tried": tried}
+    dest.with_name(f"{dest.stem}-{best}.onnx").replace(dest)
+    return {"applied": True, "by": best, "fused_ops": tried[best]["fused_ops"], "tried": tried}
+
+
+def _fusion_feeds(model: Path, folder: Path) -> list[dict]:
+    """Real sentences, one alone and two padded together, to check a fused graph against the unfused one."""
+    from .export import BUILTIN_SENTENCES
+
+    encoder, names = TextEncoder(folder), _input_names(model)
+    return [{k: v for k, v in encoder(texts).items() if k in names}
+            for texts in (BUILTIN_SENTENCES[:1], BUILTIN_SENTENCES[2:4])]
 
 
 @contextlib.contextmanager
@@ -164,16 +230,26 @@ def _quantize_dynamic(source: Path, target: Path, options: QuantizeOptions) -> N
     q = require("onnxruntime.quantization")
     with _quiet_root_logger():
         q.quantize_dynamic(str(source), str(target), weight_type=q.QuantType.QInt8, per_channel=options.per_channel,
+                           reduce_range=options.reduce_range,
                                  op_types_to_quantize=options.resolved_op_types(), nodes_to_exclude=options.nodes_to_exclude,
                                  extra_options={"MatMulConstBOnly": True})
 
 
-def _quantize_static(source: Path, target: Path, options: QuantizeOptions, reader, work: Path,
-                     calibration_cache: Path | None = None) -> None:
+def _quantize_static(source: Path, target: Path, folder: Path, options: QuantizeOptions, calibration_data,
+                     text_column, work: Path, calibration_cache: Path | None = None) -> dict:
+    """Static int8 calibrated on real sentences; returns what the manifest records of the calibration."""
+    reader = CalibrationReader(source, folder, calibration_data, text_column, options.calibration_samples,
+                               options.seed, fixed_length=options.calibration_method != "minmax")
+    _quantize_static_with(source, target, options, reader, work, calibration_cache)
+    return {"samples": len(reader), "method": options.calibration_method, "data": str(calibration_data)}
+
+
+def _quantize_static_with(source: Path, target: Path, options: QuantizeOptions, reader, work: Path,
+                          calibration_cache: Path | None = None) -> None:
     q = require("onnxruntime.quantization")
     methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
                "percentile": q.CalibrationMethod.Percentile}
-    prepared = work / "prepared.onnx"
+    prepared = work / f"{target.stem}-prepared.onnx"
     with contextlib.redirect_stdout(io.StringIO()):
         q.shape_inference.quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
     trt = options.target != "cpu"
