@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError, ModelError
@@ -29,7 +29,6 @@ class LMInfo:
     head_dim: int
     eos_ids: list[int]
     context_length: int
-    input_names: dict = field(default_factory=dict)
     vocab_size: int = 0
 
 
@@ -40,21 +39,25 @@ def read_lm_info(folder: Path) -> LMInfo:
     genai = (_read_json(folder / "genai_config.json").get("model") or {})
     dec = genai.get("decoder") or {}
     cfg = _read_json(folder / "config.json")
-    layers = llm.get("layers") or dec.get("num_hidden_layers") or cfg.get("num_hidden_layers")
-    kv = llm.get("kv_heads") or dec.get("num_key_value_heads") or cfg.get("num_key_value_heads") \
+    cfg = cfg.get("text_config") or cfg
+    for ours, gpt2 in (("num_hidden_layers", "n_layer"), ("num_attention_heads", "n_head"),
+                       ("hidden_size", "n_embd"), ("max_position_embeddings", "n_positions")):
+        cfg.setdefault(ours, cfg.get(gpt2))
+    layers = llm.get("num_layers") or dec.get("num_hidden_layers") or cfg.get("num_hidden_layers")
+    kv = llm.get("num_kv_heads") or dec.get("num_key_value_heads") or cfg.get("num_key_value_heads") \
         or cfg.get("num_attention_heads")
     hd = llm.get("head_dim") or dec.get("head_size") or cfg.get("head_dim")
     if hd is None and cfg.get("hidden_size") and cfg.get("num_attention_heads"):
         hd = cfg["hidden_size"] // cfg["num_attention_heads"]
-    eos = llm.get("eos_ids") or genai.get("eos_token_id") or cfg.get("eos_token_id")
+    eos = llm.get("eos_token_ids") or genai.get("eos_token_id") or cfg.get("eos_token_id")
     eos = _id_list(eos) + _id_list(_read_json(folder / "generation_config.json").get("eos_token_id"))
     context = llm.get("context_length") or genai.get("context_length") or cfg.get("max_position_embeddings")
     if not (layers and kv and hd and eos and context):
         raise ModelError(f"'{folder}' is not a text-generation artifact edgekit can run",
                          "manifest.json/genai_config.json/config.json lack layers, kv heads, head_dim, eos ids or "
                          "context length", "Re-create it with: edgekit optimize MODEL --task text-generation")
-    vocab = llm.get("vocab_size") or genai.get("vocab_size") or cfg.get("vocab_size") or 0
-    return LMInfo(int(layers), int(kv), int(hd), sorted(set(eos)), int(context), llm.get("io") or {}, int(vocab))
+    vocab = llm.get("vocab") or genai.get("vocab_size") or cfg.get("vocab_size") or 0
+    return LMInfo(int(layers), int(kv), int(hd), sorted(set(eos)), int(context), int(vocab))
 
 
 def is_generation_folder(folder: str | Path) -> bool:

@@ -67,10 +67,21 @@ class OrtLoopEngine(Engine):
         self.kv_shape = (info.kv_heads, info.head_dim)
         self.output_names = ["logits", *self.present_names]
 
+    def forward(self, ids: list[int]) -> np.ndarray:
+        """Logits ``[len(ids), vocab]`` of one pass over ``ids`` from an empty cache (perplexity, agreement)."""
+        value = self._ort.OrtValue.ortvalue_from_numpy
+        empty = np.zeros((1, self.kv_shape[0], 0, self.kv_shape[1]), dtype=self.dtype)
+        feeds = {"input_ids": value(np.asarray([ids], dtype=np.int64)), **{n: value(empty) for n in self.past_names}}
+        if self.has_mask:
+            feeds["attention_mask"] = value(np.ones((1, len(ids)), dtype=np.int64))
+        if self.has_positions:
+            feeds["position_ids"] = value(np.arange(len(ids), dtype=np.int64)[None, :])
+        return self.session.run_with_ort_values(["logits"], feeds)[0].numpy()[0]
+
     def tokens(self, ids: list[int], limit: int, opts: SamplingOptions) -> Iterator[int]:
         rng = np.random.default_rng(opts.seed)
         value = self._ort.OrtValue.ortvalue_from_numpy
-        empty = np.zeros((1, *self.kv_shape[:1], 0, self.kv_shape[1]), dtype=self.dtype)
+        empty = np.zeros((1, self.kv_shape[0], 0, self.kv_shape[1]), dtype=self.dtype)
         past = {name: value(empty) for name in self.past_names}
         step = np.asarray([ids], dtype=np.int64)
         done = 0
