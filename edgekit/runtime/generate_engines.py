@@ -26,6 +26,7 @@ class SamplingOptions:
     top_p: float = 1.0
     top_k: int = 0  # 0 = no top-k cut
     seed: int | None = None
+    min_new_tokens: int = 0  # genai engine: EOS suppressed until then (benchmarks); the ORT loop never stops itself
 
 
 class Engine:
@@ -125,7 +126,7 @@ class GenaiEngine(Engine):
     def tokens(self, ids: list[int], limit: int, opts: SamplingOptions) -> Iterator[int]:
         og = self.og
         params = og.GeneratorParams(self.model)
-        search = {"max_length": len(ids) + limit, "batch_size": 1}
+        search = {"max_length": len(ids) + limit, "batch_size": 1, "min_length": len(ids) + opts.min_new_tokens}
         if opts.temperature > 0:
             search.update(do_sample=True, temperature=opts.temperature, top_p=opts.top_p,
                           top_k=min(opts.top_k, self.vocab) if opts.top_k else self.vocab)

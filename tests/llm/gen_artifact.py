@@ -14,6 +14,7 @@ import pytest
 
 WORDS = ("the a of to and is was it this that film movie plot good great bad dull fun paris france capital "
          "what where who why how one two three yes no positive negative review answer question").split()
+WORDS += [f"w{i}" for i in range(1024 - len(WORDS) - 5)]  # vocab 1024: the builder is exact there (not at ~40)
 SPECIALS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|>{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}")
