@@ -1,9 +1,8 @@
 """The causal-LM gate: an optimized artifact against the original on three measures, each with its budget.
 
 (a) **Task accuracy from generated answers.** Each labeled row becomes a chat message through a
-    :class:`~edgekit.llm.prompts.PromptTemplate` (SST-2 default, ``prompts.DEFAULT_TEMPLATE``: "Classify the
-    sentiment of the following movie review as positive or negative. / Review: ... / Answer with one word:
-    positive or negative."); the model answers greedily (``answer_tokens`` new tokens) and the first label word
+    :class:`~edgekit.llm.prompts.PromptTemplate` (SST-2 default, ``prompts.DEFAULT_TEMPLATE`` "oneword": "Is the
+    sentiment of this movie review positive or negative? Answer with one word.\n\nReview: ..."); the model answers greedily (``answer_tokens`` new tokens) and the first label word
     in the answer is its prediction (no label word = wrong). Budget: accuracy drop <= ``max_accuracy_drop`` points.
 (b) **Greedy-token agreement.** The original generates ``agreement_tokens`` greedy tokens after each of
     ``agreement_prompts`` prompts; the artifact, fed the same tokens (teacher forcing), must pick the same top-1
@@ -31,7 +30,7 @@ class LMGateOptions:
 
     rows: int | None = field(default=200, metadata={"help": "labeled rows scored (None = all)"})
     template: str = field(default=DEFAULT_TEMPLATE, metadata={"help": "prompt template name or text with {text}"})
-    answer_tokens: int = field(default=4, metadata={"help": "new tokens generated per answer"})
+    answer_tokens: int = field(default=8, metadata={"help": "new tokens generated per answer"})
     max_accuracy_drop: float = field(default=1.0, metadata={"help": "allowed accuracy drop, points"})
     agreement_prompts: int = field(default=16, metadata={"help": "prompts for greedy-token agreement"})
     agreement_tokens: int = field(default=16, metadata={"help": "greedy tokens compared per prompt"})

@@ -1,7 +1,7 @@
 """Prompt templates that turn a labeled text-classification row into a question for a causal LM.
 
 The answer is parsed from the generated text: the first word that names a label (case-insensitive, punctuation
-stripped) within the first few words. SST-2's labels 0/1 are the words "negative"/"positive".
+stripped) within the first 10 words ("The sentiment of this review is negative." counts as negative). SST-2's labels 0/1 are the words "negative"/"positive".
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ TEMPLATES = {
                 "Review: {text}\n\nAnswer with one word: positive or negative.",
     "review_first": "Review: {text}\n\nIs this review positive or negative?",
 }
-DEFAULT_TEMPLATE = "classify"
+DEFAULT_TEMPLATE = "oneword"
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,9 @@ class PromptTemplate:
         return [{"role": "user", "content": self.text.format(text=review.strip())}]
 
     def parse(self, answer: str) -> int | None:
-        """The label whose word appears first among the first 5 words of ``answer`` (None: no label named)."""
+        """The label whose word appears first among the first 10 words of ``answer`` (None: no label named)."""
         lookup = {w.lower(): label for label, w in self.words.items()}
-        for word in re.findall(r"[a-zA-Z]+", answer.lower())[:5]:
+        for word in re.findall(r"[a-zA-Z]+", answer.lower())[:10]:
             if word in lookup:
                 return lookup[word]
         return None
