@@ -109,3 +109,27 @@ def test_gate_fails_a_broken_artifact(tiny, tmp_path):
                       LMGateOptions(rows=2, agreement_prompts=2, ppl_tokens=64, ppl_window=16), held)
     assert not report["passed"]
     assert not next(c for c in report["checks"] if c["name"] == "greedy_agreement")["passed"]
+
+
+def test_optimize_lm_writes_report_and_fails_with_exit_3(tiny, tmp_path):
+    import json
+
+    from edgekit.errors import GateFailedError
+    from edgekit.llm.pipeline import LMOptimizeOptions, optimize_lm
+
+    hf, art = tiny
+    data = tmp_path / "dev.tsv"
+    data.write_text("label\tsentence\n1\tthe film was great\n0\tthe plot was dull\n1\tgood fun\n0\tbad movie\n")
+    (tmp_path / "train.tsv").write_text("label\tsentence\n" + "1\tthe film was great and the plot was fun\n" * 20)
+    small = dict(rows=4, agreement_prompts=2, ppl_tokens=64, ppl_window=16)
+    report = optimize_lm(hf, data, tmp_path / "ok", LMOptimizeOptions(
+        artifact=str(art), threads=1, skip_bench=True, gate=LMGateOptions(**small)))
+    assert report["passed"] and json.loads((tmp_path / "ok" / "report.json").read_text())["passed"]
+    assert json.loads((tmp_path / "ok" / "manifest.json").read_text())["task"] == "text-generation"
+    from edgekit.runtime.generate import load_generator
+    assert load_generator(tmp_path / "ok", engine="ort").generate("the film", max_new_tokens=3)
+    with pytest.raises(GateFailedError) as err:
+        optimize_lm(hf, data, tmp_path / "strict", LMOptimizeOptions(
+            artifact=str(art), threads=1, skip_bench=True, gate=LMGateOptions(**small, min_agreement=1.01)))
+    assert err.value.exit_code == 3 and "greedy_agreement" in err.value.message
+    assert json.loads((tmp_path / "strict" / "report.json").read_text())["passed"] is False
