@@ -91,3 +91,34 @@ def test_runtime_does_not_import_torch(artifact):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=Path(__file__).parents[2], check=False)
     assert done.returncode == 0, done.stderr[-1500:]
+
+
+class _Replay:
+    """An engine that replays fixed token ids (the tokenizer and text handling are what is under test)."""
+
+    name = "replay"
+
+    def __init__(self, ids):
+        self.ids = ids
+
+    def tokens(self, ids, limit, opts):
+        yield from self.ids[:limit]
+
+
+def test_stream_decodes_multibyte_characters_whole(tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from edgekit.runtime.generate import LMInfo, TextGenerator
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok = Tokenizer(models.BPE({c: i for i, c in enumerate(sorted(alphabet))}, []))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    text = "été 🌊 ok"
+    ids = tok.encode(text).ids
+    assert len(ids) == len(text.encode())  # one token per byte: é and 🌊 span several tokens
+    gen = TextGenerator(tmp_path, _Replay(ids + [999]), LMInfo(1, 1, 1, [999], 4096), tok)
+    pieces = list(gen.generate("hi", max_new_tokens=64, stream=True))
+    assert "".join(pieces) == text == gen.generate("hi", max_new_tokens=64)
+    assert not any("\ufffd" in p for p in pieces)
+    assert gen.generate("hi", max_new_tokens=64, stop="🌊") == "été "
