@@ -4,7 +4,7 @@ Every runner starts from the prompt *text* (tokenization included) and produces 
 (EOS ignored) so decode rates compare like with like. Runners are timed in interleaved rounds in one process
 (A B C, B C A, ...), and ratios against the reference are taken per round, so a noisy shared machine moves
 them less than the absolute figures. Peak resident memory is measured in a fresh subprocess per runner
-(``python -m edgekit.llm.bench --probe KIND PATH``): load + one generation, ``ru_maxrss``.
+(``python -m edgekit.llm.bench --probe KIND PATH``): load + one generation, VmHWM.
 
 * ``TTFT``: prompt text -> first new token (tokenize + prefill + first pick).
 * ``prefill tok/s``: prompt tokens / TTFT.
@@ -196,7 +196,18 @@ def make_runner(kind: str, path: str, threads: int, engine: str = "auto"):
 def _probe(kind: str, path: str, threads: int, engine: str) -> None:
     runner = make_runner(kind, path, threads, engine)
     runner.run("the film was good and the plot was fun " * 3, 8)
-    print(json.dumps({"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+    print(json.dumps({"peak_rss_mb": _vm_hwm_mb()}))
+
+
+def _vm_hwm_mb() -> float:
+    """This process's peak RSS: VmHWM (per address space; ru_maxrss would carry the parent's peak across fork+exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "--probe":
