@@ -55,8 +55,7 @@ def optimize_lm(model: str | Path, data: str | Path, out: str | Path, options: L
     if not held_out.is_file():
         raise DataError(f"Held-out text '{held_out}' not found", "perplexity needs text the gate did not score",
                         "Pass --held-out FILE")
-    from .quantize import LMQuantizeOptions, quantize_lm  # noqa: PLC0415  (edgekit.llm's export + quantize)
-    from .source import resolve_source  # noqa: PLC0415
+    from .source import resolve_source  # noqa: PLC0415  (edgekit.llm's sources: HF folder, .gguf, pkg:)
 
     started = time.perf_counter()
     stages: list[dict] = []
@@ -67,6 +66,8 @@ def optimize_lm(model: str | Path, data: str | Path, out: str | Path, options: L
             with _stage(stages, "artifact", f"given: {options.artifact}"):
                 _copy_given(Path(options.artifact), tmp)
         else:
+            from .quantize import LMQuantizeOptions, quantize_lm  # noqa: PLC0415  (export + quantize)
+
             with _stage(stages, "export+quantize", f"{options.precision} weight-only, KV cache"):
                 quantize_lm(source.folder, tmp / "artifact", LMQuantizeOptions(
                     precision=options.precision, threads=options.threads, cache_dir=options.cache_dir))
