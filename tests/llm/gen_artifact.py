@@ -65,8 +65,14 @@ def export_tiny(hf: Path, out: Path) -> Path:
     return out
 
 
+_BUILT: dict[str, tuple[Path, Path]] = {}  # one export per test session, shared by the test modules
+
+
 def tiny_pair(tmp_path_factory) -> tuple[Path, Path]:
     pytest.importorskip("transformers")
-    root = tmp_path_factory.mktemp("tiny-llama")
-    hf = build_tiny_llama(root / "hf")
-    return hf, export_tiny(hf, root / "onnx")
+    key = str(tmp_path_factory.getbasetemp())
+    if key not in _BUILT:
+        root = tmp_path_factory.mktemp("tiny-llama")
+        hf = build_tiny_llama(root / "hf")
+        _BUILT[key] = (hf, export_tiny(hf, root / "onnx"))
+    return _BUILT[key]
