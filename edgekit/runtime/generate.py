@@ -203,7 +203,12 @@ def load_generator(folder: str | Path, engine: str = "auto", threads: int | None
 
     tokenizer = require("tokenizers").Tokenizer.from_file(str(folder / "tokenizer.json"))
     name = _resolve_engine(folder, engine)
-    eng: Engine = (GenaiEngine if name == "genai" else OrtLoopEngine)(folder, info, threads)
+    try:
+        eng: Engine = (GenaiEngine if name == "genai" else OrtLoopEngine)(folder, info, threads)
+    except ModelError:
+        if engine != "auto" or name != "genai":
+            raise
+        eng = OrtLoopEngine(folder, info, threads)  # e.g. a model type onnxruntime-genai does not run (GPT-2)
     return TextGenerator(folder, eng, info, tokenizer)
 
 
@@ -216,7 +221,9 @@ def _resolve_engine(folder: Path, engine: str) -> str:
         return engine
     from ..deps import available  # noqa: PLC0415
 
-    if DEFAULT_ENGINE == "genai" and (folder / "genai_config.json").is_file() and available("onnxruntime_genai"):
+    dynamo = _read_json(folder / "manifest.json").get("route") == "dynamo"  # graphs genai's runtime does not drive
+    if DEFAULT_ENGINE == "genai" and not dynamo and (folder / "genai_config.json").is_file() \
+            and available("onnxruntime_genai"):
         return "genai"
     return "ort"
 
