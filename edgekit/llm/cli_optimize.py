@@ -1,0 +1,63 @@
+"""``edgekit optimize-lm MODEL --data FILE --out DIR``: :func:`edgekit.llm.pipeline.optimize_lm` from the CLI.
+
+The main CLI registers it (``register(main)``) and routes ``edgekit optimize MODEL --task text-generation`` (or a
+causal-LM MODEL) to :func:`run` with the same options. Errors are EdgekitErrors, printed as one line by the main
+group's boundary; a failed budget raises GateFailedError (exit code 3) after OUT is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def run(model: str, data: str, out: Path, precision: str = "int4", rows: int | None = 200, threads: int = 2,
+        engine: str = "auto", template: str | None = None, held_out: str | None = None,
+        max_accuracy_drop: float = 1.0, min_agreement: float = 0.9, max_ppl_increase: float = 0.10,
+        rounds: int = 5, skip_bench: bool = False, artifact: str | None = None, force: bool = False) -> dict:
+    """Build the options and run optimize_lm; echo one summary line."""
+    from .bench import LMBenchOptions
+    from .gate import LMGateOptions
+    from .pipeline import LMOptimizeOptions, optimize_lm
+    from .prompts import DEFAULT_TEMPLATE
+
+    gate = LMGateOptions(rows=rows, template=template or DEFAULT_TEMPLATE, max_accuracy_drop=max_accuracy_drop,
+                         min_agreement=min_agreement, max_ppl_increase=max_ppl_increase)
+    options = LMOptimizeOptions(precision=precision, threads=threads, engine=engine, held_out=held_out,
+                                skip_bench=skip_bench, artifact=artifact, gate=gate,
+                                bench=LMBenchOptions(rounds=rounds, threads=threads))
+    report = optimize_lm(model, data, out, options, force=force)
+    acc = report["llm"]["gate"]["accuracy"]
+    click.echo(f"Optimized {model} -> {out} ({precision}): accuracy {acc['original']['accuracy']:.4f} -> "
+               f"{acc['artifact']['accuracy']:.4f}; report in {Path(out) / 'report.md'}")
+    return report
+
+
+@click.command("optimize-lm")
+@click.argument("model")
+@click.option("--data", required=True, help="Labeled .tsv/.csv/.jsonl (text + label) for the task gate.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--precision", type=click.Choice(["int4", "int8"]), default="int4", show_default=True)
+@click.option("--rows", type=int, default=200, show_default=True, help="Labeled rows scored (0 = all).")
+@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--engine", type=click.Choice(["auto", "ort", "genai"]), default="auto", show_default=True)
+@click.option("--template", default=None, help="Prompt template name (oneword, classify, review_first) or text "
+                                               "with {text}.")
+@click.option("--held-out", default=None, help="Held-out text for perplexity (default: train.tsv beside --data).")
+@click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True, help="Points.")
+@click.option("--min-agreement", type=float, default=0.9, show_default=True)
+@click.option("--max-ppl-increase", type=float, default=0.10, show_default=True, help="Relative.")
+@click.option("--rounds", type=int, default=5, show_default=True, help="Interleaved bench rounds.")
+@click.option("--skip-bench", is_flag=True)
+@click.option("--artifact", default=None, help="Gate and bench this existing artifact instead of rebuilding.")
+@click.option("--force", is_flag=True, help="Replace a non-empty OUT that edgekit did not write.")
+def optimize_lm_cmd(model, data, out, precision, rows, threads, engine, template, held_out, max_accuracy_drop,
+                    min_agreement, max_ppl_increase, rounds, skip_bench, artifact, force):
+    """Optimize a causal LM (HF folder, .gguf, pkg:NAME): int4/int8, gated on generated answers, benchmarked."""
+    run(model, data, out, precision, rows or None, threads, engine, template, held_out, max_accuracy_drop,
+        min_agreement, max_ppl_increase, rounds, skip_bench, artifact, force)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(optimize_lm_cmd)

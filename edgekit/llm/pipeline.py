@@ -1,0 +1,206 @@
+"""``optimize`` for causal LMs: source -> KV-cache export + int4/int8 weight-only -> gate (a, b, c) -> bench -> report.
+
+OUT holds the runnable artifact (``edgekit.runtime.load(OUT)`` / ``load_generator(OUT)``), ``report.json``,
+``report.md`` and ``manifest.json``, written atomically. When a budget fails the artifact is kept, marked
+``passed: false``, and :class:`GateFailedError` (exit code 3) is raised.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .. import progress
+from ..artifact import atomic_dir, read_manifest, sha256_file, write_manifest
+from ..data import load_dataset
+from ..environment import environment
+from ..errors import DataError, GateFailedError, InputError
+from .bench import ArtifactRunner, LMBenchOptions, TorchRunner, bench_prompt, peak_rss_mb, run_bench
+from .gate import LMGateOptions, run_gate
+from .prompts import template
+
+PRECISIONS = ("int4", "int8")
+DEFAULT_HELD_OUT = "/work/shared/data/sst2/train.tsv"
+
+
+@dataclass
+class LMOptimizeOptions:
+    """Options of :func:`optimize_lm`; the CLI flags share these names."""
+
+    precision: str = field(default="int4", metadata={"help": "int4 or int8 weight-only"})
+    threads: int = field(default=2, metadata={"help": "threads for the gate and the bench (both sides)"})
+    engine: str = field(default="auto", metadata={"help": "generation engine: auto, ort or genai"})
+    held_out: str | None = field(default=None, metadata={"help": "held-out text for perplexity (.txt or .tsv); "
+                                                                 "default: the train.tsv beside --data"})
+    cache_dir: str | None = field(default=None, metadata={"help": "where imported GGUF folders are cached"})
+    skip_bench: bool = field(default=False, metadata={"help": "gate only"})
+    artifact: str | None = field(default=None, metadata={"help": "gate and bench this existing text-generation "
+                                                                 "artifact instead of exporting+quantizing again"})
+    gate: LMGateOptions = field(default_factory=LMGateOptions)
+    bench: LMBenchOptions = field(default_factory=LMBenchOptions)
+
+
+def optimize_lm(model: str | Path, data: str | Path, out: str | Path, options: LMOptimizeOptions | None = None,
+                force: bool = False) -> dict:
+    """Optimize causal LM ``model`` (HF folder, .gguf, pkg:NAME) into ``out``, gated on labeled ``data``."""
+    options = options or LMOptimizeOptions()
+    if options.precision not in PRECISIONS:
+        raise InputError(f"Unknown precision '{options.precision}' for a causal LM", None,
+                         f"Choose one of: {', '.join(PRECISIONS)}")
+    texts, labels = labeled_rows(data, options.gate.template)
+    held_out = Path(options.held_out or Path(data).with_name("train.tsv"))
+    if not held_out.is_file():
+        raise DataError(f"Held-out text '{held_out}' not found", "perplexity needs text the gate did not score",
+                        "Pass --held-out FILE")
+    from .source import resolve_source  # noqa: PLC0415  (edgekit.llm's sources: HF folder, .gguf, pkg:)
+
+    started = time.perf_counter()
+    stages: list[dict] = []
+    with _stage(stages, "source", str(model)):
+        source = resolve_source(model, options.cache_dir)
+    with atomic_dir(out, force) as tmp:
+        if options.artifact:
+            with _stage(stages, "artifact", f"given: {options.artifact}"):
+                _copy_given(Path(options.artifact), tmp)
+        else:
+            from .quantize import LMQuantizeOptions, quantize_lm  # noqa: PLC0415  (export + quantize)
+
+            with _stage(stages, "export+quantize", f"{options.precision} weight-only, KV cache"):
+                quantize_lm(source.folder, tmp / "artifact", LMQuantizeOptions(
+                    precision=options.precision, threads=options.threads, cache_dir=options.cache_dir))
+                for f in (tmp / "artifact").iterdir():
+                    shutil.move(str(f), tmp / f.name)
+                (tmp / "artifact").rmdir()
+        lineage = read_manifest(tmp)
+        gate, bench = _gate_and_bench(source.folder, tmp, texts, labels, held_out, options, stages)
+        report = _report(model, data, out, options, source.folder, tmp, lineage, gate, bench, stages)
+        report["seconds_total"] = round(time.perf_counter() - started, 1)
+        (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+        (tmp / "report.md").write_text(markdown(report))
+        write_manifest(tmp, "onnx", "optimize-lm",
+                       inputs={"model": str(model), "data": str(data),
+                               "data_sha256": sha256_file(Path(data)) if Path(data).is_file() else None},
+                       options=asdict(options),
+                       extra={"task": "text-generation", "precision": options.precision, "passed": report["passed"],
+                              "route": lineage.get("route"), "llm": lineage.get("llm"), "stages": stages,
+                              "lineage": [lineage], "seconds": report["seconds_total"]})
+    if not report["passed"]:
+        failed = "; ".join(f"{c['name']} {c['value']} vs budget {c['budget']}" for c in gate["checks"] if not c["passed"])
+        raise GateFailedError(f"Causal-LM gate failed: {failed}", f"the artifact is kept in '{out}' marked failed",
+                              "Try --precision int8, or relax the failing budget")
+    return report
+
+
+def _copy_given(src: Path, dst: Path) -> None:
+    from ..runtime.generate import is_generation_folder  # noqa: PLC0415
+
+    if not (src / "model.onnx").is_file() or not is_generation_folder(src):
+        raise InputError(f"--artifact '{src}' is not a text-generation artifact", "no model.onnx with a "
+                         "text-generation manifest or genai_config.json", "Pass a folder written by quantize-lm")
+    for f in src.iterdir():
+        if f.is_file() and f.name not in ("report.json", "report.md"):
+            shutil.copyfile(f, dst / f.name)
+
+
+def labeled_rows(data: str | Path, template_name: str) -> tuple[list[str], list[int]]:
+    """Texts and integer labels; labels may be ids (0/1) or the template's answer words."""
+    ds = load_dataset(data)
+    words = template(template_name).words
+    by_word = {w.lower(): k for k, w in words.items()}
+    labels = []
+    for raw in ds.labels:
+        key = raw.strip().lower()
+        label = int(key) if key.isdigit() and int(key) in words else by_word.get(key)
+        if label is None:
+            raise DataError(f"Label '{raw}' in '{data}' has no answer word", f"the prompt's answers are "
+                            f"{', '.join(words.values())}", "Use labels 0/1 or those words")
+        labels.append(label)
+    return ds.texts, labels
+
+
+def _gate_and_bench(hf: Path, art: Path, texts, labels, held_out: Path, options: LMOptimizeOptions,
+                    stages: list) -> tuple[dict, dict | None]:
+    from ..runtime.generate import read_lm_info  # noqa: PLC0415
+    from .scorers import ArtifactLM, TorchLM  # noqa: PLC0415
+
+    original = TorchLM(hf, options.threads, read_lm_info(art).eos_ids)
+    artifact = ArtifactLM(art, options.threads, options.engine)
+    with _stage(stages, "gate", f"{options.gate.rows or len(texts)} rows, agreement, perplexity"):
+        gate = run_gate(original, artifact, texts, labels, options.gate, held_out)
+    if options.skip_bench:
+        return gate, None
+    del original  # the bench loads its own copies, tokenizers included
+    with _stage(stages, "bench", f"{options.bench.rounds} interleaved rounds, {options.bench.threads} threads"):
+        prompt = bench_prompt(art / "tokenizer.json", held_out, options.bench.prompt_tokens)
+        runners = [TorchRunner(hf, options.bench.threads),
+                   ArtifactRunner(art, options.bench.threads, options.engine, f"edgekit {options.precision}")]
+        bench = run_bench(runners, prompt, options.bench)
+        if options.bench.memory:
+            bench["peak_rss_mb"] = {"PyTorch eager generate": peak_rss_mb("torch", str(hf), options.bench.threads),
+                                    f"edgekit {options.precision}": peak_rss_mb("artifact", str(art),
+                                                                               options.bench.threads, options.engine)}
+    return gate, bench
+
+
+def _report(model, data, out, options, hf, art, lineage, gate, bench, stages) -> dict:
+    acc = gate["accuracy"]
+    runners = (bench or {}).get("runners", {})
+    rss = (bench or {}).get("peak_rss_mb", {})
+    base = {"model": str(hf), "precision": "fp32", "backend": "pytorch", "accuracy": acc["original"]["accuracy"],
+            "perplexity": gate["perplexity"]["original"], "bench": runners.get("PyTorch eager generate"),
+            "peak_rss_mb": rss.get("PyTorch eager generate"),
+            "size_mb": round(sum(f.stat().st_size for f in Path(hf).glob("*.safetensors")) / 1e6, 1)}
+    name = f"edgekit {options.precision}"
+    opt = {"model": str(Path(out)), "precision": options.precision, "backend": "onnxruntime",
+           "accuracy": acc["artifact"]["accuracy"], "perplexity": gate["perplexity"]["artifact"],
+           "bench": runners.get(name), "peak_rss_mb": rss.get(name),
+           "size_mb": round(sum(f.stat().st_size for f in Path(art).glob("model.onnx*")) / 1e6, 1)}
+    return {"passed": gate["passed"], "model": str(model), "data": str(data), "task": "text-generation",
+            "baseline": base, "optimized": opt, "stages": stages, "environment": environment(options.threads),
+            "llm": {"gate": gate, "bench": bench, "quantization": (lineage.get("llm") or {}).get("quantization"),
+                    "route": lineage.get("route")}}
+
+
+def markdown(report: dict) -> str:
+    """report.md: the gate's checks and the bench side by side."""
+    g = report["llm"]["gate"]
+    lines = [f"# optimize (text-generation): {'PASSED' if report['passed'] else 'FAILED'}", "",
+             f"Model `{report['model']}`, data `{report['data']}` ({g['rows']} rows), prompt:", "",
+             "```", g["prompt_template"], "```", "", "| check | value | budget | passed |", "|---|---|---|---|"]
+    lines += [f"| {c['name']} | {c['value']} | {c['budget']} | {c['passed']} |" for c in g["checks"]]
+    lines += ["", f"Accuracy from generated answers: original {g['accuracy']['original']['accuracy']:.4f}, "
+                  f"artifact {g['accuracy']['artifact']['accuracy']:.4f}. Perplexity: original "
+                  f"{g['perplexity']['original']:.3f}, artifact {g['perplexity']['artifact']:.3f}. Greedy agreement "
+                  f"(teacher-forced) {g['agreement']['teacher_forced']:.4f}, identical {g['agreement']['n_tokens']}-token "
+                  f"continuations {g['agreement']['identical_sequences']:.2f}."]
+    b = report["llm"]["bench"]
+    if b:
+        lines += ["", f"Bench: {b['rounds']} interleaved rounds, {b['new_tokens']} new tokens, {b['threads']} threads, "
+                      f"load average {b['load_average_1m']}.", "",
+                  "| runner | size MB | TTFT ms | prefill tok/s | decode tok/s | decode x vs ref | peak RSS MB |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, r in b["runners"].items():
+            s = r["decode_speedup_vs_ref"]
+            lines.append(f"| {name} | {r['size_mb']} | {r['ttft_ms']['median']:.0f} | {r['prefill_tps']['median']:.0f} "
+                         f"| {r['decode_tps']['median']:.1f} | {s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f}) | "
+                         f"{b.get('peak_rss_mb', {}).get(name)} |")
+    return "\n".join(lines) + "\n"
+
+
+class _stage:  # noqa: N801  (a context manager used like progress.stage, recording a report row)
+    def __init__(self, rows: list, name: str, notes: str = ""):
+        self.rows, self.name, self.notes = rows, name, notes
+
+    def __enter__(self):
+        self.started = time.perf_counter()
+        self._cm = progress.stage(self.name, self.notes)
+        self._cm.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._cm.__exit__(*exc)
+        self.rows.append({"name": self.name, "notes": self.notes,
+                          "seconds": round(time.perf_counter() - self.started, 1)})

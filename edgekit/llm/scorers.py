@@ -1,0 +1,74 @@
+"""The two sides a causal-LM gate compares, behind one small interface.
+
+``ArtifactLM`` is the shipped runtime (:func:`edgekit.runtime.generate.load_generator`) plus, for logits, its
+own ONNX Runtime loop engine. ``TorchLM`` is the original: transformers' model on PyTorch, KV cache on. Both
+take the same token ids (tokenized by the artifact's tokenizer and chat template), so differences are the
+model's, not the tokenizer's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..deps import require
+
+
+class ArtifactLM:
+    name = "artifact"
+
+    def __init__(self, folder: str | Path, threads: int | None = None, engine: str = "auto"):
+        from ..runtime.generate import load_generator  # noqa: PLC0415
+        from ..runtime.generate_engines import OrtLoopEngine  # noqa: PLC0415
+
+        self.generator = load_generator(folder, engine=engine, threads=threads)
+        loop = self.generator.engine
+        self._loop = loop if isinstance(loop, OrtLoopEngine) else None
+        self._threads = threads
+
+    def encode(self, messages) -> list[int]:
+        return self.generator.encode(messages)
+
+    def greedy(self, ids: list[int], n: int) -> list[int]:
+        return self.generator.generate_ids(ids, n)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.generator.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        if self._loop is None:  # the genai engine exposes no full-sequence logits: open the ORT loop once
+            from ..runtime.generate_engines import OrtLoopEngine  # noqa: PLC0415
+
+            self._loop = OrtLoopEngine(self.generator.folder, self.generator.info, self._threads)
+        return self._loop.forward(ids)
+
+
+class TorchLM:
+    name = "original"
+
+    def __init__(self, folder: str | Path, threads: int | None = None, eos_ids: list[int] | None = None):
+        torch = require("torch")
+        transformers = require("transformers")
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.torch = torch
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+        self.eos_ids = list(eos_ids or [])
+
+    def greedy(self, ids: list[int], n: int) -> list[int]:
+        torch = self.torch
+        with torch.inference_mode():
+            out = self.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                      max_new_tokens=n, do_sample=False, use_cache=True,
+                                      eos_token_id=self.eos_ids or None, pad_token_id=(self.eos_ids or [0])[0])
+        new = out[0, len(ids):].tolist()
+        for i, tok in enumerate(new):
+            if tok in self.eos_ids:
+                return new[:i]
+        return new
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            return self.model(torch.tensor([ids]), use_cache=False).logits[0].float().numpy()

@@ -1,0 +1,182 @@
+"""A streaming text-generation HTTP service over an edgekit causal-LM artifact: the standard library only.
+
+Install only the runtime (no torch, no transformers), optimize a model once, then serve it::
+
+    pip install 'edgekit[cpu]' onnxruntime-genai
+    python examples/generate_server.py out/smollm2-int4 --port 8000
+    curl -sN localhost:8000/generate -d '{"messages": [{"role": "user", "content": "Capital of France?"}]}'
+    # data: {"text": "The"}  data: {"text": " capital"} ...  data: {"done": true, "text": "The capital ..."}
+
+Endpoints: ``POST /generate`` with ``{"prompt": str}`` or ``{"messages": [...]}`` and optional
+``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``, ``stop``, ``seed``, ``chat``, ``stream`` (default
+true). Streamed: server-sent events (``text/event-stream``) over chunked transfer encoding, one
+``data: {"text": piece}`` event per piece and a final ``data: {"done": true, "text": full}``; ``stream: false``
+returns one JSON object ``{"text": ...}``. ``GET /health`` -> ``{"status": "ok", ...}``. Bad requests: HTTP 400
+(413 when too large) with ``{"error": "<one line>"}``. HTTP/1.1 keep-alive. One generation at a time (a lock);
+``--port 0`` picks a free port and the first stdout line says which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from edgekit.errors import EdgekitError
+from edgekit.runtime.generate import TextGenerator, load_generator
+
+OPTIONS = {"max_new_tokens": int, "temperature": float, "top_p": float, "top_k": int, "seed": int, "chat": bool}
+
+
+class GenerateServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address, generator: TextGenerator, artifact: str, max_body_bytes: int = 1 << 20,
+                 max_new_tokens: int = 512):
+        super().__init__(address, Handler)
+        self.generator, self.artifact = generator, artifact
+        self.max_body_bytes, self.max_new_tokens = max_body_bytes, max_new_tokens
+        self.lock = threading.Lock()  # a TextGenerator runs one generation at a time
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST):
+        super().__init__(message)
+        self.status = status
+
+
+def parse_request(body: bytes, max_new_tokens: int) -> tuple[object, dict, bool]:
+    """(prompt or messages, generate() options, stream) from a JSON body, or BadRequest with one line."""
+    try:
+        req = json.loads(body or b"null")
+    except ValueError as exc:
+        raise BadRequest(f"Body is not JSON: {exc}") from None
+    if not isinstance(req, dict) or ("prompt" in req) == ("messages" in req):
+        raise BadRequest('Send a JSON object with either "prompt" (a string) or "messages" (a list)')
+    prompt = req.get("prompt", req.get("messages"))
+    if not isinstance(prompt, str | list):
+        raise BadRequest('"prompt" must be a string and "messages" a list of {"role", "content"}')
+    opts = {}
+    for key, kind in OPTIONS.items():
+        if req.get(key) is not None:
+            if kind is bool and not isinstance(req[key], bool) or kind is not bool and isinstance(req[key], bool):
+                raise BadRequest(f'"{key}" must be a {kind.__name__}')
+            try:
+                opts[key] = kind(req[key])
+            except (TypeError, ValueError):
+                raise BadRequest(f'"{key}" must be a {kind.__name__}') from None
+    if opts.get("max_new_tokens", 0) > max_new_tokens:
+        raise BadRequest(f'"max_new_tokens" is at most {max_new_tokens} here')
+    stop = req.get("stop")
+    if stop is not None:
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise BadRequest('"stop" must be a string or a list of strings')
+        opts["stop"] = stop
+    return prompt, opts, bool(req.get("stream", True))
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive; every response has Content-Length or chunked encoding
+    server: GenerateServer
+
+    def log_message(self, *args) -> None:  # quiet by default
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path != "/health":
+            return self._json({"error": f"No such endpoint: GET {self.path}"}, HTTPStatus.NOT_FOUND)
+        g = self.server.generator
+        self._json({"status": "ok", "artifact": self.server.artifact, "engine": g.engine_name,
+                    "context_length": g.info.context_length})
+
+    def do_POST(self) -> None:  # noqa: N802
+        if self.path != "/generate":
+            return self._json({"error": f"No such endpoint: POST {self.path}"}, HTTPStatus.NOT_FOUND)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > self.server.max_body_bytes:
+                raise BadRequest(f"Body of {length} bytes is over the {self.server.max_body_bytes}-byte limit",
+                                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+            prompt, opts, stream = parse_request(self.rfile.read(length), self.server.max_new_tokens)
+            with self.server.lock:
+                gen = self.server.generator
+                if not stream:
+                    return self._json({"text": gen.generate(prompt, **opts)})
+                pieces = gen.generate(prompt, stream=True, **opts)
+                first = next(pieces, "")  # errors (empty prompt, too long) surface here, before the 200
+                self._stream([first], pieces)
+        except BadRequest as exc:
+            self._json({"error": str(exc)}, exc.status)
+        except EdgekitError as exc:
+            self._json({"error": exc.message}, HTTPStatus.BAD_REQUEST)
+
+    def _stream(self, head: list[str], rest) -> None:
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        text = []
+        try:
+            for piece in [*head, *rest]:
+                if piece:
+                    text.append(piece)
+                    self._chunk({"text": piece})
+            self._chunk({"done": True, "text": "".join(text)})
+        except EdgekitError as exc:  # mid-stream: the status is sent already, say it in the stream
+            self._chunk({"error": exc.message})
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def _chunk(self, event: dict) -> None:
+        data = f"data: {json.dumps(event)}\n\n".encode()
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def _json(self, obj, status: HTTPStatus = HTTPStatus.OK) -> None:
+        body = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("artifact", help="folder written by edgekit optimize --task text-generation")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    ap.add_argument("--engine", default="auto", help="auto, ort or genai")
+    ap.add_argument("--max-new-tokens", type=int, default=512, help="largest max_new_tokens a request may ask")
+    args = ap.parse_args(argv)
+    try:
+        generator = load_generator(args.artifact, engine=args.engine, threads=args.threads)
+        server = GenerateServer((args.host, args.port), generator, args.artifact,
+                                max_new_tokens=args.max_new_tokens)
+    except EdgekitError as exc:
+        print(f"Error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        print(f"Error: cannot listen on {args.host}:{args.port}: {exc.strerror}.", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=server.shutdown).start())
+    print(f"serving {args.artifact} on http://{args.host}:{server.server_address[1]}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

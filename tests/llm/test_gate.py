@@ -1,0 +1,136 @@
+"""The causal-LM gate's measures on known inputs and on a tiny Llama against its own fp32 export."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gen_artifact import tiny_pair  # noqa: E402
+
+from edgekit.llm.gate import LMGateOptions, greedy_agreement, perplexity, run_gate, task_accuracy  # noqa: E402
+from edgekit.llm.prompts import template  # noqa: E402
+
+
+class Scripted:
+    """A stand-in model with fixed logits: the measures' arithmetic checked against hand-computed values."""
+
+    name = "scripted"
+
+    def __init__(self, logits_fn, answers=None):
+        self.logits_fn, self.answers = logits_fn, answers or {}
+
+    def logits(self, ids):
+        return self.logits_fn(ids)
+
+    def greedy(self, ids, n):
+        return list(self.answers.get(tuple(ids), [1] * n))[:n]
+
+    def encode(self, messages):
+        return [len(messages[0]["content"]) % 7 + 3]
+
+    def decode(self, ids):
+        return " ".join({5: "Positive!", 6: "negative", 7: "maybe"}.get(i, "x") for i in ids)
+
+
+def test_perplexity_of_uniform_logits_is_vocab_size():
+    lm = Scripted(lambda ids: np.zeros((len(ids), 50)))
+    assert perplexity(lm, list(range(40)), window=16) == pytest.approx(50.0)
+
+
+def test_perplexity_of_certain_model_is_one():
+    def sure(ids):
+        out = np.full((len(ids), 10), -1e4)
+        out[np.arange(len(ids) - 1), ids[1:]] = 0.0
+        return out
+    assert perplexity(Scripted(sure), [1, 2, 3, 4, 5, 6, 7, 8], window=4) == pytest.approx(1.0)
+
+
+def test_parse_and_task_accuracy():
+    t = template("oneword")
+    assert t.parse("The sentiment of this review is negative.") == 0
+    assert t.parse("Positive") == 1 and t.parse("I cannot say") is None
+    texts = ["good film", "bad!", "so so film"]  # distinct scripted ids
+    ids = [Scripted(None).encode(t.messages(x)) for x in texts]
+    lm = Scripted(None, {tuple(ids[0]): [5], tuple(ids[1]): [5], tuple(ids[2]): [7]})
+    acc = task_accuracy([lm], t, texts, [1, 0, 0], answer_tokens=1)["scripted"]
+    assert acc["accuracy"] == pytest.approx(1 / 3) and acc["unparsed"] == 1
+
+
+def test_agreement_counts_teacher_forced_top1():
+    ref = Scripted(None, {(3,): [4, 5, 6, 7]})
+    ref.name = "original"
+
+    def half_right(ids):  # after prompt [3]: picks 4, 5 (right) then 9, 9 (wrong)
+        out = np.zeros((len(ids), 10))
+        for i, tok in enumerate([4, 5, 9, 9, 9]):
+            out[i, tok] = 1.0
+        return out
+    art = Scripted(half_right, {(3,): [4, 5, 9, 9]})
+    got = greedy_agreement(ref, art, [[3]], 4)
+    assert got["teacher_forced"] == 0.5 and got["mean_identical_prefix"] == 2 and got["identical_sequences"] == 0
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_pair(tmp_path_factory)
+
+
+def test_gate_passes_fp32_export_against_its_original(tiny, tmp_path):
+    from edgekit.llm.scorers import ArtifactLM, TorchLM
+
+    hf, art = tiny
+    held = tmp_path / "held.txt"
+    held.write_text("the film was great and the plot was fun\nthe movie was bad and dull\n" * 10)
+    texts = ["the film was great", "the plot was dull", "good fun", "bad movie"]
+    original, artifact = TorchLM(hf, 1, [2]), ArtifactLM(art, 1, "ort")
+    report = run_gate(original, artifact, texts, [1, 0, 1, 0],
+                      LMGateOptions(rows=4, agreement_prompts=2, ppl_tokens=64, ppl_window=16), held)
+    assert report["passed"], report["checks"]
+    assert report["agreement"]["teacher_forced"] == 1.0
+    assert report["perplexity"]["artifact"] == pytest.approx(report["perplexity"]["original"], rel=1e-3)
+    assert report["accuracy"]["original"]["answers"] == report["accuracy"]["artifact"]["answers"]
+
+
+def test_gate_fails_a_broken_artifact(tiny, tmp_path):
+    """A different random model in the artifact's place must fail agreement and perplexity."""
+    from gen_artifact import build_tiny_llama
+
+    from edgekit.llm.scorers import ArtifactLM, TorchLM
+
+    hf, art = tiny
+    other = build_tiny_llama(tmp_path / "other", seed=1)
+    held = tmp_path / "held.txt"
+    held.write_text("the film was great and the plot was fun\n" * 20)
+    report = run_gate(TorchLM(other, 1, [2]), ArtifactLM(art, 1, "ort"), ["the film", "bad"], [1, 0],
+                      LMGateOptions(rows=2, agreement_prompts=2, ppl_tokens=64, ppl_window=16), held)
+    assert not report["passed"]
+    assert not next(c for c in report["checks"] if c["name"] == "greedy_agreement")["passed"]
+
+
+def test_optimize_lm_writes_report_and_fails_with_exit_3(tiny, tmp_path):
+    import json
+
+    pytest.importorskip("edgekit.llm.source", reason="edgekit.llm.source (llmA's sources) not on this branch")
+    from edgekit.errors import GateFailedError
+    from edgekit.llm.pipeline import LMOptimizeOptions, optimize_lm
+
+    hf, art = tiny
+    data = tmp_path / "dev.tsv"
+    data.write_text("label\tsentence\n1\tthe film was great\n0\tthe plot was dull\n1\tgood fun\n0\tbad movie\n")
+    (tmp_path / "train.tsv").write_text("label\tsentence\n" + "1\tthe film was great and the plot was fun\n" * 20)
+    small = dict(rows=4, agreement_prompts=2, ppl_tokens=64, ppl_window=16)
+    report = optimize_lm(hf, data, tmp_path / "ok", LMOptimizeOptions(
+        artifact=str(art), threads=1, skip_bench=True, gate=LMGateOptions(**small)))
+    assert report["passed"] and json.loads((tmp_path / "ok" / "report.json").read_text())["passed"]
+    assert json.loads((tmp_path / "ok" / "manifest.json").read_text())["task"] == "text-generation"
+    from edgekit.runtime.generate import load_generator
+    assert load_generator(tmp_path / "ok", engine="ort").generate("the film", max_new_tokens=3)
+    with pytest.raises(GateFailedError) as err:
+        optimize_lm(hf, data, tmp_path / "strict", LMOptimizeOptions(
+            artifact=str(art), threads=1, skip_bench=True, gate=LMGateOptions(**small, min_agreement=1.01)))
+    assert err.value.exit_code == 3 and "greedy_agreement" in err.value.message
+    assert json.loads((tmp_path / "strict" / "report.json").read_text())["passed"] is False
