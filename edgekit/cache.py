@@ -34,6 +34,9 @@ from .artifact import MANIFEST, read_manifest, sha256_file, sweep_stale_temps, v
 from .errors import InputError
 
 CACHE_ENV = "EDGEKIT_CACHE"
+#: test-only: ``STEP:MARKER`` makes a miss of STEP stop for good at its first file write into the entry's
+#: temporary folder, after writing MARKER (this process's pid): a test can then kill a build mid-write
+PAUSE_ENV = "EDGEKIT_TEST_PAUSE_IN_STEP"
 
 
 def default_cache_dir() -> Path:
@@ -87,9 +90,32 @@ class StepCache:
             hit = entry_is_complete(path)
             if not hit and path.exists():
                 shutil.rmtree(path)
+            if not hit and os.environ.get(PAUSE_ENV, "").partition(":")[0] == step:
+                _pause_at_first_write(path, Path(os.environ[PAUSE_ENV].partition(":")[2]))
             yield Slot(path, hit)
         finally:
             lock.close()  # releases the flock
+
+
+def _pause_at_first_write(entry: Path, marker: Path) -> None:
+    """Test hook (see PAUSE_ENV): block forever at the first write into a temporary sibling of ``entry``."""
+    import sys
+    import time
+
+    prefix = str(entry.resolve().parent / f".{entry.name}.tmp-")
+    fired = []
+
+    def hook(event: str, args: tuple) -> None:
+        if fired or event != "open" or not str(args[0]).startswith(prefix):
+            return
+        mode, flags = args[1], args[2] if len(args) > 2 else 0
+        if (isinstance(mode, str) and any(c in mode for c in "wax+")) or (flags & (os.O_WRONLY | os.O_RDWR)):
+            fired.append(True)
+            marker.write_text(str(os.getpid()))
+            while True:  # the test kills this process now
+                time.sleep(3600)
+
+    sys.addaudithook(hook)
 
 
 @functools.lru_cache(maxsize=1)

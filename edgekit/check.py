@@ -7,16 +7,42 @@ from pathlib import Path
 import numpy as np
 
 from .artifact import Artifact, resolve
-from .data import TextDataset, encode_labels, load_dataset
+from . import data as data_readers
+from .data import TextDataset, encode_labels, encode_tags
 from .errors import DataError, ModelError
+from .metrics import IGNORE, fit_tokens, word_tags
 from .runtime.session import Session
 from .runtime.tokenizer import TextEncoder, read_config
 from .sessions import encoder_for, session_for
+from .tasks import Task, gated, task_of
+
+
+class Targets(np.ndarray):
+    """Integer targets that also carry the model's ``id2label`` and task (per-token scorers need the tag names).
+
+    An ndarray, so ``len``, ``==`` and ``mean`` work as on the plain class-id arrays callers already use.
+    """
+
+    id2label: dict[int, str]
+    task: str
+
+    def __new__(cls, values, id2label: dict[int, str], task: str):
+        out = np.asarray(values, dtype=np.int64).view(cls)
+        out.id2label, out.task = id2label, task
+        return out
+
+    def __array_finalize__(self, obj) -> None:
+        self.id2label = getattr(obj, "id2label", {})
+        self.task = getattr(obj, "task", "text-classification")
 
 
 def evaluate(session: Session, encoder: TextEncoder, texts: list[str], batch_size: int = 32,
              pairs: list[str] | None = None) -> np.ndarray:
-    """First output (logits) for every text, batched by length to keep padding small; input order kept."""
+    """First output for every text, batched by length to keep padding small; input order kept.
+
+    Per-example outputs give ``[n, labels]``; per-token outputs give ``[n, longest, labels]`` with every
+    row's positions where its own batch put them (right padding) and zeros past them.
+    """
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     chunks: dict[int, np.ndarray] = {}
     with session:
@@ -26,15 +52,63 @@ def evaluate(session: Session, encoder: TextEncoder, texts: list[str], batch_siz
             logits = next(iter(session.run(feeds).values()))
             for row, i in enumerate(idx):
                 chunks[i] = logits[row]
-    return np.stack([chunks[i] for i in range(len(texts))]).astype(np.float32)
+    rows = [chunks[i] for i in range(len(texts))]
+    if rows and rows[0].ndim == 2:  # per token: pad to the longest batch
+        longest = max(r.shape[0] for r in rows)
+        rows = [np.pad(r, ((0, longest - r.shape[0]), (0, 0))) for r in rows]
+    return np.stack(rows).astype(np.float32)
 
 
 def labeled_data(model: Artifact, data: str | Path | TextDataset, text_column: str | None = None,
                  label_column: str | None = None, max_samples: int | None = None,
                  seed: int = 0) -> tuple[TextDataset, np.ndarray]:
-    """The dataset (``max_samples`` rows drawn with ``seed``) and its labels as the model's class ids."""
-    ds = data if isinstance(data, TextDataset) else load_dataset(data, text_column, label_column)
+    """The dataset (``max_samples`` rows drawn with ``seed``) and its targets in the model's label ids.
+
+    The model's task (manifest, else config.json's architecture) decides how: one class id per example
+    for text classification; for token classification ``[n, tokens]`` tag ids on the first sub-token of
+    each word and ``IGNORE`` (-100) on the rest, tokens as ``encoder_for(model)`` makes them.
+    """
+    spec = gated(task_of(model.folder))
+    reader = getattr(data_readers, spec.reader)
+    ds = data if isinstance(data, TextDataset) else reader(data, text_column, label_column)
     ds = ds.subset(max_samples, seed)
+    label2id = _label2id(model)
+    if spec.per_token:
+        if ds.tags is None:
+            raise DataError(f"Dataset '{ds.source}' has no tags", "a token classifier is checked on words and "
+                            "one tag per word", "Pass jsonl rows with tokens and ner_tags, or a CoNLL file")
+        tags = encode_tags(ds.tags, label2id, ds.source)
+        return ds, Targets(align_tags(encoder_for(model), ds, tags), _id2label(label2id), spec.name)
+    if ds.labels is None:
+        raise DataError(f"Dataset '{ds.source}' has no labels", None, "Pass --label-column")
+    return ds, Targets(encode_labels(ds.labels, label2id, ds.source), _id2label(label2id), spec.name)
+
+
+def align_tags(encoder: TextEncoder, ds: TextDataset, tags: list[list[int]]) -> np.ndarray:
+    """``[n, longest]`` targets: each word's tag on its first sub-token, IGNORE elsewhere (and on cut words)."""
+    encs = encoder.encodings(ds.texts)
+    out = np.full((len(encs), max((len(e.ids) for e in encs), default=0)), IGNORE, dtype=np.int64)
+    for row, enc in enumerate(encs):
+        spans = ds.word_spans(row)
+        seen = set()
+        for pos, ((start, end), special) in enumerate(zip(enc.offsets, enc.special_tokens_mask)):
+            word = _word_at(spans, start, end)
+            if special or word is None or word in seen:
+                continue
+            seen.add(word)
+            out[row, pos] = tags[row][word]
+    return out
+
+
+def _word_at(spans: list[tuple[int, int]], start: int, end: int) -> int | None:
+    """The word whose characters the token [start, end) covers (byte-level tokens may start at the space)."""
+    for i, (ws, we) in enumerate(spans):
+        if end > ws and start < we:
+            return i
+    return None
+
+
+def _label2id(model: Artifact) -> dict[str, int]:
     config = read_config(model.folder)
     label2id = {str(k): int(v) for k, v in (config.get("label2id") or {}).items()}
     if not label2id and config.get("id2label"):
@@ -42,25 +116,70 @@ def labeled_data(model: Artifact, data: str | Path | TextDataset, text_column: s
     if not label2id:
         raise ModelError(f"Model '{model.path}' has no labels", "config.json has neither label2id nor id2label",
                          "Save the model with its label mapping (config.id2label)")
-    if ds.labels is None:
-        raise DataError(f"Dataset '{ds.source}' has no labels", None, "Pass --label-column")
-    return ds, np.asarray(encode_labels(ds.labels, label2id, ds.source), dtype=np.int64)
+    return label2id
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray) -> dict:
-    """Accuracy of both, drop, label agreement and logit differences."""
-    ref_pred, cand_pred = reference.argmax(-1), candidate.argmax(-1)
-    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
-    ref_acc, cand_acc = float((ref_pred == labels).mean()), float((cand_pred == labels).mean())
+def _id2label(label2id: dict[str, int]) -> dict[int, str]:
+    return {v: k for k, v in label2id.items()}
+
+
+def _spec_of(labels: np.ndarray, task: str | None) -> Task:
+    if task is None:
+        task = getattr(labels, "task", None) or ("token-classification" if np.ndim(labels) == 2
+                                                 else "text-classification")
+    return gated(task)
+
+
+def score(logits: np.ndarray, labels: np.ndarray, task: str | None = None) -> dict:
+    """The task's metrics of ``logits`` against ``labels`` (from :func:`labeled_data`); its gate metric first."""
+    spec = _spec_of(labels, task)
+    return spec.score(logits, labels, getattr(labels, "id2label", None))
+
+
+def gate_metric(logits: np.ndarray, labels: np.ndarray, task: str | None = None) -> float:
+    """The one number the gate compares for the task (accuracy, entity F1...): use it where code computed
+    ``(logits.argmax(-1) == labels).mean()``, which is only right for text classification."""
+    spec = _spec_of(labels, task)
+    return float(score(logits, labels, spec.name)[spec.metric])
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray, task: str | None = None) -> dict:
+    """Both scored by the task's metric, the drop, label agreement and output differences.
+
+    ``original_accuracy`` / ``candidate_accuracy`` / ``accuracy_drop`` are the task's gate metric
+    (``metric``: accuracy for text classification, entity-level F1 for token classification); every
+    metric of both is under ``original_metrics`` / ``candidate_metrics``. Per-token outputs are compared
+    at the scored positions only.
+    """
+    spec = _spec_of(labels, task)
+    ref_scores, cand_scores = score(reference, labels, spec.name), score(candidate, labels, spec.name)
+    ref_pred, cand_pred = spec.predict(reference, labels), spec.predict(candidate, labels)
+    if spec.per_token:
+        reference, candidate = fit_tokens(reference, labels), fit_tokens(candidate, labels)
+    keep = np.asarray(labels) != IGNORE if spec.per_token else slice(None)
+    diff = np.abs(reference[keep].astype(np.float64) - candidate[keep].astype(np.float64))
+    ref_acc, cand_acc = ref_scores[spec.metric], cand_scores[spec.metric]
     return {
         "samples": int(len(labels)),
+        "metric": spec.metric,
         "original_accuracy": ref_acc,
         "candidate_accuracy": cand_acc,
         "accuracy_drop": ref_acc - cand_acc,
-        "label_agreement": float((ref_pred == cand_pred).mean()),
+        "label_agreement": float((ref_pred == cand_pred).mean()) if ref_pred.size else 1.0,
         "logit_max_abs_diff": float(diff.max()) if diff.size else 0.0,
         "logit_mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
+        "original_metrics": ref_scores,
+        "candidate_metrics": cand_scores,
     }
+
+
+def predictions(logits: np.ndarray, labels: np.ndarray) -> list:
+    """What the candidate predicts, as runtime users see it: a class id per example (text classification),
+    the tag name of each word per example (token classification)."""
+    spec = _spec_of(labels, None)
+    if spec.per_token:
+        return word_tags(fit_tokens(logits, labels).argmax(-1), labels, labels.id2label)
+    return logits.argmax(-1).tolist()
 
 
 def check(original: str | Path, candidate: str | Path, data: str | Path, text_column: str | None = None,
@@ -72,14 +191,14 @@ def check(original: str | Path, candidate: str | Path, data: str | Path, text_co
     encoder = encoder_for(orig)
     ref = evaluate(session_for(orig, threads), encoder, ds.texts, batch_size, ds.pairs)
     got = evaluate(session_for(cand, threads), encoder, ds.texts, batch_size, ds.pairs)
-    if ref.shape != got.shape:
+    if ref.shape[-1] != got.shape[-1] or ref.ndim != got.ndim:
         raise ModelError("The candidate's outputs do not match the original's shape",
                          f"original {ref.shape[1:]}, candidate {got.shape[1:]}",
                          "Compare artifacts of the same model and task")
     result = compare(ref, got, labels)
     result.update({"original": str(orig.path), "candidate": str(cand.path), "data": str(data),
-                   "original_backend": _backend(orig), "candidate_backend": _backend(cand),
-                   "candidate_predictions": got.argmax(-1).tolist()})
+                   "task": labels.task, "original_backend": _backend(orig), "candidate_backend": _backend(cand),
+                   "candidate_predictions": predictions(got, labels)})
     return result
 
 

@@ -16,7 +16,10 @@ from .errors import DataError
 TEXT_COLUMNS = ("sentence", "text", "content", "review", "document", "sentence1", "question", "premise")
 PAIR_COLUMNS = {"sentence1": "sentence2", "question": "sentence", "premise": "hypothesis"}
 LABEL_COLUMNS = ("label", "labels", "target", "class", "category", "y")
-FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
+FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
+           ".conll": "conll", ".iob": "conll", ".bio": "conll"}
+WORD_COLUMNS = ("tokens", "words")
+TAG_COLUMNS = ("ner_tags", "labels", "tags", "label")
 
 
 @dataclass
@@ -29,6 +32,8 @@ class TextDataset:
     text_column: str
     label_column: str | None
     pairs: list[str] | None = None
+    words: list[list[str]] | None = None     # token-classification: the words of each row (texts = words joined)
+    tags: list[list[str]] | None = None      # token-classification: one raw tag (name or id) per word
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -45,7 +50,15 @@ class TextDataset:
         keep = sorted(order[:n])
         pick = lambda xs: None if xs is None else [xs[i] for i in keep]  # noqa: E731
         return TextDataset(pick(self.texts), pick(self.labels), self.source, self.text_column,
-                           self.label_column, pick(self.pairs))
+                           self.label_column, pick(self.pairs), pick(self.words), pick(self.tags))
+
+    def word_spans(self, row: int) -> list[tuple[int, int]]:
+        """Character spans of row ``row``'s words in its text (words joined by single spaces)."""
+        spans, start = [], 0
+        for word in self.words[row]:
+            spans.append((start, start + len(word)))
+            start += len(word) + 1
+        return spans
 
 
 def load_dataset(
@@ -66,16 +79,9 @@ def load_dataset(
     """
     if isinstance(source, TextDataset):
         return source
-    path = Path(source)
-    if path.exists():
-        rows, columns = _read_file(path)
-    elif _looks_like_hub_name(str(source)):
-        rows, columns = _read_hub(str(source), split)
-    else:
-        raise DataError(f"Dataset '{source}' not found", "no such file",
-                        "Pass a .tsv/.csv/.jsonl file with a header, or a Hugging Face datasets name")
-    if not rows:
-        raise DataError(f"Dataset '{source}' is empty", "it has a header but no rows", "Pass a file with at least one row")
+    rows, columns = _rows(source, split)
+    if text_column is None and not any(c in columns for c in TEXT_COLUMNS) and any(c in columns for c in WORD_COLUMNS):
+        return _token_rows(rows, columns, str(source), None, label_column, require_labels=False)  # words -> texts
     text_col = _pick_column(columns, text_column, TEXT_COLUMNS, "text", source, "--text-column")
     label_col = None
     if label_column is not None or require_labels:
@@ -99,6 +105,68 @@ def load_dataset(
         if pair_col:
             pairs.append(str(row.get(pair_col) or ""))
     return TextDataset(texts, labels, str(source), text_col, label_col, pairs)
+
+
+def _rows(source: str | Path, split: str) -> tuple[list[dict], list[str]]:
+    path = Path(source)
+    if path.exists():
+        rows, columns = _read_file(path)
+    elif _looks_like_hub_name(str(source)):
+        rows, columns = _read_hub(str(source), split)
+    else:
+        raise DataError(f"Dataset '{source}' not found", "no such file",
+                        "Pass a .tsv/.csv/.jsonl/.conll file, or a Hugging Face datasets name")
+    if not rows:
+        raise DataError(f"Dataset '{source}' is empty", "it has a header but no rows", "Pass a file with at least one row")
+    return rows, columns
+
+
+def load_token_dataset(source: str | Path, text_column: str | None = None, label_column: str | None = None,
+                       require_labels: bool = True, split: str = "validation") -> TextDataset:
+    """Read a token-classification dataset: words and one tag per word.
+
+    jsonl rows with a list of words (``tokens``/``words``, or ``text_column``)
+    and a list of tags (``ner_tags``/``labels``/``tags``, or ``label_column``;
+    tag names such as ``B-PER`` or the model's tag ids), or a CoNLL file
+    (``.conll``/``.iob``/``.bio``: one ``word ... tag`` line per word, a
+    blank line between sentences, ``-DOCSTART-`` lines skipped). ``texts``
+    are the words joined by single spaces.
+    """
+    rows, columns = _rows(source, split)
+    return _token_rows(rows, columns, str(source), text_column, label_column, require_labels)
+
+
+def _token_rows(rows, columns, source, text_column, label_column, require_labels) -> TextDataset:
+    word_col = _pick_column(columns, text_column, WORD_COLUMNS, "words", source, "--text-column")
+    tag_col = None
+    if label_column is not None or require_labels:
+        tag_col = _pick_column(columns, label_column, TAG_COLUMNS, "tags", source, "--label-column")
+    words, tags = [], [] if tag_col else None
+    for i, row in enumerate(rows):
+        ws = row.get(word_col)
+        if not isinstance(ws, list) or not ws or not all(isinstance(w, str) and w.strip() for w in ws):
+            raise DataError(f"Dataset '{source}' row {i + 1}: '{word_col}' is not a non-empty list of words",
+                            None, "Write each row's words as a JSON list of strings")
+        words.append([w.strip() for w in ws])
+        if tag_col:
+            ts = row.get(tag_col)
+            if not isinstance(ts, list) or len(ts) != len(ws):
+                raise DataError(f"Dataset '{source}' row {i + 1} has {len(ws)} words but "
+                                f"{len(ts) if isinstance(ts, list) else 'no list of'} tags in '{tag_col}'",
+                                None, "Give exactly one tag per word")
+            tags.append([str(t).strip() for t in ts])
+    texts = [" ".join(ws) for ws in words]
+    return TextDataset(texts, None, source, word_col, tag_col, None, words, tags)
+
+
+def encode_tags(tags: list[list[str]], label2id: dict[str, int], source: str = "data") -> list[list[int]]:
+    """Map per-word tag names (or ids) to the model's tag ids, row by row."""
+    flat = encode_labels([t for row in tags for t in row], label2id, source)
+    out, start = [], 0
+    for row in tags:
+        out.append(flat[start:start + len(row)])
+        start += len(row)
+    return out
 
 
 def encode_labels(labels: list[str], label2id: dict[str, int], source: str = "data") -> list[int]:
@@ -159,6 +227,8 @@ def _read_file(path: Path) -> tuple[list[dict], list[str]]:
                         "Pass a file with a header line and at least one row")
     if fmt == "jsonl":
         return _read_jsonl(path, text)
+    if fmt == "conll":
+        return _read_conll(text)
     delimiter = "\t" if fmt == "tsv" else ","
     quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
     reader = csv.reader(text.splitlines(), delimiter=delimiter, quoting=quoting)
@@ -188,6 +258,20 @@ def _read_jsonl(path: Path, text: str) -> tuple[list[dict], list[str]]:
         rows.append(obj)
         columns.update(dict.fromkeys(obj))
     return rows, list(columns)
+
+
+def _read_conll(text: str) -> tuple[list[dict], list[str]]:
+    """CoNLL columns: the first is the word, the last the tag; blank lines end sentences."""
+    rows, words, tags = [], [], []
+    for line in text.splitlines() + [""]:
+        fields = line.split()
+        if fields and not fields[0].startswith("-DOCSTART-"):
+            words.append(fields[0])
+            tags.append(fields[-1] if len(fields) > 1 else "O")
+        elif not fields and words:
+            rows.append({"tokens": words, "ner_tags": tags})
+            words, tags = [], []
+    return rows, ["tokens", "ner_tags"]
 
 
 def _looks_like_hub_name(name: str) -> bool:

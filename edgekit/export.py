@@ -72,10 +72,11 @@ def export(model: str | Path, out: str | Path, options: ExportOptions | None = N
     from .sessions import encoder_for
 
     torch_model, task = load_model(src.path, options.task, options.trust_remote_code)
+    check_padding(torch_model.config, task)
     encoder = encoder_for(src)
     started = time.perf_counter()
     with atomic_dir(out, force) as tmp:
-        input_names = model_input_names(torch_model)
+        input_names = model_input_names(torch_model, task)
         onnx_path = tmp / ONNX_NAME
         _torch_export(torch_model, task, input_names, encoder(texts[:2]), onnx_path, options.opset)
         validation = validate(torch_model, task, onnx_path, encoder, texts, options.atol)
@@ -97,22 +98,38 @@ def _validation_texts(data, text_column, n) -> list[str]:
     return texts if len(texts) >= 2 else texts + BUILTIN_SENTENCES[:2]
 
 
+#: model types whose sequence classifier pools the last non-pad token, found through config.pad_token_id
+LAST_TOKEN_POOLING = ("gpt2", "gpt_neo", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi", "opt")
+
+
+def check_padding(config, task: str) -> None:
+    """Refuse a last-token-pooling classifier without ``pad_token_id``: batched, it would read the wrong token."""
+    if task == "text-classification" and config.model_type in LAST_TOKEN_POOLING and config.pad_token_id is None:
+        raise ModelError(f"The {config.model_type} classifier has no pad_token_id",
+                         "it pools the last non-pad token, which it finds through config.pad_token_id",
+                         "Set tokenizer.pad_token = tokenizer.eos_token and model.config.pad_token_id = "
+                         "tokenizer.pad_token_id before save_pretrained (edgekit finetune does this)")
+
+
 class _OutputsOf:
-    """Wraps a HF model so it takes named tensors and returns the task's outputs as a tuple."""
+    """Wraps a HF model so it takes the task's named input tensors and returns the task's outputs as a tuple.
+
+    Only the inputs the model takes are passed (GPT-2, DistilBERT, RoBERTa and DeBERTa-v2 get no
+    token_type_ids), so the graph has exactly ``input_names`` as inputs.
+    """
 
     def __new__(cls, model, outputs, input_names):
         torch = require("torch")
+        names = tuple(input_names)
 
         class Wrapper(torch.nn.Module):
             def __init__(self):
                 super().__init__()
                 self.model = model
 
-            def forward(self, input_ids, attention_mask, token_type_ids=None):
-                kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-                if token_type_ids is not None:
-                    kwargs["token_type_ids"] = token_type_ids
-                result = self.model(**kwargs)
+            def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+                given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+                result = self.model(**{k: v for k, v in given.items() if k in names and v is not None})
                 return tuple(getattr(result, name) for name in outputs)
 
         return Wrapper()
@@ -141,7 +158,11 @@ def _torch_export(model, task, input_names, sample, path: Path, opset: int) -> N
 
 def validate(torch_model, task: str, onnx_path: Path, encoder, texts: list[str], atol: float,
              batch_size: int = 8) -> dict:
-    """Compare ONNX Runtime with PyTorch on real, padded batches. Raises on mismatch."""
+    """Compare ONNX Runtime with PyTorch on real, right-padded batches of mixed lengths. Raises on mismatch.
+
+    Per-token outputs are compared at real tokens only; ``label_agreement`` is over examples (text
+    classification) or real tokens (token classification), None for tasks without labels.
+    """
     torch = require("torch")
     spec = TASKS[task]
     diffs = dict.fromkeys(spec.outputs, 0.0)
@@ -155,9 +176,12 @@ def validate(torch_model, task: str, onnx_path: Path, encoder, texts: list[str],
             for name in spec.outputs:
                 want = getattr(ref, name).float().numpy()
                 diffs[name] = max(diffs[name], _masked_max_diff(got[name], want, feeds["attention_mask"]))
-            if spec.classifies:
-                agree += int((got[spec.outputs[0]].argmax(-1) == getattr(ref, spec.outputs[0]).numpy().argmax(-1)).sum())
-                total += len(feeds["input_ids"])
+            if spec.metric is not None:
+                first = spec.outputs[0]
+                same = got[first].argmax(-1) == getattr(ref, first).float().numpy().argmax(-1)
+                mask = feeds["attention_mask"].astype(bool) if spec.per_token else np.ones(len(same), bool)
+                agree += int(same[mask].sum())
+                total += int(mask.sum())
     agreement = agree / total if total else None
     failures = [(name, diff, atol) for name, diff in diffs.items() if not diff <= atol]
     if failures:

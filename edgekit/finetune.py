@@ -192,9 +192,28 @@ def _load_base(base: Path, names: list[str], seed: int):
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, AttributeError) as exc:
         raise ModelError(f"{what} as a sequence classifier", _first_line(exc), fix) from None
     model.config.problem_type = "single_label_classification"
+    set_padding(tokenizer, model, what)
     new = sorted(set(info.get("missing_keys") or []) | {k[0] if isinstance(k, tuple) else k
                                                         for k in info.get("mismatched_keys") or []})
     return tokenizer, model, new
+
+
+def set_padding(tokenizer, model, what: str = "The base model") -> None:
+    """Give a tokenizer without a pad token (GPT-2) its end-of-text token as pad, and tell the model.
+
+    What users do for GPT-2 classifiers: ``tokenizer.pad_token = tokenizer.eos_token`` and
+    ``model.config.pad_token_id = tokenizer.pad_token_id``; the model then finds each row's last real
+    token through that id (right padding), and the saved config carries it to export and the runtime.
+    """
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelError(f"{what} has neither a pad token nor an end-of-text token",
+                             "batches of different lengths cannot be padded",
+                             "Add a pad token to the tokenizer (tokenizer.add_special_tokens) and save it")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
 
 
 def _features(tokenizer, ds: TextDataset, ids: list[int], max_length: int) -> list[dict]:

@@ -12,7 +12,7 @@ import numpy as np
 from .deps import require
 from .errors import InputError, ModelError
 from .runtime.session import Session
-from .tasks import TASKS, TEXT_INPUTS
+from .tasks import TASKS
 
 
 def infer_task(folder: Path, task: str | None = None) -> str:
@@ -100,12 +100,10 @@ def check_weights_safe(folder: Path) -> None:
                              fix)
 
 
-def model_input_names(model) -> list[str]:
-    params = inspect.signature(model.forward).parameters
-    names = [n for n in TEXT_INPUTS if n in params]
-    if "token_type_ids" in names and getattr(model.config, "type_vocab_size", 2) < 1:
-        names.remove("token_type_ids")
-    return names
+def model_input_names(model, task: str = "text-classification") -> list[str]:
+    """The inputs the task's entry says this model takes (from its config and its forward's parameters)."""
+    params = set(inspect.signature(model.forward).parameters)
+    return TASKS[task].inputs(model.config.to_dict(), params)
 
 
 def label2id_of(folder: Path) -> dict[str, int]:
@@ -138,7 +136,7 @@ class TorchSession(Session):
         if self.threads:
             torch.set_num_threads(int(self.threads))
         self.model, self.task = load_model(self.folder, self.task, self.trust_remote_code)
-        self.input_names = model_input_names(self.model)
+        self.input_names = model_input_names(self.model, self.task)
         self.output_names = list(TASKS[self.task].outputs)
         return self
 

@@ -46,8 +46,9 @@ def layout_of(config) -> Layout:
     layout = LAYOUTS.get(getattr(config, "model_type", None))
     if layout is None:
         raise ModelError(f"Structured pruning does not support model type '{config.model_type}'",
-                         f"supported: {', '.join(sorted(LAYOUTS))}",
-                         "Prune a BERT-family sequence classifier")
+                         f"supported: {', '.join(sorted(LAYOUTS))} (blocks in encoder.layer, FFN in "
+                         f"intermediate.dense/output.dense, sized by intermediate_size and num_hidden_layers)",
+                         "Prune a model of a supported type, or optimize this one without --prune-* options")
     return layout
 
 

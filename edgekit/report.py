@@ -22,53 +22,109 @@ def _ms(stats: dict | None, key: str) -> str:
     return f"{stats[key]:.2f}"
 
 
+#: characters that mean something inside a Markdown table cell
+_MD_SPECIALS = "\\|*_`[]<>"
+
+
+def md_cell(value, missing: str = "—") -> str:
+    """``value`` as the text of one Markdown table cell: specials escaped, one line, never "None"."""
+    if value is None:
+        return missing
+    text = " ".join(str(value).split())
+    return "".join("\\" + ch if ch in _MD_SPECIALS else ch for ch in text)
+
+
+def threads_text(threads, cores) -> str:
+    """The threads a measurement used: the number, or what "default" meant on that machine."""
+    if threads is not None:
+        return str(threads)
+    return f"default ({cores} cores)" if cores else "default"
+
+
 def optimize_markdown(report: dict) -> str:
     """The human summary of an ``optimize`` run."""
     base, opt = report["baseline"], report["optimized"]
     verdict = "PASSED" if report["passed"] else "FAILED"
+    check, bench = report.get("check", {}), report.get("bench", {})
+    cpu = report.get("environment", {}).get("cpu", {})
     lines = [
         f"# edgekit optimize report: {verdict}",
         "",
         f"- Model: `{report['model']}`",
-        f"- Data: `{report['data']}` ({report['check']['samples']} labeled examples)",
+        f"- Data: `{report['data']}` ({_f(check.get('samples'), 'd', 'unknown number of')} labeled examples)",
         f"- Target: {report['target']}; artifact: `{opt['path']}` ({opt['backend']}, {opt['precision']})",
-        f"- Gate: accuracy drop {report['accuracy_drop'] * 100:+.2f} pt, allowed ≤ {report['max_accuracy_drop'] * 100:.2f} pt",
+        f"- Gate: accuracy drop {_f(_pt(report.get('accuracy_drop')), '+.2f', 'not measured')} pt, "
+        f"allowed ≤ {report['max_accuracy_drop'] * 100:.2f} pt",
         "",
         "| | backend | accuracy | p50 ms | p90 ms | p99 ms | mean ms | size MB |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, row in (("baseline", base), ("optimized", opt)):
         lat = row.get("latency_ms")
+        head = [name, md_cell(row.get("backend")), _f(row.get("accuracy"), ".4f")]
+        size = _f(row.get("size_mb"), ".1f")
         if lat is None and row.get("latency_note"):
-            lines.append(f"| {name} | {row['backend']} | {row['accuracy']:.4f} | {row['latency_note']} | | | | "
-                         f"{row.get('size_mb', 0):.1f} |")
-            continue
-        lines.append(f"| {name} | {row['backend']} | {row['accuracy']:.4f} | {_ms(lat, 'p50')} | {_ms(lat, 'p90')} | "
-                     f"{_ms(lat, 'p99')} | {_ms(lat, 'mean')} | {row.get('size_mb', 0):.1f} |")
+            cells = [*head, md_cell(row["latency_note"]), "", "", "", size]
+        else:
+            cells = [*head, *(_ms(lat, k) for k in ("p50", "p90", "p99", "mean")), size]
+        lines.append("| " + " | ".join(cells) + " |")
     speed = report.get("speedup_p50")
+    cores = cpu.get("usable_cores")
     lines += [
         "",
         f"- Speedup (p50): {speed:.2f}x" if speed else
         f"- Speedup (p50): {opt.get('latency_note') or 'not measured'}",
-        f"- Label agreement with baseline: {report['check']['label_agreement']:.4f}; "
-        f"logit max |diff| {report['check']['logit_max_abs_diff']:.3g}, mean {report['check']['logit_mean_abs_diff']:.3g}",
-        f"- Latency: batch {report['bench']['batch_size']}, {report['bench']['threads']} threads, "
-        f"{report['bench']['iterations']} timed runs after {report['bench']['warmup']} warm-up, "
-        "model-only (tokenization excluded), real sentences from the data",
+        f"- Label agreement with baseline: {_f(check.get('label_agreement'), '.4f')}; "
+        f"logit max |diff| {_f(check.get('logit_max_abs_diff'), '.3g')}, "
+        f"mean {_f(check.get('logit_mean_abs_diff'), '.3g')}",
+        f"- Latency: batch {_f(bench.get('batch_size'), 'd', 'default')}, "
+        f"{threads_text(bench.get('threads'), cores)} threads, "
+        f"{_f(bench.get('iterations'), 'd', 'default')} timed runs after {_f(bench.get('warmup'), 'd', 'default')} "
+        "warm-up, model-only (tokenization excluded), real sentences from the data",
     ]
     for name, row in (("baseline", base), ("optimized", opt)):
         if row.get("noisy"):
             lines.append(f"- WARNING: {name} latency is noisy (CV {row['cv']:.0%}); rerun on a quiet machine")
     lines += ["", "## Stages", "", "| stage | seconds | notes |", "|---|---|---|"]
     for stage in report["stages"]:
-        lines.append(f"| {stage['name']} | {stage['seconds']:.1f} | {stage.get('notes', '')} |")
+        lines.append(f"| {md_cell(stage['name'])} | {_f(stage.get('seconds'), '.1f')} | "
+                     f"{md_cell(stage.get('notes'), '')} |")
     env = report.get("environment", {})
-    cpu = env.get("cpu", {})
-    flags = ", ".join(k for k, v in cpu.get("flags", {}).items() if v)
-    lines += ["", "## Environment", "", f"- CPU: {cpu.get('model')} ({cpu.get('usable_cores')} usable cores; {flags})",
-              f"- GPUs: {', '.join(g['name'] for g in env.get('gpus', [])) or 'none'}",
-              "- Versions: " + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items())]
+    lines += ["", "## Environment", "", *(f"- {line}" for line in environment_lines(env))]
     return "\n".join(lines) + "\n"
+
+
+def _pt(fraction: float | None) -> float | None:
+    return None if fraction is None else fraction * 100
+
+
+def write_html_for_run(folder: str | Path, source: str | None = None) -> str:
+    """Write ``report.html`` (plots embedded) into an ``optimize`` OUT folder from its report.json.
+
+    Returns one line for the terminal: where the page is, or, when matplotlib is missing, how to get
+    it. ``source`` names the run in the page (default: the folder), for a caller writing into a
+    temporary folder that is renamed into place afterwards.
+    """
+    from .deps import available
+
+    folder = Path(folder)
+    shown = source or str(folder)
+    if not available("matplotlib"):
+        return (f"report.html not written (needs matplotlib): pip install 'edgekit[report]', "
+                f"then edgekit report {shown} --out {shown}/html")
+    from .report_html import render_html
+    from .report_plots import figures
+    from .report_runs import load_runs
+
+    loaded = load_runs([folder])
+    for run in loaded:
+        run["source"] = shown
+        for row in run["rows"]:
+            row["run"] = shown
+    combined = build_report(loaded)
+    figs = figures([r for run in loaded for r in run["rows"]], [])
+    (folder / "report.html").write_text(render_html(combined, figs), encoding="utf-8")
+    return f"report.html: {Path(shown) / 'report.html'}"
 
 
 # ---- edgekit report: combined Markdown / HTML / JSON over saved runs ----
@@ -153,17 +209,24 @@ def environment_lines(env: dict) -> list[str]:
         return ["Environment: not recorded"]
     cpu = env.get("cpu", {})
     flags = ", ".join(k for k, v in cpu.get("flags", {}).items() if v) or "none of the tracked flags"
-    gpus = "; ".join(f"{g.get('name')} (driver {g.get('driver')}, CC {g.get('compute_capability')})"
+    gpus = "; ".join(f"{g.get('name')} (driver {g.get('driver') or '?'}, CC {g.get('compute_capability') or '?'})"
                      for g in env.get("gpus", [])) or "none"
     threads = env.get("threads") or {}
-    lines = [f"CPU: {cpu.get('model')}, {cpu.get('usable_cores')} usable of {cpu.get('logical_cores')} logical "
-             f"cores; {flags}", f"GPUs: {gpus}", f"OS: {env.get('os')}"]
+    cores = cpu.get("usable_cores")
+    lines = [f"CPU: {cpu.get('model') or 'unknown model'}, {_f(cores, 'd', '?')} usable of "
+             f"{_f(cpu.get('logical_cores'), 'd', '?')} logical cores; {flags}", f"GPUs: {gpus}"]
+    if env.get("os"):
+        lines.append(f"OS: {env['os']}")
     if threads:
-        lines.append(f"Threads: intra-op {threads.get('intra_op')}, torch {threads.get('torch')}, "
-                     f"env {threads.get('env') or 'none set'}")
+        torch = threads.get("torch")
+        pool = "" if torch is None else f", torch pool {torch}"
+        variables = ", ".join(f"{k}={v}" for k, v in (threads.get("env") or {}).items()) or "none set"
+        lines.append(f"Threads: intra-op {threads_text(threads.get('intra_op'), cores)}{pool}; "
+                     f"thread variables: {variables}")
     if env.get("load_average_1m") is not None:
         lines.append(f"Load average (1 min) when recorded: {env['load_average_1m']}")
-    lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()))
+    lines.append("Versions: " + (", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items() if v is not None)
+                                 or "not recorded"))
     return lines
 
 
@@ -197,5 +260,6 @@ def _sweep_cells(p: dict) -> list[str]:
 
 
 def _md_table(columns: list[str], cells: list[list[str]]) -> list[str]:
-    esc = [[c.replace("|", "\\|") for c in row] for row in cells]
-    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + ["| " + " | ".join(r) + " |" for r in esc]
+    esc = [[md_cell(c, "") for c in row] for row in cells]
+    head = [md_cell(c) for c in columns]
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(columns)] + ["| " + " | ".join(r) + " |" for r in esc]

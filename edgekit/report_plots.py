@@ -64,22 +64,29 @@ def latency_distribution(rows: list[dict]):
 
 
 def latency_percentiles(rows: list[dict]):
-    """Grouped bars of p50/p90/p95/p99 for every measured row (also rows saved without raw samples)."""
+    """Grouped bars of p50/p90/p95/p99 for every measured row, on a linear axis from zero, each bar labelled."""
     if not rows:
         return None
-    fig = _figure(8, 1.5 + 0.8 * len(rows))
+    fig = _figure(9, 1.6 + 1.0 * len(rows))
     ax = fig.add_subplot()
     height = 0.8 / len(PERCENTILES)
+    top = max(r["latency_ms"][k] for r in rows for k in PERCENTILES)
     for j, key in enumerate(PERCENTILES):
         ys = [i + j * height for i in range(len(rows))]
-        ax.barh(ys, [r["latency_ms"][key] for r in rows], height=height, label=key)
+        bars = ax.barh(ys, [r["latency_ms"][key] for r in rows], height=height, label=key)
+        ax.bar_label(bars, labels=[_ms_label(r["latency_ms"][key]) for r in rows], padding=3, fontsize="x-small")
     ax.set_yticks([i + 0.4 - height / 2 for i in range(len(rows))], [_label(r["name"]) for r in rows])
-    _log_if_wide(ax, [r["latency_ms"][k] for r in rows for k in PERCENTILES], axis="x")
+    ax.set_xlim(0, top * 1.15)  # bars start at zero; room for the value labels
     ax.invert_yaxis()
-    ax.set_xlabel("latency (ms)")
+    ax.set_xlabel("latency (ms), linear axis from 0")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
     ax.grid(axis="x", alpha=0.3)
-    return "Latency percentiles", "p50, p90, p95 and p99 of every measured artifact.", _png(fig)
+    return "Latency percentiles", "p50, p90, p95 and p99 of every measured artifact (ms; value at each bar).", \
+        _png(fig)
+
+
+def _ms_label(value: float) -> str:
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
 
 
 def accuracy_vs_latency(rows: list[dict]):
@@ -133,6 +140,14 @@ def sweep_curves(sweep: dict):
 
 
 def _log_if_wide(ax, values: list[float], axis: str) -> None:
+    """A log axis when values span over 10x, with plain-number labels at 1-2-5 steps and no minor labels."""
     positive = [v for v in values if v > 0]
-    if positive and max(positive) / min(positive) > 10:
-        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    if not positive or max(positive) / min(positive) <= 10:
+        return
+    from matplotlib.ticker import LogLocator, NullFormatter, StrMethodFormatter
+
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    target.set_major_formatter(StrMethodFormatter("{x:g}"))
+    target.set_minor_formatter(NullFormatter())

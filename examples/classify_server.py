@@ -12,6 +12,10 @@ Endpoints: ``POST /classify`` with ``{"texts": [str, ...]}`` -> a JSON list in t
 too large) and ``{"error": "<one line>"}``. ``--port 0`` picks a free port; the first line on stdout says
 which. ``--max-wait-ms`` > 0 merges concurrent requests into shared batches (DynamicBatcher). SIGTERM or
 Ctrl-C stops the server cleanly (exit 0).
+
+Connections are HTTP/1.1 keep-alive (a client sends request after request on one socket), each served by a
+daemon thread, with a listen backlog of 128; ``bench/serve/load.py`` drives it with concurrent clients and
+``bench/serve/results.md`` records what it holds.
 """
 
 from __future__ import annotations
@@ -28,9 +32,15 @@ from edgekit.runtime import DynamicBatcher, TextClassifier, load
 
 
 class ClassifyServer(ThreadingHTTPServer):
-    """Serves one classifier; each request runs on its own thread (the classifier is thread-safe)."""
+    """Serves one classifier; each connection runs on its own daemon thread (the classifier is thread-safe).
+
+    HTTP/1.1 keep-alive: a client sends many requests over one connection. The listen backlog holds
+    ``request_queue_size`` connections waiting to be accepted (the stdlib default of 5 drops connections
+    under a burst of clients).
+    """
 
     daemon_threads = True
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], classifier: TextClassifier, artifact: str,
                  batcher: DynamicBatcher | None = None, max_texts: int = 256, max_body_bytes: int = 1 << 20,
@@ -59,8 +69,9 @@ class BadRequest(Exception):
 
 class Handler(BaseHTTPRequestHandler):
     server: ClassifyServer
-    protocol_version = "HTTP/1.1"
+    protocol_version = "HTTP/1.1"  # keep-alive: every response carries Content-Length
     server_version = "edgekit-classify/0.1"
+    disable_nagle_algorithm = True  # small responses go out at once, not after the client's delayed ACK
 
     def do_GET(self) -> None:  # noqa: N802  (http.server's naming)
         if self.path.split("?")[0] != "/health":
@@ -71,6 +82,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         if self.path.split("?")[0] != "/classify":
+            self.close_connection = True  # its body is left unread
             return self._send(HTTPStatus.NOT_FOUND, {"error": f"No route POST {self.path}: use POST /classify"})
         try:
             texts = self._texts(self._read_json())
@@ -115,6 +127,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 

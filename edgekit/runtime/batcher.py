@@ -50,6 +50,9 @@ class DynamicBatcher:
 
     def __init__(self, classifier: TextClassifier, max_batch: int = 16, max_wait_ms: float = 5.0,
                  max_queue: int = 1024):
+        if not isinstance(classifier, TextClassifier):
+            raise InputError(f"DynamicBatcher batches text classifiers, not {type(classifier).__name__}", None,
+                             "Call the token classifier's predict directly")
         if not isinstance(max_batch, int) or max_batch < 1:
             raise InputError(f"max_batch must be a positive integer, got {max_batch!r}", None, None)
         if not isinstance(max_wait_ms, (int, float)) or max_wait_ms < 0:

@@ -160,8 +160,15 @@ def id2label_of(folder: Path, n_outputs: int | None = None) -> dict[int, str]:
 
 
 def load(artifact: str | Path, backend: str = "auto", threads: int | None = None, batch_size: int | None = None,
-         device: int = 0, max_batch: int | None = None, max_length: int | None = None) -> TextClassifier:
+         device: int = 0, max_batch: int | None = None, max_length: int | None = None,
+         allow_failed: bool = False):
     """Load an optimized artifact folder (model.onnx or an engine, with tokenizer.json and config.json).
+
+    Returns the predictor of the artifact's task (its manifest's ``task``, else config.json's
+    architecture): a :class:`TextClassifier` for text classification, a
+    :class:`~edgekit.runtime.tokens.TokenClassifier` for token classification. An artifact whose
+    manifest records a failed accuracy gate (``passed: false``) is refused with a ModelError unless
+    ``allow_failed=True``.
 
     ``backend='auto'`` picks ONNX Runtime when the folder holds model.onnx,
     else the engine's backend recorded in its sidecar. ``threads``: ONNX
@@ -174,6 +181,7 @@ def load(artifact: str | Path, backend: str = "auto", threads: int | None = None
     """
     folder = Path(artifact)
     backend = resolve_backend(folder, backend)
+    task = _servable_task(folder, allow_failed)
     model_file = ONNX_NAME if backend == "onnxruntime" else None
     _check_files(folder, ["config.json", "tokenizer.json"] + ([model_file] if model_file else []), backend)
     limits = ShapeLimits()
@@ -190,7 +198,32 @@ def load(artifact: str | Path, backend: str = "auto", threads: int | None = None
     session.open()
     if batch_size is None:
         batch_size = int(_read_json(folder / "manifest.json").get("eval_batch_size") or DEFAULT_BATCH_SIZE)
-    return TextClassifier(session, encoder, id2label_of(folder), batch_size=batch_size, limits=limits)
+    return _predictor_class(task)(session, encoder, id2label_of(folder), batch_size=batch_size, limits=limits)
+
+
+def _predictor_class(task: str):
+    """The runtime class the task's entry names (``edgekit.tasks.TASKS[task].predictor``)."""
+    from .. import runtime  # noqa: PLC0415  (the package: every predictor class is exported there)
+    from ..tasks import TASKS  # noqa: PLC0415
+
+    return getattr(runtime, TASKS[task].predictor)
+
+
+def _servable_task(folder: Path, allow_failed: bool) -> str:
+    """The artifact's task, refusing ones the runtime does not serve and (unless allowed) failed gates."""
+    from ..tasks import TASKS, task_of  # noqa: PLC0415  (pure Python: no torch)
+
+    manifest = _read_json(folder / "manifest.json")
+    if manifest.get("passed") is False and not allow_failed:
+        raise ModelError(f"Artifact '{folder}' failed its accuracy gate", "its manifest.json says passed: false",
+                         "Fix the model or the budget and re-run edgekit optimize, or pass allow_failed=True to "
+                         "load it anyway")
+    task = task_of(folder)
+    served = [name for name, spec in TASKS.items() if spec.predictor]
+    if task not in served:
+        raise ModelError(f"Artifact '{folder}' is a {task} model", f"the runtime serves {', '.join(served)}",
+                         "Load it with ONNX Runtime directly (edgekit.runtime.OrtSession)")
+    return task
 
 
 def resolve_backend(folder: Path, backend: str) -> str:

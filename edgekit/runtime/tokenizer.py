@@ -49,14 +49,28 @@ class TextEncoder:
         self.pad_id = self._pad_id(folder)
 
     def _pad_id(self, folder: Path) -> int:
-        config = _read_json(folder / "tokenizer_config.json")
-        token = config.get("pad_token")
+        """The id the model treats as padding: config.json's ``pad_token_id`` first (GPT-2 classifiers find
+        their last real token by it, so the tokenizer must pad with exactly that id), then the tokenizer's
+        pad token, then ``[PAD]``/``<pad>``, then the end-of-text token, then 0."""
+        config = _read_json(folder / "config.json")
+        if isinstance(config.get("pad_token_id"), int) and not isinstance(config["pad_token_id"], bool):
+            return int(config["pad_token_id"])
+        token = _read_json(folder / "tokenizer_config.json").get("pad_token")
         if isinstance(token, dict):
             token = token.get("content")
         for candidate in (token, "[PAD]", "<pad>"):
             if candidate and self._tok.token_to_id(candidate) is not None:
                 return self._tok.token_to_id(candidate)
-        return int(_read_json(folder / "config.json").get("pad_token_id") or 0)
+        eos = config.get("eos_token_id")
+        return int(eos) if isinstance(eos, int) else 0
+
+    def encodings(self, texts: list[str], pairs: list[str] | None = None) -> list:
+        """The tokenizers ``Encoding`` of each text, truncated (``ids``, ``offsets``, ``special_tokens_mask``)."""
+        return self._encode(texts, pairs)
+
+    def tokens_text(self, ids: list[int]) -> str:
+        """Tokens back to text as the tokenizer's decoder joins them (the pipeline's ``word`` of an entity)."""
+        return self._tok.decode(list(ids), skip_special_tokens=False)
 
     def token_lengths(self, texts: list[str], pairs: list[str] | None = None) -> list[int]:
         return [len(e.ids) for e in self._encode(texts, pairs)]
@@ -88,9 +102,10 @@ def model_max_length(folder: Path) -> int:
     tok_max = _read_json(folder / "tokenizer_config.json").get("model_max_length")
     if isinstance(tok_max, (int, float)) and 0 < tok_max < 1_000_000:
         limits.append(int(tok_max))
-    pos = _read_json(folder / "config.json").get("max_position_embeddings")
-    if isinstance(pos, int) and pos > 0:
-        limits.append(pos)
+    config = _read_json(folder / "config.json")
+    for key in ("max_position_embeddings", "n_positions"):  # BERT-likes, GPT-2
+        if isinstance(config.get(key), int) and config[key] > 0:
+            limits.append(config[key])
     return min(limits)
 
 

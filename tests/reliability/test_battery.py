@@ -201,7 +201,7 @@ def _run(case: Case, d: dict, index: int):
     return result, before, snapshot(case.work)
 
 
-def test_bad_inputs_fail_cleanly(inputs, capsys):
+def test_bad_inputs_fail_cleanly(inputs):
     cases = _cases(inputs)
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = list(pool.map(lambda ic: _run(ic[1], inputs, ic[0]), enumerate(cases)))
@@ -215,13 +215,12 @@ def test_bad_inputs_fail_cleanly(inputs, capsys):
             assert case.signal is None or result.returncode == SIGNAL_EXIT[case.signal]
         except AssertionError as exc:
             failures.append(f"{case.name}: {exc}")
-    with capsys.disabled():
-        print(f"\n{len(cases)} bad inputs across the commands, {len(cases) - len(failures)} failed cleanly "
-              "(documented exit code, one Error: line, no traceback, nothing written)")
-        for case, (result, _, _) in zip(cases, results):
-            print(f"  [{result.returncode:3d}] {result.seconds:4.1f}s {case.name}: "
-                  f"{result.stderr.strip().splitlines()[-1][:140]}")
-    assert not failures, "\n".join(failures)
+    table = [f"{len(cases)} bad inputs across the commands, {len(cases) - len(failures)} failed cleanly "
+             "(documented exit code, one Error: line, no traceback, nothing written)"]
+    table += [f"  [{result.returncode:3d}] {result.seconds:4.1f}s {case.name}: "
+              f"{(result.stderr.strip().splitlines() or [''])[-1][:140]}" for case, (result, _, _) in zip(cases, results)]
+    print("\n".join(table))  # captured: pytest shows it with -s or -rP, and on a failure
+    assert not failures, "\n".join(failures + table)
     assert len(cases) >= 25
 
 

@@ -1,11 +1,14 @@
 """Resume and the step cache: a killed ``optimize`` reruns only what is missing; concurrent runs share one cache.
 
 Runtime: about 60 s on 2 busy cores (three optimize runs of the tiny model, one killed).
+The kill lands deterministically: ``EDGEKIT_TEST_PAUSE_IN_STEP`` stops the first run at quantize's first
+file write into its temporary cache folder (see edgekit/cache.py), and the test kills it there.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,33 +18,33 @@ from pathlib import Path
 from reliability_helpers import command, run_cli, temps_in
 
 from edgekit.artifact import sha256_file
-from edgekit.cache import StepCache, entry_is_complete
+from edgekit.cache import PAUSE_ENV, StepCache, entry_is_complete
 
 
 def _entries(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*") if p.is_dir() and not p.name.startswith("."))
 
 
-def _kill_mid_quantize(args: list, cache: Path, timeout: float = 240) -> bool:
-    """Start optimize; SIGKILL it once export is cached and quantize is writing. True if caught mid-quantize."""
-    proc = subprocess.Popen(command(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline, mid_quantize = time.monotonic() + timeout, False
+def _kill_mid_quantize(args: list, cache: Path, marker: Path, timeout: float = 240) -> None:
+    """Start optimize paused at quantize's first file write (edgekit.cache's test hook); SIGKILL it there."""
+    env = {**os.environ, PAUSE_ENV: f"quantize:{marker}"}
+    proc = subprocess.Popen(command(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + timeout
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            exported = any(entry_is_complete(e) for e in _entries(cache / "export"))
-            mid_quantize = exported and bool(temps_in(cache / "quantize"))
-            if mid_quantize or (exported and _entries(cache / "quantize")):
-                proc.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.01)
-        else:
-            raise AssertionError(f"optimize ended before it could be killed: {proc.communicate()[1][-2000:]}")
+        while not marker.exists():
+            assert proc.poll() is None, f"optimize ended before quantize wrote: {proc.communicate()[1][-2000:]}"
+            assert time.monotonic() < deadline, "optimize did not reach quantize in time"
+            time.sleep(0.05)
+        assert int(marker.read_text()) == proc.pid
+        # the state the kill lands in: export complete, quantize's entry half-written in a temporary folder
+        assert [entry_is_complete(e) for e in _entries(cache / "export")] == [True]
+        assert temps_in(cache / "quantize") and not _entries(cache / "quantize")
+        proc.send_signal(signal.SIGKILL)
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
     assert proc.returncode == -signal.SIGKILL
-    return mid_quantize
 
 
 def test_killed_optimize_resumes_from_cache_with_identical_result(tiny_model, tiny_data, tiny_int8, tmp_path):
@@ -49,20 +52,17 @@ def test_killed_optimize_resumes_from_cache_with_identical_result(tiny_model, ti
     out.parent.mkdir()
     args = ["optimize", tiny_model, "--data", tiny_data, "--out", out, "--iterations", "3", "--warmup", "1",
             "--cache-dir", cache, "--json"]
-    mid_quantize = _kill_mid_quantize(args, cache)
-    print(f"\nkilled {'mid-quantization' if mid_quantize else 'after quantization (missed the window)'}")
+    _kill_mid_quantize(args, cache, tmp_path / "paused")
     assert not out.exists(), "a killed run must leave no OUT"
-    assert len(_entries(cache / "export")) == 1
-    if mid_quantize:
-        assert not any(entry_is_complete(e) for e in _entries(cache / "quantize"))
+    assert temps_in(cache / "quantize"), "the killed writer's temporary folder is still there"
 
     rerun = run_cli(args)
     assert rerun.returncode == 0, rerun.stderr
     report = json.loads(rerun.stdout)
     stages = {s["name"]: s for s in report["stages"]}
     assert stages["export"]["cached"] is True and "served from the step cache" in stages["export"]["notes"]
-    assert stages["quantize"]["cached"] is (not mid_quantize)
-    assert report["cache"]["cached_stages"][0] == "export"
+    assert stages["quantize"]["cached"] is False
+    assert report["cache"]["cached_stages"] == ["export"]
     # the same bytes an uninterrupted, uncached export + quantize gives (the tiny_int8 fixture, in-process)
     final = sha256_file(out / "model.onnx")
     assert final == sha256_file(tiny_int8 / "model.onnx")

@@ -130,3 +130,48 @@ def test_dynamic_batching_server(tiny_onnx):
     finally:
         code, err = srv.stop()
     assert code == 0 and "Traceback" not in err, err
+
+
+def test_keep_alive_serves_many_requests_on_one_connection(server):
+    """HTTP/1.1: one socket carries answers, errors and health checks; every response has Content-Length."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(server.url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        conn.connect()
+        sock = conn.sock
+        requests = [("POST", "/classify", json.dumps({"texts": [t]}).encode()) for t in TEXTS]
+        requests += [("GET", "/health", None), ("POST", "/classify", b"{not json"), ("POST", "/classify", b"{}")]
+        requests += [("POST", "/classify", json.dumps({"texts": TEXTS}).encode())] * 3
+        statuses = []
+        for method, path, body in requests:
+            conn.request(method, path, body, {"Content-Type": "application/json"} if body else {})
+            resp = conn.getresponse()
+            payload = resp.read()
+            assert resp.version == 11 and not resp.will_close, resp.getheaders()
+            assert int(resp.getheader("Content-Length")) == len(payload)
+            assert conn.sock is sock  # http.client would have reconnected on a closed connection
+            statuses.append(resp.status)
+        assert statuses == [200] * len(TEXTS) + [200, 400, 400] + [200] * 3
+    finally:
+        conn.close()
+
+
+def test_concurrent_keep_alive_clients_without_failures(tiny_optimized):
+    """bench/serve/load.py's clients, 32 at once for 3 s on the batching server: no failure, one socket each."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve_load", SERVER.parents[1] / "bench" / "serve" / "load.py")
+    load_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(load_script)
+    srv = Server(tiny_optimized, "--max-wait-ms", "5")
+    try:
+        result = load_script.run_load(srv.url, TEXTS, clients=32, seconds=3, requests=100_000, timeout=30)
+    finally:
+        code, err = srv.stop()
+    assert result["failed"] == 0 and result["errors"] == {}, result
+    assert result["ok"] >= 32 and result["connections"] == 32 and result["unfinished_clients"] == 0, result
+    assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p99"]
+    assert code == 0 and "Traceback" not in err, err

@@ -165,3 +165,18 @@ def test_empty_and_bad_inputs(tiny_optimized):
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def test_load_refuses_an_artifact_that_failed_its_gate(tiny_optimized, tmp_path):
+    failed = shutil.copytree(tiny_optimized, tmp_path / "failed")
+    manifest = json.loads((failed / "manifest.json").read_text())
+    assert manifest["passed"] is True and manifest["task"] == "text-classification"
+    manifest["passed"] = False
+    (failed / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError) as err:
+        load(failed)
+    assert "failed its accuracy gate" in str(err.value) and "allow_failed=True" in str(err.value)
+    assert "\n" not in str(err.value)
+    clf = load(failed, allow_failed=True)
+    assert isinstance(clf, TextClassifier)
+    assert clf.predict(TEXTS) == load(tiny_optimized).predict(TEXTS)

@@ -78,3 +78,33 @@ def test_subset_is_seeded_and_keeps_order(tmp_path):
     a, b = ds.subset(5, seed=1), ds.subset(5, seed=1)
     assert a.texts == b.texts and len(a) == 5
     assert [int(t[1:]) for t in a.texts] == sorted(int(t[1:]) for t in a.texts)
+
+
+def test_token_classification_jsonl_and_conll(tmp_path):
+    from edgekit.data import encode_tags, load_token_dataset
+
+    jsonl = tmp_path / "ner.jsonl"
+    jsonl.write_text('{"tokens": ["Alice", "lives", "in", "Paris"], "ner_tags": ["B-PER", "O", "O", "B-LOC"]}\n'
+                     '{"tokens": ["Bob"], "ner_tags": [1]}\n')
+    ds = load_token_dataset(jsonl)
+    assert ds.texts == ["Alice lives in Paris", "Bob"] and ds.tags[1] == ["1"]
+    assert ds.word_spans(0) == [(0, 5), (6, 11), (12, 14), (15, 20)]
+    assert encode_tags(ds.tags, {"O": 0, "B-PER": 1, "B-LOC": 2}) == [[1, 0, 0, 2], [1]]
+    conll = tmp_path / "ner.conll"
+    conll.write_text("-DOCSTART- -X- O O\n\nAlice NNP B-PER\nlives VBZ O\n\nParis NNP B-LOC\n")
+    ds = load_token_dataset(conll)
+    assert ds.words == [["Alice", "lives"], ["Paris"]] and ds.tags == [["B-PER", "O"], ["B-LOC"]]
+    assert load_dataset(jsonl, require_labels=False).texts[0] == "Alice lives in Paris"  # bench / calibration
+    assert load_dataset(conll, require_labels=False).texts == ["Alice lives", "Paris"]
+
+
+def test_token_rows_with_mismatched_tags_are_one_line_errors(tmp_path):
+    from edgekit.data import load_token_dataset
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"tokens": ["a", "b"], "ner_tags": ["O"]}\n')
+    with pytest.raises(DataError, match="has 2 words but 1 tags"):
+        load_token_dataset(bad)
+    bad.write_text('{"tokens": "a b", "ner_tags": ["O"]}\n')
+    with pytest.raises(DataError, match="not a non-empty list of words"):
+        load_token_dataset(bad)

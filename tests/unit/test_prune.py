@@ -277,3 +277,17 @@ def test_other_bert_family_types_prune_and_reload(model_type, tmp_path):
     assert ps.encoder_layers(reloaded)[0].intermediate.dense.out_features == 24
     with torch.inference_mode():
         torch.testing.assert_close(reloaded(**inputs).logits, pruned(**inputs).logits)
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "distilbert"])
+def test_unsupported_layouts_are_refused_in_one_line_naming_the_supported(model_type):
+    from transformers import AutoConfig
+
+    from edgekit import prune_structured as ps
+    from edgekit.errors import ModelError
+
+    with pytest.raises(ModelError) as err:
+        ps.layout_of(AutoConfig.for_model(model_type))
+    message = str(err.value)
+    assert f"'{model_type}'" in message and "\n" not in message
+    assert all(t in message for t in ("bert", "roberta", "deberta-v2"))

@@ -1,0 +1,90 @@
+"""report.md formatting (escaped cells, no "None") and optimize's report.html hook, on the saved optimize report.
+
+bench/optimize-report.json is a real optimize report.json (its stage notes hold "max |diff|"); the test
+edits copies of it, so it runs in well under a second without a model.
+"""
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from edgekit import report as rep
+
+SAVED = Path(__file__).resolve().parents[2] / "bench" / "optimize-report.json"
+UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
+
+
+@pytest.fixture
+def saved() -> dict:
+    return json.loads(SAVED.read_text())
+
+
+def _tables(md: str) -> list[list[str]]:
+    tables, current = [], []
+    for line in md.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def _assert_tables_well_formed(md: str) -> None:
+    tables = _tables(md)
+    assert tables
+    for table in tables:
+        widths = {len(UNESCAPED_PIPE.findall(line)) for line in table}
+        assert len(widths) == 1, table  # every row has as many cells as the header
+
+
+def test_md_cell_escapes_specials():
+    assert rep.md_cell("max |diff| 2e-06") == "max \\|diff\\| 2e-06"
+    assert rep.md_cell("a_b *c* `d` <e>") == "a\\_b \\*c\\* \\`d\\` \\<e\\>"
+    assert rep.md_cell("two\nlines") == "two lines"
+    assert rep.md_cell(None) == "—" and rep.md_cell(None, "") == ""
+
+
+def test_optimize_markdown_tables_hold_and_no_none(saved):
+    saved["stages"].append({"name": "odd|stage", "seconds": None, "notes": "a | b\nc"})
+    saved["bench"]["threads"] = None
+    saved["environment"]["threads"] = {"intra_op": None, "torch": None, "env": {}}
+    md = rep.optimize_markdown(saved)
+    assert "max \\|diff\\|" in md and "odd\\|stage" in md
+    _assert_tables_well_formed(md)
+    assert "None" not in md
+    cores = saved["environment"]["cpu"]["usable_cores"]
+    assert f"default ({cores} cores) threads" in md and f"intra-op default ({cores} cores)" in md
+
+
+def test_combined_report_markdown_well_formed(saved, tmp_path):
+    from edgekit.report_runs import load_runs
+
+    saved["baseline"]["backend"] = "pytorch|fp32"  # a cell with a pipe in the combined table
+    (tmp_path / "report.json").write_text(json.dumps(saved))
+    md = rep.report_markdown(rep.build_report(load_runs([tmp_path])))
+    _assert_tables_well_formed(md)
+    assert "pytorch\\|fp32" in md and "None" not in md
+
+
+def test_write_html_for_run(saved, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib", reason="matplotlib (edgekit[report]) draws the plots")
+    (tmp_path / "report.json").write_text(json.dumps(saved))
+    note = rep.write_html_for_run(tmp_path, source="out/run")
+    html = (tmp_path / "report.html").read_text()
+    assert note == "report.html: out/run/report.html"
+    assert html.count("data:image/png;base64,") == 3 and "out/run" in html and "None" not in html
+
+
+def test_write_html_for_run_without_matplotlib(saved, tmp_path, monkeypatch):
+    import edgekit.deps
+
+    real = edgekit.deps.available
+    monkeypatch.setattr(edgekit.deps, "available", lambda m: False if m == "matplotlib" else real(m))
+    (tmp_path / "report.json").write_text(json.dumps(copy.deepcopy(saved)))
+    note = rep.write_html_for_run(tmp_path)
+    assert "pip install 'edgekit[report]'" in note and "\n" not in note
+    assert not (tmp_path / "report.html").exists()
