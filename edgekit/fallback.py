@@ -29,7 +29,7 @@ import numpy as np
 
 from .artifact import Artifact, atomic_dir, resolve, write_manifest
 from .bench import summarize
-from .check import evaluate, labeled_data
+from .check import evaluate, gate_metric, labeled_data
 from .data import TextDataset, load_dataset
 from .deps import require
 from .errors import InputError
@@ -172,7 +172,7 @@ def quantize_with_fallback(onnx: str | Path, out: str | Path, qoptions: Quantize
         encoder = TextEncoder(src.folder)
         batch = 1 if qoptions.resolved_mode() == "dynamic" else 32  # dynamic scales depend on padding
         reference = evaluate(OrtSession(src.model_file), encoder, ds.texts, batch)
-        ref_acc = float((reference.argmax(-1) == labels).mean())
+        ref_acc = gate_metric(reference, labels)
         ranked = sensitivity(src.model_file, src.folder, calibration.subset(options.sensitivity_samples, 7).texts,
                              qoptions)
         trials = _search(src, qoptions, options, ranked, calibration, work, encoder, ds, labels, ref_acc, batch)
@@ -211,7 +211,7 @@ def _search(src, qoptions, options, ranked, calibration: TextDataset, work, enco
         art = quantize(src.path, work / f"trial{index}", trial_opts, calibration_data=calibration,
                        calibration_cache=cache if trial_opts.resolved_mode() == "static" else None)
         logits = evaluate(OrtSession(art.model_file), encoder, ds.texts, batch)
-        accuracy = float((logits.argmax(-1) == labels).mean())
+        accuracy = gate_metric(logits, labels)
         # CPU latency of a TensorRT QDQ graph says nothing about the engine: time only the cpu target
         p50 = _latency(art.model_file, encoder, ds.texts, options.latency_iterations) if qoptions.target == "cpu" else None
         trials.append({"index": index, "excluded": k, "accuracy": accuracy, "accuracy_drop": ref_acc - accuracy,
