@@ -22,17 +22,18 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from .artifact import Artifact, atomic_dir, resolve, write_manifest
 from .bench import summarize
-from .check import evaluate, labeled_data
+from .check import evaluate, gate_metric, labeled_data
 from .data import TextDataset, load_dataset
 from .deps import require
 from .errors import InputError
+from .schema import opt
 from .quantize import QuantizeOptions, quantize
 from .runtime.session import OrtSession
 from .runtime.tokenizer import TextEncoder
@@ -43,11 +44,13 @@ EPS = 1e-9  # accuracy differences below this are float noise, not a drop
 
 @dataclass
 class FallbackOptions:
-    max_accuracy_drop: float = 0.01
-    validation_samples: int = 400       # labeled sentences the loop judges on
-    sensitivity_samples: int = 32       # sentences for the SQNR analysis
-    latency_iterations: int = 60        # timed runs per trial (batch 1)
-    seed: int = 1                       # != the calibration seed, so the splits differ
+    """Options of the per-layer fallback loop (``optimize`` builds them in one place: pipeline.fallback_options)."""
+
+    max_accuracy_drop: float = opt(0.01, help="Budget (fraction) the loop holds on the validation rows.")
+    validation_samples: int = opt(400, help="Labeled sentences the loop judges on.")
+    sensitivity_samples: int = opt(32, help="Sentences for the SQNR analysis.")
+    latency_iterations: int = opt(60, help="Timed runs per trial (batch 1; cpu target only).")
+    seed: int = opt(1, help="Seed of the validation subset (!= the calibration seed, so the splits differ).")
 
 
 def sensitivity(onnx_path: Path, folder: Path, texts: list[str], options: QuantizeOptions) -> list[dict]:
@@ -169,7 +172,7 @@ def quantize_with_fallback(onnx: str | Path, out: str | Path, qoptions: Quantize
         encoder = TextEncoder(src.folder)
         batch = 1 if qoptions.resolved_mode() == "dynamic" else 32  # dynamic scales depend on padding
         reference = evaluate(OrtSession(src.model_file), encoder, ds.texts, batch)
-        ref_acc = float((reference.argmax(-1) == labels).mean())
+        ref_acc = gate_metric(reference, labels)
         ranked = sensitivity(src.model_file, src.folder, calibration.subset(options.sensitivity_samples, 7).texts,
                              qoptions)
         trials = _search(src, qoptions, options, ranked, calibration, work, encoder, ds, labels, ref_acc, batch)
@@ -191,7 +194,7 @@ def _fused_source(src: Artifact, qoptions: QuantizeOptions, work: Path) -> tuple
     if not info["applied"]:
         return src, qoptions
     copy_tokenizer_and_config(src.folder, fused)
-    return resolve(fused), QuantizeOptions(**{**asdict(qoptions), "fuse": False})
+    return resolve(fused), replace(qoptions, fuse=False)
 
 
 def _search(src, qoptions, options, ranked, calibration: TextDataset, work, encoder, ds, labels, ref_acc,
@@ -203,12 +206,12 @@ def _search(src, qoptions, options, ranked, calibration: TextDataset, work, enco
     extra = 1 if qoptions.target == "cpu" else 0
     for index, k in enumerate(k for k in SCHEDULE if k <= len(ranked)):
         excluded = [r["node"] for r in ranked[:k]]
-        trial_opts = QuantizeOptions(**{**asdict(qoptions), "nodes_to_exclude": excluded})
+        trial_opts = replace(qoptions, nodes_to_exclude=excluded)
         started = time.perf_counter()
         art = quantize(src.path, work / f"trial{index}", trial_opts, calibration_data=calibration,
                        calibration_cache=cache if trial_opts.resolved_mode() == "static" else None)
         logits = evaluate(OrtSession(art.model_file), encoder, ds.texts, batch)
-        accuracy = float((logits.argmax(-1) == labels).mean())
+        accuracy = gate_metric(logits, labels)
         # CPU latency of a TensorRT QDQ graph says nothing about the engine: time only the cpu target
         p50 = _latency(art.model_file, encoder, ds.texts, options.latency_iterations) if qoptions.target == "cpu" else None
         trials.append({"index": index, "excluded": k, "accuracy": accuracy, "accuracy_drop": ref_acc - accuracy,

@@ -40,9 +40,14 @@ class _Stages:
 
     @contextmanager
     def stage(self, name: str, notes: str = ""):
+        """A report row for the stage, and its start/end lines on stderr (edgekit.progress; --quiet)."""
+        from . import progress
+
         started = time.perf_counter()
         row = {"name": name, "notes": notes}
-        yield row
+        with progress.stage(name, notes) as line:
+            yield row
+            line["note"] = "served from the step cache" if row.get("cached") else None
         row["seconds"] = round(time.perf_counter() - started, 2)
         if row.get("cached"):
             row["notes"] += "; served from the step cache"

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .artifact import atomic_dir, copy_tokenizer_and_config, resolve, sha256_file, write_manifest
 from .bench import BenchOptions, measure
-from .check import evaluate, labeled_data
+from .check import evaluate, gate_metric, labeled_data
 from .data import TextDataset
 from .errors import EdgekitError
 from .runtime.session import OrtSession
@@ -158,7 +158,7 @@ def measure_candidate(folder: Path, setup: TrialSetup) -> dict:
     logits = evaluate(OrtSession(art.model_file, threads=setup.threads), encoder, ds.texts, batch, ds.pairs)
     latency = _latency(art.model_file, encoder, ds.texts, setup) if setup.target == "cpu" else None
     fallback = art.manifest.get("fallback") or {}
-    return {"accuracy": float((logits.argmax(-1) == labels).mean()), "samples": int(len(labels)),
+    return {"accuracy": gate_metric(logits, labels), "samples": int(len(labels)),
             "eval_batch_size": batch, "p50_ms": latency["latency_ms"]["p50"] if latency else None,
             "latency": latency, "precision": art.manifest.get("precision", "fp32"),
             "format": art.manifest.get("format"), "bytes": art.model_file.stat().st_size,

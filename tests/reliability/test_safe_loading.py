@@ -140,7 +140,9 @@ def test_recipe_paths_are_relative_to_the_project_not_the_cwd(tmp_path, monkeypa
     ("data: link/hostname\n", "data"),                      # a symlink out of the project
     ("model: ../elsewhere/model\n", "model"),
     ("model: {local: ../shared/m}\n", "model.local"),       # a read root, but not declared by this project
-    ("quantize: {calibration_data: ../../calib.tsv}\n", "calibration_data"),
+    ("data: {calibration_data: ../../calib.tsv}\n", "calibration_data"),
+    ("data: {validation_data: ../../calib.tsv}\n", "validation_data"),
+    ("options: {prune_data: ../../calib.tsv}\n", "prune_data"),          # an older recipe's flat key
     ("out: ../../home/user/.ssh\n", "out"),
 ])
 def test_recipe_paths_cannot_escape_their_project(tmp_path, text, what):

@@ -57,8 +57,12 @@ def empty_cwd(tmp_path, monkeypatch) -> Path:
     return cwd
 
 
-def test_cpu_optimize_reads_each_file_once_and_leaves_cwd_empty(tiny_model, files, reads, empty_cwd, tmp_path):
+def test_cpu_optimize_reads_each_file_once_and_leaves_cwd_empty(tiny_model, files, reads, empty_cwd, tmp_path,
+                                                                capsys):
+    from edgekit import progress
     from edgekit.pipeline import optimize
+
+    progress.set_quiet(False)
 
     options = OptimizeOptions(quantize=QuantizeOptions(mode="static", calibration_samples=8), bench=QUICK,
                               gate=GateOptions(max_accuracy_drop=0.5),
@@ -70,6 +74,8 @@ def test_cpu_optimize_reads_each_file_once_and_leaves_cwd_empty(tiny_model, file
     by_name = {Path(p).name: n for p, n in reads.items()}
     assert by_name == {"gate.tsv": 1, "validation.tsv": 1, "train.tsv": 1}
     assert report["check"]["eval_batch_size"] == 32  # static int8: GateOptions.batch_for
+    err = capsys.readouterr().err  # every stage says when it starts and ends (--quiet: set_quiet(True))
+    assert all(f"[edgekit] {s} done in" in err for s in ("prune", "export", "quantize", "check", "bench")), err
     assert list(empty_cwd.iterdir()) == []
 
 
