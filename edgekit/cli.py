@@ -406,6 +406,8 @@ def optimize_cmd(model, data, out, recipe, force, as_json, quiet, cache_dir, no_
         raise click.UsageError(f"Missing {', '.join(missing)} (give them as arguments/flags or in --recipe).")
     given = nested(flags)
     options = OptimizeOptions.from_dict(merge(rec.options if rec else {}, given))
+    if options.export.task == "text-generation" or _is_causal_lm(model):
+        return _optimize_lm(model, data, out, options, force)
     searching = {"--time-budget": time_budget, "--resume": resume or None, "--ray-address": ray_address, "--seed": seed}
     if search_mode or any(v is not None for v in searching.values()):
         explicit = dotted(given) | dotted(rec.options if rec else {})
@@ -413,16 +415,57 @@ def optimize_cmd(model, data, out, recipe, force, as_json, quiet, cache_dir, no_
                            None if no_cache else StepCache(cache_dir))
     r = optimize(model, data, out, options, force=force, cache=None if no_cache else StepCache(cache_dir))
     base, opt = r["baseline"], r["optimized"]
-    latency = (f"p50 {base['latency_ms']['p50']:.2f} -> {opt['latency_ms']['p50']:.2f} ms ({r['speedup_p50']:.2f}x)"
-               if opt["latency_ms"] else f"{opt['backend']} latency {opt['latency_note']}")
-    emit(r, as_json, f"{'PASSED' if r['passed'] else 'FAILED'}: accuracy {base['accuracy']:.4f} -> {opt['accuracy']:.4f} "
+    for warning in r.get("warnings", []):
+        click.echo(f"Warning: {warning}", err=True)
+    if r.get("html_note") and not as_json:
+        click.echo(r["html_note"], err=True)
+    metric = r["check"].get("metric", "accuracy")
+    emit(r, as_json, f"{'PASSED' if r['passed'] else 'FAILED'}: {metric} {base['accuracy']:.4f} -> {opt['accuracy']:.4f} "
                      f"(drop {r['accuracy_drop'] * 100:+.2f} pt, allowed {options.gate.max_accuracy_drop * 100:.2f}), "
-                     f"{latency} in {r['seconds_total']:.0f} s{_cached_note(r)}. Artifact: {opt['path']}; "
-                     f"report: {Path(out) / 'report.md'}")
+                     f"{_latency_text(r)} in {r['seconds_total']:.0f} s{_cached_note(r)}. Artifact: {opt['path']}; "
+                     f"report: {Path(out) / 'report.md'}{_warning_note(r)}")
+
+
+def _latency_text(r: dict) -> str:
+    base, opt = r["baseline"], r["optimized"]
+    if not opt["latency_ms"]:
+        return f"{opt['backend']} latency {opt['latency_note']}"
+    s = r.get("speedup") or {}
+    spread = (f", interleaved IQR {s['iqr'][0]:.2f}-{s['iqr'][1]:.2f}{', UNSTABLE' if s.get('unstable') else ''}"
+              if s.get("iqr") else "")
+    return f"p50 {base['latency_ms']['p50']:.2f} -> {opt['latency_ms']['p50']:.2f} ms ({r['speedup_p50']:.2f}x{spread})"
+
+
+def _warning_note(r: dict) -> str:
+    """The final line carries the warnings too: a figure measured on a busy machine is never shown bare."""
+    warnings = r.get("warnings") or []
+    if not warnings:
+        return ""
+    return f" WARNING ({len(warnings)}): {warnings[0]}" + (" (more above)" if len(warnings) > 1 else "")
 
 
 optimize_cmd.argument_help = {"model": "The fine-tuned Hugging Face model folder (save_pretrained output). "
                                         "Required: here or as model: in --recipe."}
+
+
+def _is_causal_lm(model) -> bool:
+    """A .gguf file, or an HF folder whose architecture is a causal LM (``*ForCausalLM``, ``*LMHeadModel``)."""
+    path = Path(str(model))
+    if path.suffix == ".gguf":
+        return True
+    try:
+        archs = json.loads((path / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return False
+    return any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+
+
+def _optimize_lm(model, data, out, options, force) -> None:
+    """``optimize`` on a causal LM: edgekit.llm's pipeline (int4 export, generated-answer gate, TTFT/tokens/s)."""
+    from .llm.cli_optimize import run
+
+    run(str(model), str(data), Path(out), rows=options.data.max_samples or 200, threads=options.bench.threads or 2,
+        max_accuracy_drop=options.gate.max_accuracy_drop * 100, force=force)
 
 
 def _cached_note(report: dict) -> str:
@@ -601,3 +644,14 @@ def prune_cmd(model, data, out, eval_data, text_column, label_column, force, as_
     emit(m, as_json, f"Pruned {model}: FFN {ffn['before']} -> {ffn['after']} per layer, blocks {layers['before']} -> "
                      f"{layers['after']} (dropped {layers['dropped'] or 'none'}), params {params['before'] / 1e6:.1f}M -> "
                      f"{params['after'] / 1e6:.1f}M; {recovered}; {acc}; {m['seconds']:.0f} s. Saved to {out}.")
+
+
+def _register_language_model_commands() -> None:
+    """export-lm, quantize-lm, optimize-lm (edgekit.llm; their heavy imports happen when they run)."""
+    from .llm import cli as llm_cli, cli_optimize
+
+    llm_cli.register(main)
+    cli_optimize.register(main)
+
+
+_register_language_model_commands()

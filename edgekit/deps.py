@@ -31,6 +31,11 @@ EXTRAS: dict[str, str] = {
     "datasets": "datasets",
     "matplotlib": "report",
     "ray": "search",
+    "onnxruntime_genai": "llm",
+    "gguf": "llm",
+    "peft": "llm",
+    "llama_cpp": "llm",
+    "jinja2": "cpu",
 }
 
 

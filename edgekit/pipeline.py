@@ -26,12 +26,15 @@ from .errors import GateFailedError, InputError, ModelError
 from .export import ExportOptions, export
 from .options import DataOptions, GateOptions, OptimizeOptions, same_file
 from .quantize import quantize
-from .report import optimize_markdown, write_json
+from .report import optimize_markdown, write_html_for_run, write_json
 from .report_schema import optimize_report
 from .sessions import encoder_for, session_for
 from .targets import ENGINE_TARGETS, EngineResult, engine_for_target
 
 __all__ = ["OptimizeOptions", "DataOptions", "GateOptions", "optimize", "RunData"]
+
+ORIGINAL_EVAL_BATCH = 32   # the fp32 original's accuracy does not depend on its batch; the candidate's may
+PAIRED_ROUNDS, PAIRED_RUNS = 12, 5
 
 
 class _Stages:
@@ -142,16 +145,20 @@ def optimize(model: str | Path, data: str | Path, out: str | Path, options: Opti
         with stages.stage("bench", f"batch {options.bench.batch_size}, {options.bench.iterations} runs each"):
             base_bench = bench(src, rows.gate, options.bench)
             shipped = engine.engine if engine else candidate
-            opt_bench = bench(shipped, rows.gate, options.bench) if engine is None or gpu_info() else None
+            measurable = engine is None or gpu_info()
+            opt_bench = bench(shipped, rows.gate, options.bench) if measurable else None
+        paired = _paired_ratio(src, shipped, rows, options, stages) if measurable else None
         if engine is None:
             _copy_artifact(candidate.path, tmp)
         report = optimize_report(src, data, out, options, checked, base_bench, opt_bench, shipped, stages.rows)
         report["check"]["eval_batch_size"] = eval_bs
+        _add_speedup(report, paired, base_bench, opt_bench)
         report["seconds_total"] = round(time.perf_counter() - started, 2)
         report["cache"] = {"dir": str(cache.root) if cache else None,
                            "cached_stages": [r["name"] for r in stages.rows if r.get("cached")]}
         write_json(tmp / "report.json", report)
         (tmp / "report.md").write_text(optimize_markdown(report))
+        report["html_note"] = write_html_for_run(tmp, source=str(out))
         write_manifest(tmp, "onnx", "optimize",
                        inputs={"model": str(src.path), "model_sha256": sha256_folder(src.path), "data": str(data),
                                "data_sha256": sha256_file(Path(data)) if Path(data).is_file() else None},
@@ -174,11 +181,46 @@ def _check(src, candidate, rows: RunData, options: OptimizeOptions, stages: "_St
     encoder = encoder_for(src)
     eval_bs = options.gate.batch_for(candidate.manifest.get("mode"), options.bench.batch_size)
     threads = options.bench.threads
-    with stages.stage("check", f"{len(rows.labels)} labeled examples, batch {eval_bs}, same tokens for both"):
+    with stages.stage("check", f"{len(rows.labels)} labeled examples, original at batch {ORIGINAL_EVAL_BATCH}, "
+                               f"candidate at batch {eval_bs}, same tokens for both"):
         texts, pairs = rows.checked.texts, rows.checked.pairs
-        ref = evaluate(session_for(src, threads, options.export.task), encoder, texts, eval_bs, pairs)
+        # the fp32 original's outputs do not depend on the batch: evaluate it in large batches (fast)
+        ref = evaluate(session_for(src, threads, options.export.task), encoder, texts, ORIGINAL_EVAL_BATCH, pairs)
         got = evaluate(session_for(candidate, threads), encoder, texts, eval_bs, pairs)
         return compare(ref, got, rows.labels), eval_bs
+
+
+def _paired_ratio(src, shipped, rows: RunData, options: OptimizeOptions, stages: "_Stages") -> dict:
+    """The speedup from interleaved rounds (original, optimized, original, ...) on the same inputs and threads,
+    so load from other processes lands on both sides (edgekit.paired)."""
+    from .paired import PairedOptions, paired_sessions
+    from .runtime.session import default_threads
+
+    b = options.bench
+    popts = PairedOptions(batch_size=b.batch_size, rounds=PAIRED_ROUNDS, runs=PAIRED_RUNS, warmup=3,
+                          threads=b.threads or default_threads())
+    with stages.stage("bench (interleaved)", f"{PAIRED_ROUNDS} rounds x {PAIRED_RUNS} runs, original and optimized "
+                                             "taking turns on the same inputs"):
+        with session_for(src, popts.threads, options.export.task) as base, \
+                session_for(shipped, popts.threads) as opt:
+            return paired_sessions({"original": base, "optimized": opt}, encoder_for(src), rows.gate.texts[:256],
+                                   popts, baseline="original")
+
+
+def _add_speedup(report: dict, paired: dict | None, base_bench: dict, opt_bench: dict | None) -> None:
+    """``speedup_p50`` from the interleaved rounds (its IQR and an unstable flag beside it); the ratio of the two
+    separate benches is kept as ``speedup_p50_separate``. Every warning goes into ``warnings``."""
+    warnings = list(dict.fromkeys((base_bench or {}).get("warnings", []) + (opt_bench or {}).get("warnings", [])))
+    if paired is not None:
+        r = paired["ratios"]["optimized"]
+        report["speedup_p50_separate"] = report["speedup_p50"]
+        report["speedup_p50"] = r["ratio"]
+        report["speedup"] = {"method": "interleaved", "ratio": r["ratio"], "iqr": r["iqr"], "spread": r["spread"],
+                             "unstable": r["unstable"], "rounds": len(paired["artifacts"]["original"]["round_p50_ms"]),
+                             "p50_ms": {k: a["p50_ms"] for k, a in paired["artifacts"].items()},
+                             "load_average": [paired["load_average_before"], paired["load_average_after"]]}
+        warnings += paired["warnings"]
+    report["warnings"] = list(dict.fromkeys(warnings))
 
 
 @contextmanager

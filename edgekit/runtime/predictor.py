@@ -180,6 +180,11 @@ def load(artifact: str | Path, backend: str = "auto", threads: int | None = None
     model's own maximum length); they can only lower an engine's limits.
     """
     folder = Path(artifact)
+    from .generate import is_generation_folder, load_generator
+
+    if is_generation_folder(folder):  # a causal LM: TextGenerator (generate, stream) on its own engines
+        _refuse_failed(folder, allow_failed)
+        return load_generator(folder, engine="auto", threads=threads)
     backend = resolve_backend(folder, backend)
     task = _servable_task(folder, allow_failed)
     model_file = ONNX_NAME if backend == "onnxruntime" else None
@@ -213,17 +218,21 @@ def _servable_task(folder: Path, allow_failed: bool) -> str:
     """The artifact's task, refusing ones the runtime does not serve and (unless allowed) failed gates."""
     from ..tasks import TASKS, task_of  # noqa: PLC0415  (pure Python: no torch)
 
-    manifest = _read_json(folder / "manifest.json")
-    if manifest.get("passed") is False and not allow_failed:
-        raise ModelError(f"Artifact '{folder}' failed its accuracy gate", "its manifest.json says passed: false",
-                         "Fix the model or the budget and re-run edgekit optimize, or pass allow_failed=True to "
-                         "load it anyway")
+    _refuse_failed(folder, allow_failed)
     task = task_of(folder)
     served = [name for name, spec in TASKS.items() if spec.predictor]
     if task not in served:
         raise ModelError(f"Artifact '{folder}' is a {task} model", f"the runtime serves {', '.join(served)}",
                          "Load it with ONNX Runtime directly (edgekit.runtime.OrtSession)")
     return task
+
+
+def _refuse_failed(folder: Path, allow_failed: bool) -> None:
+    """A ModelError for an artifact whose manifest records a failed gate, unless ``allow_failed``."""
+    if _read_json(folder / "manifest.json").get("passed") is False and not allow_failed:
+        raise ModelError(f"Artifact '{folder}' failed its accuracy gate", "its manifest.json says passed: false",
+                         "Fix the model or the budget and re-run edgekit optimize, or pass allow_failed=True to "
+                         "load it anyway")
 
 
 def resolve_backend(folder: Path, backend: str) -> str:
