@@ -69,7 +69,7 @@ def test_cpu_optimize_reads_each_file_once_and_leaves_cwd_empty(tiny_model, file
                               prune=PruneOptions(ffn=0.5, importance="magnitude", recover_epochs=0),
                               data=DataOptions(validation_data=str(files["validation"]), prune_data=str(files["train"])))
     report = optimize(tiny_model, files["gate"], tmp_path / "out", options)
-    assert [s["name"] for s in report["stages"]] == ["prune", "export", "quantize", "check", "bench"]
+    assert [s["name"] for s in report["stages"]] == ["prune", "export", "quantize", "check", "bench", "bench (interleaved)"]
     assert report["optimized"]["latency_ms"] and (tmp_path / "out" / "model.onnx").is_file()
     by_name = {Path(p).name: n for p, n in reads.items()}
     assert by_name == {"gate.tsv": 1, "validation.tsv": 1, "train.tsv": 1}
