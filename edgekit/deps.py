@@ -48,6 +48,8 @@ def require(module: str) -> ModuleType:
         imported = importlib.import_module(module)
     except (ImportError, OSError) as exc:  # not installed, or a shared library that fails to load
         raise MissingDependencyError(top, EXTRAS.get(top, "toolchain"), exc) from exc
+    if top == "onnxruntime":
+        importlib.import_module("onnxruntime").set_default_logger_severity(3)  # errors only: shape-merge advice is not the user's to read
     if top == "transformers":
         # transformers resets its logger on import: quiet it afterwards (load reports, advisories)
         importlib.import_module("transformers").utils.logging.set_verbosity_error()

@@ -42,7 +42,9 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 #: HF model_type -> ORT transformer optimizer model type (fusions it knows)
 FUSION_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert",
                       "electra": "bert", "camembert": "bert", "mpnet": "bert", "deberta-v2": "bert",
-                      "albert": "bert", "bart": "bart", "gpt2": "gpt2", "t5": "t5"}
+                      "albert": "bert", "bart": "bart", "t5": "t5"}
+# (no "gpt2": ORT's gpt2 fusions target the LM graph with past state; on a GPT-2 sequence classifier they leave
+#  FullyConnect nodes the int8 quantizer cannot type. onnxscript's fusions still run on it.)
 
 
 @dataclass
@@ -185,7 +187,8 @@ def fuse_transformer_graph(source: Path, dest: Path, folder: Path) -> dict:
     model_type = FUSION_MODEL_TYPES.get(str(config.get("model_type", "")))
     candidates = [("onnxscript", lambda out: fusion.onnxscript_fuse(source, out))]
     if model_type is not None:
-        heads, hidden = int(config.get("num_attention_heads", 0) or 0), int(config.get("hidden_size", 0) or 0)
+        heads, hidden = _config_int(config, "num_attention_heads", "n_head", "n_heads"), \
+            _config_int(config, "hidden_size", "n_embd", "dim")
         candidates.append(("onnxruntime", lambda out: fusion.ort_fuse(source, out, model_type, heads, hidden)))
     for name, run in candidates:
         out = dest.with_name(f"{dest.stem}-{name}.onnx")
@@ -203,6 +206,11 @@ def fuse_transformer_graph(source: Path, dest: Path, folder: Path) -> dict:
         return {"applied": False, "reason": "no fusion pass produced a matching fused graph", "tried": tried}
     dest.with_name(f"{dest.stem}-{best}.onnx").replace(dest)
     return {"applied": True, "by": best, "fused_ops": tried[best]["fused_ops"], "tried": tried}
+
+
+def _config_int(config: dict, *names: str) -> int:
+    """The first of ``names`` in config.json (families name heads/hidden differently: n_head, n_embd, dim...)."""
+    return next((int(config[n]) for n in names if isinstance(config.get(n), int)), 0)
 
 
 def _fusion_feeds(model: Path, folder: Path) -> list[dict]:
@@ -228,11 +236,16 @@ def _quiet_root_logger():
 
 def _quantize_dynamic(source: Path, target: Path, options: QuantizeOptions) -> None:
     q = require("onnxruntime.quantization")
-    with _quiet_root_logger():
-        q.quantize_dynamic(str(source), str(target), weight_type=q.QuantType.QInt8, per_channel=options.per_channel,
-                           reduce_range=options.reduce_range,
-                                 op_types_to_quantize=options.resolved_op_types(), nodes_to_exclude=options.nodes_to_exclude,
-                                 extra_options={"MatMulConstBOnly": True})
+    try:
+        with _quiet_root_logger():
+            q.quantize_dynamic(str(source), str(target), weight_type=q.QuantType.QInt8,
+                               per_channel=options.per_channel, reduce_range=options.reduce_range,
+                               op_types_to_quantize=options.resolved_op_types(),
+                               nodes_to_exclude=options.nodes_to_exclude, extra_options={"MatMulConstBOnly": True})
+    except (RuntimeError, ValueError, KeyError, IndexError) as exc:  # ORT's quantizer on a graph it cannot type
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ModelError("Dynamic int8 quantization failed", f"{type(exc).__name__}: {first}",
+                         "Retry with --no-fuse (the unfused graph), or set EDGEKIT_DEBUG=1 for the traceback") from exc
 
 
 def _quantize_static(source: Path, target: Path, folder: Path, options: QuantizeOptions, calibration_data,
