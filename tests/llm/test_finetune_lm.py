@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 pytest.importorskip("tokenizers")
 
-from edgekit.errors import DataError, ModelError  # noqa: E402
+from edgekit.errors import DataError, InputError, ModelError  # noqa: E402
 from edgekit.llm.finetune import (IGNORE, LMFinetuneOptions, ResponseCollator, encode_example,  # noqa: E402
                                   finetune_lm, load_causal_lm, load_examples)
 
@@ -147,3 +147,39 @@ def test_bad_target_modules_name_the_real_ones(base, data, tmp_path):
         finetune_lm(base, data, tmp_path / "out", o)
     assert "q_proj" in str(err.value) and "lm_head" not in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_resume_continues_from_the_last_checkpoint(base, data, tmp_path, monkeypatch):
+    import edgekit.llm.finetune as ft
+
+    out = tmp_path / "ft"
+    o = LMFinetuneOptions(**{**OPTS, "max_steps": 4, "save_steps": 2})
+    with pytest.raises(InputError, match="Nothing to resume"):
+        finetune_lm(base, data, out, LMFinetuneOptions(**{**OPTS, "resume": True}))
+
+    def crash(*args):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(ft, "_save", crash)
+    with pytest.raises(RuntimeError):
+        finetune_lm(base, data, out, o)
+    assert not out.exists() and (tmp_path / ".ft.work" / "checkpoint-4").is_dir()
+    monkeypatch.undo()
+    m = finetune_lm(base, data, out, LMFinetuneOptions(**{**OPTS, "max_steps": 6, "resume": True}))
+    assert m["steps"] == 6 and (out / "model.safetensors").is_file() and not (tmp_path / ".ft.work").exists()
+
+
+def test_cli_full_finetune(base, data, tmp_path):
+    from click.testing import CliRunner
+
+    from edgekit.llm.cli_finetune import finetune_lm_cmd
+
+    out = tmp_path / "full"
+    args = [str(base), "--data", str(data), "--out", str(out), "--full", "--max-steps", "2", "--lr", "1e-3",
+            "--prompt-template", "review {text} sentiment", "--label-words", "0=bad,1=good", "--json"]
+    r = CliRunner().invoke(finetune_lm_cmd, args)
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.stdout)
+    assert m["lora"] is False and m["steps"] == 2 and (out / "config.json").is_file()
+    bad = CliRunner().invoke(finetune_lm_cmd, args[:-1] + ["--label-words", "nonsense"])
+    assert bad.exit_code == 2 and "LABEL=WORD" in bad.output
