@@ -91,14 +91,15 @@ def test_lora_lowers_loss_and_merges_into_plain_folder(base, data, tmp_path):
     assert set(merged) == set(plain) and not any("lora_" in k for k in merged)
     changed = [k for k in plain if "q_proj" in k and not torch.equal(merged[k], plain[k])]
     assert changed, "LoRA was not merged into the attention weights"
-    assert (out / "tokenizer.json").is_file() and json.loads((out / "manifest.json").read_text())["step"] == "finetune-lm"
+    assert (out / "tokenizer.json").is_file()
+    assert json.loads((out / "manifest.json").read_text())["step"] == "finetune-lm"
     assert not (tmp_path / ".ft.work").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["ft"]
 
 
 def test_collator_masks_prompt_and_padding(base):
     tokenizer, _ = load_causal_lm(base, 0)
     o = LMFinetuneOptions(prompt_template="review {text} sentiment")
-    long_ex, short_ex = load_examples_from_rows(o)
+    long_ex, short_ex = _two_examples(o)
     rows = [encode_example(tokenizer, ex, 64) for ex in (long_ex, short_ex)]
     batch = ResponseCollator(tokenizer.pad_token_id)(rows)
     response = tokenizer("positive", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -111,7 +112,7 @@ def test_collator_masks_prompt_and_padding(base):
     assert "<|im_start|>" in tokenizer.decode(rows[0]["input_ids"])
 
 
-def load_examples_from_rows(o):
+def _two_examples(o):
     from edgekit.llm.finetune import Example
 
     return (Example([{"role": "user", "content": o.prompt_template.format(text="the plot was fun and good")}],
@@ -135,8 +136,9 @@ def test_encoder_base_is_refused(tmp_path, data):
     import transformers as tf
 
     enc = tmp_path / "bert"
-    tf.BertForSequenceClassification(tf.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
-                                                   num_attention_heads=2, intermediate_size=64)).save_pretrained(str(enc))
+    config = tf.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=64)
+    tf.BertForSequenceClassification(config).save_pretrained(str(enc))
     with pytest.raises(ModelError, match="not a causal language model"):
         finetune_lm(enc, data, tmp_path / "out", LMFinetuneOptions(**OPTS))
 
