@@ -288,7 +288,8 @@ def add_lora(model, o: LMFinetuneOptions):
                          "Pass --target-modules with names from that list (comma-separated)")
     config = peft.LoraConfig(r=o.rank, lora_alpha=o.alpha, lora_dropout=o.dropout, target_modules=targets,
                              task_type="CAUSAL_LM", bias="none")
-    return peft.get_peft_model(model, config)
+    with _quiet():  # peft calls transformers' deprecated is_gradient_checkpointing (a FutureWarning)
+        return peft.get_peft_model(model, config)
 
 
 # ---- training and evaluation ---------------------------------------------------------------------------------------
