@@ -647,11 +647,12 @@ def prune_cmd(model, data, out, eval_data, text_column, label_column, force, as_
 
 
 def _register_language_model_commands() -> None:
-    """export-lm, quantize-lm, optimize-lm (edgekit.llm; their heavy imports happen when they run)."""
-    from .llm import cli as llm_cli, cli_optimize
+    """export-lm, quantize-lm, optimize-lm, finetune-lm (edgekit.llm; their heavy imports happen when they run)."""
+    from .llm import cli as llm_cli, cli_finetune, cli_optimize
 
     llm_cli.register(main)
     cli_optimize.register(main)
+    main.add_command(cli_finetune.finetune_lm_cmd)
 
 
 _register_language_model_commands()
