@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import progress
 from .artifact import Artifact, resolve
 from . import data as data_readers
 from .data import TextDataset, encode_labels, encode_tags
@@ -46,7 +47,7 @@ def evaluate(session: Session, encoder: TextEncoder, texts: list[str], batch_siz
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     chunks: dict[int, np.ndarray] = {}
     with session:
-        for start in range(0, len(order), batch_size):
+        for start in progress.bar(range(0, len(order), batch_size), desc="evaluate", unit="batch"):
             idx = order[start:start + batch_size]
             feeds = session.feeds(encoder([texts[i] for i in idx], None if pairs is None else [pairs[i] for i in idx]))
             logits = next(iter(session.run(feeds).values()))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import progress
 from .artifact import ONNX_NAME, Artifact, atomic_dir, copy_tokenizer_and_config, resolve, sha256_folder, write_manifest
 from .data import load_dataset
 from .deps import require
@@ -168,7 +169,7 @@ def validate(torch_model, task: str, onnx_path: Path, encoder, texts: list[str],
     diffs = dict.fromkeys(spec.outputs, 0.0)
     agree = total = 0
     with OrtSession(onnx_path) as sess:
-        for start in range(0, len(texts), batch_size):
+        for start in progress.bar(range(0, len(texts), batch_size), desc="validate export", unit="batch"):
             feeds = sess.feeds(encoder(texts[start:start + batch_size]))
             got = sess.run(feeds)
             with torch.inference_mode():
