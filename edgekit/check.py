@@ -60,6 +60,11 @@ def evaluate(session: Session, encoder: TextEncoder, texts: list[str], batch_siz
     return np.stack(rows).astype(np.float32)
 
 
+def gate_reader(model: Artifact):
+    """The ``edgekit.data`` function that reads labeled rows for the model's task (its entry's ``reader``)."""
+    return getattr(data_readers, gated(task_of(model.folder)).reader)
+
+
 def labeled_data(model: Artifact, data: str | Path | TextDataset, text_column: str | None = None,
                  label_column: str | None = None, max_samples: int | None = None,
                  seed: int = 0) -> tuple[TextDataset, np.ndarray]:
@@ -70,8 +75,7 @@ def labeled_data(model: Artifact, data: str | Path | TextDataset, text_column: s
     each word and ``IGNORE`` (-100) on the rest, tokens as ``encoder_for(model)`` makes them.
     """
     spec = gated(task_of(model.folder))
-    reader = getattr(data_readers, spec.reader)
-    ds = data if isinstance(data, TextDataset) else reader(data, text_column, label_column)
+    ds = data if isinstance(data, TextDataset) else gate_reader(model)(data, text_column, label_column)
     ds = ds.subset(max_samples, seed)
     label2id = _label2id(model)
     if spec.per_token:

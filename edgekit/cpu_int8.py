@@ -98,6 +98,7 @@ def decide(default: str, fidelity: dict[str, dict], timing: dict) -> dict:
 def _fidelity(session, encoder, texts: list[str], want: list[np.ndarray]) -> dict:
     got = [session.run(session.feeds(encoder([t])))[session.output_names[0]] for t in texts]
     diff = float(np.mean([np.abs(g - w).mean() for g, w in zip(got, want)]))
-    agree = float(np.mean([int(g.argmax(-1)[0] == w.argmax(-1)[0]) for g, w in zip(got, want)]))
+    # per example (classification) or per token (token classification): the share of equal argmaxes
+    agree = float(np.mean([float((g.argmax(-1) == w.argmax(-1)).mean()) for g, w in zip(got, want)]))
     return {"mean_abs_logit_diff": round(diff, 6), "argmax_agreement": round(agree, 4)}
 

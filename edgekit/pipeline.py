@@ -19,7 +19,7 @@ import numpy as np
 from .artifact import ONNX_NAME, atomic_dir, resolve, sha256_file, sha256_folder, write_manifest
 from .bench import bench
 from .cache import StepCache, file_digest
-from .check import compare, evaluate, labeled_data
+from .check import compare, evaluate, gate_reader, labeled_data
 from .data import TextDataset, load_dataset
 from .environment import environment, gpu_info
 from .errors import GateFailedError, InputError, ModelError
@@ -90,7 +90,7 @@ def load_run_data(src, data, options: OptimizeOptions) -> RunData:
             raise InputError(f"{flag} is the gate's own data file '{data}'",
                              "the per-layer fallback would be judged on the rows that gate it",
                              f"Pass other labeled rows (e.g. the train split) as {flag}")
-    gate = load_dataset(data, d.text_column, d.label_column)
+    gate = gate_reader(src)(data, d.text_column, d.label_column)  # the task's reader (texts+labels, words+tags)
     checked, labels = labeled_data(src, gate, max_samples=d.max_samples)
     validation_path = d.validation_data or (d.calibration_data if engine_int8 else None)
     calibration_path = d.calibration_data or (d.validation_data if engine_int8 else data)

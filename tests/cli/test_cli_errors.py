@@ -88,7 +88,8 @@ def test_gate_failure_exits_3_and_keeps_marked_artifact(tiny_model, tmp_path):
     data = tmp_path / "self.tsv"
     data.write_text("label\tsentence\n" + "".join(f"{p}\t{t}\n" for p, t in zip(preds, texts)))
     out = tmp_path / "out"
-    result = run("optimize", tied, "--data", data, "--out", out, "--max-accuracy-drop", "0", "--iterations", "5")
+    result = run("optimize", tied, "--data", data, "--out", out, "--max-accuracy-drop", "0", "--iterations", "5",
+                 "--quiet")  # stage lines off: the error itself is one line
     assert_one_line_error(result, code=3)
     assert "Accuracy gate failed" in result.stderr
     report = read_json(out / "report.json")
