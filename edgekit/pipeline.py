@@ -21,7 +21,7 @@ from .bench import bench
 from .cache import StepCache, file_digest
 from .check import compare, evaluate, gate_reader, labeled_data
 from .data import TextDataset, load_dataset
-from .environment import environment, gpu_info
+from .environment import gpu_info
 from .errors import GateFailedError, InputError, ModelError
 from .export import ExportOptions, export
 from .options import DataOptions, GateOptions, OptimizeOptions, same_file

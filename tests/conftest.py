@@ -155,3 +155,14 @@ def _isolated_step_cache(tmp_path_factory):
         os.environ.pop("EDGEKIT_CACHE", None)
     else:
         os.environ["EDGEKIT_CACHE"] = old
+
+
+def cpuinfo_flags() -> set[str]:
+    """The CPU flags the kernel reports, read here independently of edgekit.environment."""
+    from pathlib import Path
+
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in (cpuinfo.read_text() if cpuinfo.is_file() else "").splitlines():
+        if line.split(":")[0].strip() == "flags":
+            return set(line.split(":", 1)[1].split())
+    return set()

@@ -78,14 +78,8 @@ def _positive(value) -> int | None:
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 1 else None
 
 
-class TextClassifier:
-    """Predicts labels for texts, in the transformers ``pipeline`` output format.
-
-    ``batch_size`` is the default for ``predict``; it and any per-call batch
-    size are capped at ``limits.max_batch``. Batches are padded to at least
-    ``limits.min_batch`` rows (extra rows are dropped from the result).
-    Safe to share between threads (see the module docstring).
-    """
+class Predictor:
+    """What every task's predictor shares: session, tokenizer, labels, the batch size capped by the shape limits."""
 
     def __init__(self, session: Session, encoder: TextEncoder, id2label: dict[int, str],
                  batch_size: int = DEFAULT_BATCH_SIZE, limits: ShapeLimits | None = None):
@@ -106,6 +100,21 @@ class TextClassifier:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Raw model call: named int64 inputs -> named outputs."""
         return self.session.run(feeds)
+
+    def _capped(self, size: int) -> int:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {size!r}", None, None)
+        return min(size, self.limits.max_batch) if self.limits.max_batch else size
+
+
+class TextClassifier(Predictor):
+    """Predicts labels for texts, in the transformers ``pipeline`` output format.
+
+    ``batch_size`` is the default for ``predict``; it and any per-call batch
+    size are capped at ``limits.max_batch``. Batches are padded to at least
+    ``limits.min_batch`` rows (extra rows are dropped from the result).
+    Safe to share between threads (see the module docstring).
+    """
 
     def logits(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
         """First model output for every text, in input order (batched by length to keep padding small)."""
@@ -139,10 +148,6 @@ class TextClassifier:
         """Probabilities -> pipeline-format dicts (top label and its probability)."""
         return [{"label": self.id2label[int(p.argmax())], "score": float(p.max())} for p in probs]
 
-    def _capped(self, size: int) -> int:
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise InputError(f"batch_size must be a positive integer, got {size!r}", None, None)
-        return min(size, self.limits.max_batch) if self.limits.max_batch else size
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
-from .predictor import DEFAULT_BATCH_SIZE, ShapeLimits, check_texts, softmax
-from .session import Session
-from .tokenizer import TextEncoder
+from .predictor import Predictor, check_texts, softmax
 
 
 def _tag(name: str) -> tuple[str, str]:
@@ -24,30 +21,8 @@ def _tag(name: str) -> tuple[str, str]:
     return "I", name
 
 
-class TokenClassifier:
+class TokenClassifier(Predictor):
     """Tags every token of a text and groups them into entities. Safe to share between threads."""
-
-    def __init__(self, session: Session, encoder: TextEncoder, id2label: dict[int, str],
-                 batch_size: int = DEFAULT_BATCH_SIZE, limits: ShapeLimits | None = None):
-        self.session = session
-        self.encoder = encoder
-        self.id2label = id2label
-        self.limits = limits or ShapeLimits()
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}", None, None)
-        self.batch_size = min(batch_size, self.limits.max_batch) if self.limits.max_batch else batch_size
-
-    @property
-    def max_batch(self) -> int | None:
-        return self.limits.max_batch
-
-    @property
-    def labels(self) -> list[str]:
-        return [self.id2label[i] for i in sorted(self.id2label)]
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Raw model call: named int64 inputs -> named outputs."""
-        return self.session.run(feeds)
 
     def token_probs(self, texts: list[str]) -> list[np.ndarray]:
         """Per text, ``[tokens, labels]`` probabilities of its real tokens (special tokens included)."""

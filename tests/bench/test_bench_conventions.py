@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import cpuinfo_flags
 
 from edgekit.bench import (HIGH_CV, BenchOptions, _point_warnings, bench, format_bench, measure, noisy_warning,
                            summarize, sweep, texts_of_length)
@@ -68,7 +69,7 @@ def test_result_schema_and_environment(tiny_int8):
     env = r["environment"]
     assert env["threads"]["intra_op"] == 1 and env["versions"]["onnxruntime"]
     assert env["cpu"]["usable_cores"] >= 1
-    assert env["cpu"]["flags"]["avx512_vnni"] is ("avx512_vnni" in _cpuinfo_flags())  # this CPU's truth
+    assert env["cpu"]["flags"]["avx512_vnni"] is ("avx512_vnni" in cpuinfo_flags())  # this CPU's truth
     assert r["options"]["min_seconds"] == 0.0 and r["options"]["warmup_seconds"] == 0.0
 
 
@@ -129,13 +130,3 @@ def test_engine_reports_gpu_compute_time(tiny_onnx, tmp_path):
     assert r["timer"] == "perf_counter + cuda events"
     assert 0 < r["gpu_compute_ms"]["p50"] <= r["latency_ms"]["p50"]
 
-
-def _cpuinfo_flags() -> set[str]:
-    """The CPU flags the kernel reports, read here independently of edgekit.environment."""
-    from pathlib import Path
-
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in (cpuinfo.read_text() if cpuinfo.is_file() else "").splitlines():
-        if line.split(":")[0].strip() == "flags":
-            return set(line.split(":", 1)[1].split())
-    return set()

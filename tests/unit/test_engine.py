@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cpuinfo_flags
 
 from edgekit.deps import available
 from edgekit.errors import BackendError, InputError, MissingDependencyError, ModelError
@@ -273,7 +274,7 @@ def test_cli_bad_inputs_exit_1_with_one_line(tiny_onnx, tmp_path):
                        timeout=60)
     report = json.loads(r.stdout)
     assert r.returncode == 0 and report["backends"]["tensorrt-rtx"]
-    assert report["cpu"]["flags"]["avx512_vnni"] is ("avx512_vnni" in _cpuinfo_flags())  # this CPU's truth
+    assert report["cpu"]["flags"]["avx512_vnni"] is ("avx512_vnni" in cpuinfo_flags())  # this CPU's truth
     assert report["gpus"] or report["gpu_note"].startswith("none")
 
 
@@ -458,13 +459,3 @@ def test_check_and_bench_take_an_engine_folder_and_say_no_gpu(tiny_model, tiny_o
         lines = [line for line in r.stderr.splitlines() if line.strip()]
         assert r.returncode == 1 and len(lines) == 1 and "No CUDA GPU found" in lines[0], r.stderr
 
-
-def _cpuinfo_flags() -> set[str]:
-    """The CPU flags the kernel reports, read here independently of edgekit.environment."""
-    from pathlib import Path
-
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in (cpuinfo.read_text() if cpuinfo.is_file() else "").splitlines():
-        if line.split(":")[0].strip() == "flags":
-            return set(line.split(":", 1)[1].split())
-    return set()
