@@ -19,7 +19,6 @@ through :meth:`OptimizeOptions.from_dict`.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, replace
 from pathlib import Path
 
