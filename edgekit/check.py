@@ -194,8 +194,9 @@ def check(original: str | Path, candidate: str | Path, data: str | Path, text_co
     orig, cand = resolve(original), resolve(candidate)
     ds, labels = labeled_data(orig, data, text_column, label_column, max_samples)
     encoder = encoder_for(orig)
-    ref = evaluate(session_for(orig, threads), encoder, ds.texts, batch_size, ds.pairs)
+    # the candidate first: an artifact that cannot run here (an engine without a GPU) fails before any work
     got = evaluate(session_for(cand, threads), encoder, ds.texts, batch_size, ds.pairs)
+    ref = evaluate(session_for(orig, threads), encoder, ds.texts, batch_size, ds.pairs)
     if ref.shape[-1] != got.shape[-1] or ref.ndim != got.ndim:
         raise ModelError("The candidate's outputs do not match the original's shape",
                          f"original {ref.shape[1:]}, candidate {got.shape[1:]}",

@@ -66,8 +66,10 @@ class QuantizeOptions:
                                                          "adds its own).", flag="exclude-nodes")
     seed: int = opt(0, help="Seed of the calibration subset.")
     reduce_range: bool = opt(False, help="7-bit weights (avoids u8s8 saturation on CPUs without VNNI).")
-    choose: bool = opt(True, help="cpu with no --mode: time the int8 variants on this machine and keep the fastest "
-                                  "(the choice and its timings go into the manifest).", off_flag="no-choose")
+    choose: bool = opt(False, help="cpu with no --mode: time the int8 variants on this machine and keep the fastest "
+                                   "(the choice and its timings go into the manifest). Off by default: a choice by "
+                                   "timing makes the artifact depend on the machine's load, not only on its inputs.",
+                       off_flag="no-choose")
 
     def resolved_op_types(self) -> list[str]:
         if self.op_types is not None:

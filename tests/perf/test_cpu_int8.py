@@ -24,7 +24,7 @@ def test_faster_variant_wins_only_at_equal_fidelity():
 
 
 def test_manifest_records_the_measured_choice(tiny_onnx, tiny_data, tmp_path):
-    art = quantize(tiny_onnx, tmp_path / "q", QuantizeOptions(target="cpu", calibration_samples=16),
+    art = quantize(tiny_onnx, tmp_path / "q", QuantizeOptions(target="cpu", calibration_samples=16, choose=True),
                    calibration_data=tiny_data)
     choice = art.manifest["steps"]["int8_choice"]
     assert set(choice["candidates"]) == {"dynamic", "dynamic-reduce-range", "dynamic-per-tensor",
@@ -41,4 +41,10 @@ def test_manifest_records_the_measured_choice(tiny_onnx, tiny_data, tmp_path):
 
 def test_explicit_mode_is_not_second_guessed(tiny_onnx, tmp_path):
     art = quantize(tiny_onnx, tmp_path / "q", QuantizeOptions(target="cpu", mode="dynamic"))
+    assert "int8_choice" not in art.manifest["steps"] and art.manifest["mode"] == "dynamic"
+
+
+def test_no_choice_by_default(tiny_onnx, tmp_path):
+    """Off by default: a choice by timing would make the artifact depend on the machine's load."""
+    art = quantize(tiny_onnx, tmp_path / "q", QuantizeOptions(target="cpu"))
     assert "int8_choice" not in art.manifest["steps"] and art.manifest["mode"] == "dynamic"

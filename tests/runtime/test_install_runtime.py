@@ -97,4 +97,5 @@ def test_runtime_extra_pulls_no_toolchain():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = [r.split(">")[0].split("=")[0].split("[")[0].strip().lower()
              for r in project["dependencies"] + project["optional-dependencies"]["cpu"]]
-    assert set(names) == {"numpy", "tokenizers", "click", "pyyaml", "onnxruntime"}
+    # jinja2: the chat templates of runtime.generate (text-only; no toolchain package)
+    assert set(names) == {"numpy", "tokenizers", "click", "pyyaml", "onnxruntime", "jinja2"}
