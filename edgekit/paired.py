@@ -161,7 +161,9 @@ def paired_warnings(result: dict) -> list[str]:
             found.append(f"unstable ratio for {name}: {r['ratio']:.2f}x with IQR {r['iqr'][0]:.2f}-{r['iqr'][1]:.2f}"
                          f" over {len(result['artifacts'][name]['round_p50_ms'])} rounds (spread {r['spread']:.0%});"
                          " rerun on a quieter machine")
-    load, cores = result.get("load_average_before"), _cores()
+    from .bench import _usable_cores
+
+    load, cores = result.get("load_average_before"), _usable_cores()
     if load is not None and load > cores:
         found.append(f"busy machine: 1-minute load average {load:.1f} on {cores} usable cores; ratios are interleaved "
                      "but absolute ms are not quiet-machine figures")
@@ -189,10 +191,3 @@ def _load() -> float | None:
         return round(os.getloadavg()[0], 2)
     except OSError:
         return None
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
