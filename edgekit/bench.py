@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from . import progress
 from .artifact import Artifact, resolve
 from .data import load_dataset
 from .schema import opt
@@ -181,13 +182,15 @@ def measure(run: Callable[[object], float | None], inputs: list, options: BenchO
     warm_seconds = time.perf_counter() - started
     times, device = [], []
     started, i = time.perf_counter(), 0
-    while i < options.iterations or time.perf_counter() - started < options.min_seconds:
-        t0 = time.perf_counter()
-        gpu = run(inputs[i % len(inputs)])
-        times.append((time.perf_counter() - t0) * 1000.0)
-        if gpu is not None:
-            device.append(gpu)
-        i += 1
+    with progress.Counter(options.iterations, desc="timed runs", unit="run") as counter:
+        while i < options.iterations or time.perf_counter() - started < options.min_seconds:
+            t0 = time.perf_counter()
+            gpu = run(inputs[i % len(inputs)])
+            times.append((time.perf_counter() - t0) * 1000.0)
+            if gpu is not None:
+                device.append(gpu)
+            i += 1
+            counter.update()
     result = {"warmup_runs": warm, "warmup_seconds": round(warm_seconds, 3),
               "seconds": round(time.perf_counter() - started, 3), **summarize(times, options.batch_size),
               "gpu_compute_ms": _stats(device) if device else None,

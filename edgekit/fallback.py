@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import progress
 from .artifact import Artifact, atomic_dir, resolve, write_manifest
 from .bench import summarize
 from .check import evaluate, gate_metric, labeled_data
@@ -100,7 +101,7 @@ def _collect(model, names: list[str], folder: Path, texts: list[str]) -> dict[st
     inputs = {i.name for i in sess.get_inputs()}
     encoder = TextEncoder(folder)
     out: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for text in texts:
+    for text in progress.bar(texts, desc="sensitivity", unit="sentence"):
         feeds = {k: v for k, v in encoder([text]).items() if k in inputs}
         for name, value in zip(names, sess.run(names, feeds)):
             out[name].append(value)
@@ -204,7 +205,8 @@ def _search(src, qoptions, options, ranked, calibration: TextDataset, work, enco
     # on the cpu target, one more step past the first trial within budget: keeping more nodes in fp32 can be
     # faster (int8 that makes a node slower is dropped); elsewhere latency is not measurable here, so stop
     extra = 1 if qoptions.target == "cpu" else 0
-    for index, k in enumerate(k for k in SCHEDULE if k <= len(ranked)):
+    schedule = [k for k in SCHEDULE if k <= len(ranked)]
+    for index, k in enumerate(progress.bar(schedule, desc="fallback trials", unit="trial")):
         excluded = [r["node"] for r in ranked[:k]]
         trial_opts = replace(qoptions, nodes_to_exclude=excluded)
         started = time.perf_counter()
@@ -216,6 +218,9 @@ def _search(src, qoptions, options, ranked, calibration: TextDataset, work, enco
         p50 = _latency(art.model_file, encoder, ds.texts, options.latency_iterations) if qoptions.target == "cpu" else None
         trials.append({"index": index, "excluded": k, "accuracy": accuracy, "accuracy_drop": ref_acc - accuracy,
                        "p50_ms": p50, "seconds": round(time.perf_counter() - started, 2)})
+        timing = f", p50 {p50:.2f} ms" if p50 is not None else ""
+        progress.echo(f"[edgekit] fallback trial {index}: {k} node(s) kept fp32 -> accuracy {accuracy:.4f} "
+                      f"(drop {ref_acc - accuracy:+.4f}{timing}, {trials[-1]['seconds']:.1f} s)")
         within = [t for t in trials if t["accuracy_drop"] <= options.max_accuracy_drop + EPS]
         if within and index - within[0]["index"] >= extra:
             break

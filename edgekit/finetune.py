@@ -23,6 +23,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import progress
 from .artifact import atomic_dir, check_output_dir, resolve, sha256_folder, write_manifest
 from .data import TextDataset, encode_labels, label_names, load_dataset
 from .deps import require
@@ -315,7 +316,7 @@ class _Progress(QuietCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = time.perf_counter()
         self.next_line = max(1, state.max_steps // 10)
-        if self.stream.isatty():
+        if self.stream.isatty() and not progress.quiet():
             tqdm = require("tqdm").tqdm
             self.bar = tqdm(total=state.max_steps, desc="finetune", unit="step", file=self.stream,
                             dynamic_ncols=True, leave=False)
@@ -329,6 +330,8 @@ class _Progress(QuietCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.bar is not None:
             self.bar.update(state.global_step - self.bar.n)
+        elif progress.quiet():
+            return
         elif state.global_step >= self.next_line or state.global_step == state.max_steps:
             self.next_line += max(1, state.max_steps // 10)
             loss = f", loss {self.loss:.3f}" if self.loss is not None else ""

@@ -28,6 +28,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import progress
 from .errors import InputError
 
 SCHEMA = "edgekit.paired/1"
@@ -65,7 +66,7 @@ def interleaved(runs: dict[str, Callable[[int], None]], options: PairedOptions) 
         for i in range(options.warmup):
             runs[name](i)
     times: dict[str, list[list[float]]] = {n: [] for n in names}
-    for r in range(options.rounds):
+    for r in progress.bar(range(options.rounds), desc="interleaved rounds", unit="round"):
         order = names if r % 2 == 0 else names[::-1]
         for name in order:  # every session runs the same inputs this round
             samples = []

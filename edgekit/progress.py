@@ -68,6 +68,10 @@ def stage(name: str, detail: str = "") -> Iterator[dict]:
         _state["depth"] -= 1
 
 
+def _plural(unit: str, count: int) -> str:
+    return unit if count == 1 or unit.endswith("s") else unit + "s"
+
+
 def bar(items: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T]:
     """Iterate ``items`` with a progress bar on a terminal, one summary line otherwise, nothing when quiet."""
     if _state["quiet"]:
@@ -89,7 +93,7 @@ def bar(items: Iterable[T], total: int | None = None, desc: str = "", unit: str 
         count += 1
         yield item
     if total is None or total >= 8:  # a loop of a handful of items needs no line of its own
-        echo(f"           {desc or 'loop'}: {count} {unit} in {time.perf_counter() - started:.1f} s")
+        echo(f"           {desc or 'loop'}: {count} {_plural(unit, count)} in {time.perf_counter() - started:.1f} s")
 
 
 class Counter:
@@ -119,7 +123,7 @@ class Counter:
         if self._bar is not None:
             self._bar.close()
         elif not _state["quiet"] and (self.total is None or self.total >= 8):
-            echo(f"           {self.desc or 'loop'}: {self.count} {self.unit} in "
+            echo(f"           {self.desc or 'loop'}: {self.count} {_plural(self.unit, self.count)} in "
                  f"{time.perf_counter() - self._started:.1f} s")
 
     def __enter__(self) -> "Counter":

@@ -35,6 +35,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import progress
 from .artifact import TOKENIZER_FILES, atomic_dir, check_output_dir, resolve, sha256_folder, write_manifest
 from .check import labeled_data
 from .data import TextDataset, load_dataset
@@ -275,7 +276,7 @@ def _logits(model, rows: list[dict], tokenizer, batch_size: int):
     model.eval()
     outs = []
     with torch.inference_mode():
-        for b in batches:
+        for b in progress.bar(batches, desc="logits", unit="batch"):
             outs.append(model(**{k: v for k, v in b.items() if k != "labels"}).logits.float())
     logits = torch.empty((len(rows), outs[0].shape[-1]))
     logits[torch.tensor(order)] = torch.cat(outs)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import progress
 from .deps import require
 from .errors import ModelError
 
@@ -96,7 +97,7 @@ def taylor_ffn_importance(model, batches: list[dict]) -> list:
     model.eval()  # no dropout: the scores describe the deployed function
     try:
         with torch.enable_grad():
-            for batch in batches:
+            for batch in progress.bar(batches, desc="FFN importance", unit="batch"):
                 model.zero_grad(set_to_none=True)
                 model(**batch).loss.backward()
     finally:
@@ -169,7 +170,7 @@ def layers_to_drop(model, batches: list[dict] | None, count: int) -> list[int]:
         return list(range(total - count, total))
     reference = _log_probs(model, batches)
     dropped: set[int] = set()
-    for _ in range(count):
+    for _ in progress.bar(range(count), desc="choose blocks to drop", unit="block"):
         change = {i: output_change(model, batches, reference, dropped | {i}) for i in range(total) if i not in dropped}
         dropped.add(min(change, key=change.get))
     return sorted(dropped)

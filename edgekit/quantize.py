@@ -298,7 +298,7 @@ class CalibrationReader:
         names = _input_names(model)
         pad_to = max(encoder.token_lengths(ds.texts)) if fixed_length else None
         self._feeds = [{k: v for k, v in encoder([t], pad_to=pad_to).items() if k in names} for t in ds.texts]
-        self._it = iter(self._feeds)
+        self.rewind()
 
     def __len__(self) -> int:
         return len(self._feeds)
@@ -307,7 +307,7 @@ class CalibrationReader:
         return next(self._it, None)
 
     def rewind(self) -> None:
-        self._it = iter(self._feeds)
+        self._it = iter(progress.bar(self._feeds, desc="calibrate", unit="sentence"))
 
 
 def _input_names(model: Path) -> set[str]:

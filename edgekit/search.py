@@ -49,6 +49,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from . import progress
 from .artifact import MANIFEST, atomic_dir, check_output_dir, read_manifest, resolve, sha256_folder, write_manifest
 from .errors import BackendError, InputError
 from .export import ExportOptions
@@ -224,7 +225,7 @@ def search(model: str | Path, data: str | Path, out: str | Path, options: Search
     else:
         trials = local_trials(pending, sources.setup, work / "trials", deadline, log)
     try:
-        for record in trials:
+        for record in progress.bar(trials, total=len(pending), desc="search trials", unit="trial"):
             best_dir = _record(record, state, sources, work, best_dir, options)
             state["elapsed_s"] = prior + time.perf_counter() - run_started
             if best_dir is not None:

@@ -76,6 +76,9 @@ def test_cpu_optimize_reads_each_file_once_and_leaves_cwd_empty(tiny_model, file
     assert report["check"]["eval_batch_size"] == 32  # static int8: GateOptions.batch_for
     err = capsys.readouterr().err  # every stage says when it starts and ends (--quiet: set_quiet(True))
     assert all(f"[edgekit] {s} done in" in err for s in ("prune", "export", "quantize", "check", "bench")), err
+    # loops over data end with a summary line off a terminal (a bar on one); the fallback prints each trial
+    assert all(line in err for line in ("sensitivity: 32 sentences", "calibrate: 8 sentences", "fallback trial 0:",
+                                         "interleaved rounds: 12 rounds")), err
     assert list(empty_cwd.iterdir()) == []
 
 
