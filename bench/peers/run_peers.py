@@ -37,6 +37,8 @@ OPTIMUM_PINS = ["optimum-onnx[onnxruntime]", "transformers<4.58"]
 # comparison has an Optimum row even where a level fails.
 OPTIMUM_LEVELS = {2: "Optimum O2 + dynamic int8 (avx512_vnni)", 1: "Optimum O1 + dynamic int8 (avx512_vnni)",
                   0: "Optimum export + dynamic int8 (avx512_vnni), no ORTOptimizer"}
+DEFAULT_INT8 = "edgekit optimize default int8 (fused)"
+FAST_INT8 = "edgekit optimize fastest-within-budget (pruned FFN -50%, 5/6 blocks, distilled, int8)"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,6 +61,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--optimum-venv", type=Path, default=HERE / "optimum-venv")
     p.add_argument("--setup-optimum-venv", action="store_true", help="create --optimum-venv when it is missing")
     p.add_argument("--skip-optimum", action="store_true", help="leave Optimum's recipe out (recorded as skipped)")
+    p.add_argument("--fast-recipe", type=Path, default=ROOT / "models" / "minilm-l6-sst2-fast.yaml",
+                   help="edgekit's 'fastest within budget' recipe (pruned + distilled + int8), run on --model/--data")
+    p.add_argument("--fast-artifact", type=Path, default=None,
+                   help="an artifact already built by --fast-recipe (skips the ~5 min prune + recovery)")
+    p.add_argument("--no-fast", action="store_true", help="leave the pruned recipe out")
     return p.parse_args(argv)
 
 
@@ -87,6 +94,23 @@ def build_optimum(args, level: int) -> dict:
         return json.loads(result.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         return {"status": "failed", "error": (result.stderr.strip().splitlines() or ["no output"])[-1][:400]}
+
+
+def build_fast(args) -> dict:
+    """``edgekit optimize --recipe FAST`` on --model / --data, as a user runs it; its report says what it took."""
+    out = args.fast_artifact or args.work / "edgekit-fast"
+    if args.fast_artifact is None:
+        cmd = [sys.executable, "-m", "edgekit", "optimize", str(args.model), "--recipe", str(args.fast_recipe),
+               "--data", str(args.data), "--out", str(out), "--force"]
+        print(f"[peers] building the pruned recipe: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+        result = subprocess.run(cmd, text=True, stdout=subprocess.PIPE)
+        if result.returncode not in (0, 3):  # 3: built, gate failed (the table shows the accuracy)
+            return {"status": "failed", "error": f"edgekit optimize exited {result.returncode}"}
+    report = json.loads((out / "report.json").read_text())
+    stages = {s["name"]: s.get("seconds") for s in report.get("stages", [])}
+    return {"status": "ok", "model": out / "model.onnx", "seconds_total": report.get("seconds_total"),
+            "stages": stages, "passed": report.get("passed"), "recipe": str(args.fast_recipe),
+            "params": (report.get("prune") or {}).get("params")}
 
 
 def build_edgekit(args) -> tuple[Path, Path]:
@@ -140,9 +164,15 @@ def peers(args, threads: int) -> list[dict]:
     fp32, int8 = build_edgekit(args)
     rows += [{"name": "edgekit export (fp32 ONNX)", "group": "edgekit", "precision": "fp32", "file": fp32,
               "session": lambda: OrtSession(fp32, threads=threads)},
-             {"name": "edgekit optimize default int8 (fused, CPU-chosen variant)", "group": "edgekit",
+             {"name": DEFAULT_INT8, "group": "edgekit",
               "precision": "int8", "file": int8, "session": lambda: OrtSession(int8, threads=threads),
               "manifest": json.loads((int8.parent / "manifest.json").read_text())}]
+    if not args.no_fast:
+        fast = build_fast(args)
+        path = fast.get("model")
+        rows.append({"name": FAST_INT8, "group": "edgekit", "precision": "int8", "file": path,
+                     "status": fast["status"], "error": fast.get("error"), "build": fast,
+                     "session": (lambda p=path: OrtSession(p, threads=threads)) if path else None})
     return rows
 
 
@@ -152,7 +182,7 @@ def accuracy(peer: dict, encoder, ds, labels) -> dict:
 
     from edgekit.check import evaluate
 
-    row = {k: peer.get(k) for k in ("name", "group", "precision", "status", "error", "step", "versions")}
+    row = {k: peer.get(k) for k in ("name", "group", "precision", "status", "error", "step", "versions", "build")}
     if peer["session"] is None:
         row["status"] = row["status"] if row["status"] in ("failed", "skipped") else "failed"
         return row
@@ -245,23 +275,16 @@ def to_markdown(results: dict) -> str:
              "scales depend on padding; fp32 peers at batch 32). Latency is model-only (tokenization excluded): every "
              "peer is timed in the same process, in interleaved rounds (A B C ..., then reversed) on the same "
              "pre-tokenized SST-2 sentences (`edgekit.paired`), so load on this shared machine lands on every peer "
-             "alike. **The machine was shared with other jobs: absolute ms are not quiet-machine figures; quote the "
-             f"ratios.** Optimum reference: **{results['batch1']['ratios']['optimum_reference']}** (its fastest "
+             "alike. " + ("**The machine was shared with other jobs: absolute ms are not quiet-machine figures; quote "
+                          "the ratios.** " if any("busy machine" in w for w in results["warnings"]) else
+                          "No busy-machine warning was raised (load averages in each table's heading). ")
+             + f"Optimum reference: **{results['batch1']['ratios']['optimum_reference']}** (its fastest "
              "working recipe in this run).", ""]
     lines += _table(results, "batch1", f"Batch {o['batch_size']}, real sentence lengths")
     if results.get("throughput"):
         lines += _table(results, "throughput", f"Batch {results['throughput']['options']['batch_size']}, sequence "
                         f"length {results['throughput']['options']['seq_len']} (throughput)")
-    ek = next((r for r in results["rows"] if r.get("int8_choice")), None)
-    if ek:
-        c = ek["int8_choice"]
-        lines += ["## edgekit's int8 artifact", "",
-                  f"- Fusion: {ek['fusion'].get('by')} — fused ops {ek['fusion'].get('fused_ops')}",
-                  f"- int8 variant chosen on this CPU ({c['cpu']}): **{c['chosen']}** — {c['reason']}",
-                  "- Candidates (speedup vs the default dynamic variant, interleaved; fidelity vs fp32): "
-                  + "; ".join(f"{name} {v['speedup_vs_default']:.2f}x [{v['iqr'][0]:.2f}-{v['iqr'][1]:.2f}], "
-                              f"agreement {v['argmax_agreement']:.2f}, |dlogit| {v['mean_abs_logit_diff']:.3f}"
-                              for name, v in c["candidates"].items()), ""]
+    lines += _edgekit_notes(results["rows"])
     failed = [r for r in results["rows"] if r["status"] != "ok"]
     if failed:
         lines += ["## Recipes that did not produce a model", ""]
@@ -276,6 +299,32 @@ def to_markdown(results: dict) -> str:
                      + ", ".join(f"{k} {v}" for k, v in opt_versions.items()))
     lines += ["", "Per-round p50s, options and the full environment: `results.json`.", ""]
     return "\n".join(lines)
+
+
+def _edgekit_notes(rows: list[dict]) -> list[str]:
+    """How edgekit's int8 artifacts were made: fusion, the int8 variant, the pruned recipe's build."""
+    lines = []
+    ek = next((r for r in rows if r["name"] == DEFAULT_INT8 and r.get("fusion")), None)
+    if ek:
+        lines += ["## edgekit's int8 artifacts", "",
+                  f"- Fusion: {ek['fusion'].get('by')} — fused ops {ek['fusion'].get('fused_ops')}"]
+        c = ek.get("int8_choice")
+        if c:
+            lines += [f"- int8 variant chosen on this CPU ({c['cpu']}): **{c['chosen']}** — {c['reason']}",
+                      "- Candidates (speedup vs the default dynamic variant, interleaved; fidelity vs fp32): "
+                      + "; ".join(f"{name} {v['speedup_vs_default']:.2f}x [{v['iqr'][0]:.2f}-{v['iqr'][1]:.2f}], "
+                                  f"agreement {v['argmax_agreement']:.2f}, |dlogit| {v['mean_abs_logit_diff']:.3f}"
+                                  for name, v in c["candidates"].items())]
+        else:
+            lines.append("- int8 variant: the default (dynamic, per-channel weights, QOperator); `--choose` not used")
+    fast = next((r for r in rows if r["name"] == FAST_INT8 and r.get("build", {}).get("status") == "ok"), None)
+    if fast:
+        b = fast["build"]
+        stages = ", ".join(f"{k} {v:.0f} s" for k, v in b["stages"].items() if v is not None)
+        lines.append(f"- Pruned recipe `{Path(b['recipe']).relative_to(ROOT) if Path(b['recipe']).is_relative_to(ROOT) else b['recipe']}`: "
+                     f"`edgekit optimize` took {b['seconds_total']:.0f} s in all ({stages}); its own gate "
+                     f"{'passed' if b['passed'] else 'FAILED'}")
+    return lines + ([""] if lines else [])
 
 
 def _r(m) -> str:

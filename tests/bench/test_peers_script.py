@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 MEASURED = ("PyTorch eager fp32", "PyTorch dynamic int8 (torch.ao quantize_dynamic)", "edgekit export (fp32 ONNX)",
-            "edgekit optimize default int8 (fused, CPU-chosen variant)")
+            "edgekit optimize default int8 (fused)")
 
 
 def test_peers_script_writes_results_with_interleaved_ratios(tiny_model, tiny_data, tmp_path):
@@ -15,7 +15,7 @@ def test_peers_script_writes_results_with_interleaved_ratios(tiny_model, tiny_da
     cmd = [sys.executable, str(ROOT / "bench" / "peers" / "run_peers.py"), "--model", str(tiny_model),
            "--data", str(tiny_data), "--skip-optimum", "--max-samples", "20", "--rounds", "4", "--runs", "2",
            "--warmup", "1", "--samples", "8", "--threads", "1", "--throughput-rounds", "4", "--throughput-runs", "1",
-           "--throughput-seq", "16", "--out", str(out), "--work", str(tmp_path / "work")]
+           "--throughput-seq", "16", "--no-fast", "--out", str(out), "--work", str(tmp_path / "work")]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
