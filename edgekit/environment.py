@@ -72,6 +72,39 @@ def load_average() -> float | None:
         return None
 
 
+def busy_cores(seconds: float = 0.5) -> float | None:
+    """Cores kept busy by other processes: /proc/stat sampled while this process sleeps (None off Linux).
+
+    Unlike the load average (a minute-long mean that counts this process's own
+    past work), this says what is competing right now. Niced work is not counted.
+    """
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        # idle + iowait + nice: a process at a raised nice level yields the CPU to this one, it does not compete
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0) + fields[1]
+        return sum(fields[:8]), idle
+
+    try:
+        total0, idle0 = sample()
+        import time
+
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (1 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
+
+
+def free_threads(usable: int, busy: float | None) -> int:
+    """Threads that do not contend with ``busy`` cores of other work (at least 1)."""
+    if busy is None:
+        return usable
+    return max(1, min(usable, usable - int(busy + 0.35)))  # a core 65 % busy counts as taken
+
+
 def thread_info(threads: int | None = None) -> dict:
     """Threads a measurement used, the variables that set library thread pools, and torch's pool if loaded."""
     torch = sys.modules.get("torch")

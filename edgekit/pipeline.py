@@ -11,11 +11,12 @@ from __future__ import annotations
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from . import progress
 from .artifact import ONNX_NAME, atomic_dir, resolve, sha256_file, sha256_folder, write_manifest
 from .bench import bench
 from .cache import StepCache, file_digest
@@ -34,7 +35,7 @@ from .targets import ENGINE_TARGETS, EngineResult, engine_for_target
 __all__ = ["OptimizeOptions", "DataOptions", "GateOptions", "optimize", "RunData"]
 
 ORIGINAL_EVAL_BATCH = 32   # the fp32 original's accuracy does not depend on its batch; the candidate's may
-PAIRED_ROUNDS, PAIRED_RUNS = 12, 5
+PAIRED_ROUNDS, PAIRED_RUNS = 20, 5
 
 
 class _Stages:
@@ -142,6 +143,7 @@ def optimize(model: str | Path, data: str | Path, out: str | Path, options: Opti
                 candidate, row["cached"] = _quantize_step(fp32, options, rows, work / "int8", cache)
                 row["notes"] = f"{candidate.manifest['format']}, target {options.target}"
         checked, eval_bs = _check(src, candidate, rows, options, stages)
+        options, thread_warning = _bench_threads(options)
         with stages.stage("bench", f"batch {options.bench.batch_size}, {options.bench.iterations} runs each"):
             base_bench = bench(src, rows.gate, options.bench)
             shipped = engine.engine if engine else candidate
@@ -153,6 +155,8 @@ def optimize(model: str | Path, data: str | Path, out: str | Path, options: Opti
         report = optimize_report(src, data, out, options, checked, base_bench, opt_bench, shipped, stages.rows)
         report["check"]["eval_batch_size"] = eval_bs
         _add_speedup(report, paired, base_bench, opt_bench)
+        if thread_warning:
+            report["warnings"].insert(0, thread_warning)
         report["seconds_total"] = round(time.perf_counter() - started, 2)
         report["cache"] = {"dir": str(cache.root) if cache else None,
                            "cached_stages": [r["name"] for r in stages.rows if r.get("cached")]}
@@ -188,6 +192,31 @@ def _check(src, candidate, rows: RunData, options: OptimizeOptions, stages: "_St
         ref = evaluate(session_for(src, threads, options.export.task), encoder, texts, ORIGINAL_EVAL_BATCH, pairs)
         got = evaluate(session_for(candidate, threads), encoder, texts, eval_bs, pairs)
         return compare(ref, got, rows.labels), eval_bs
+
+
+def _bench_threads(options: OptimizeOptions) -> tuple[OptimizeOptions, str | None]:
+    """Threads for both timings: all usable cores, fewer when other processes keep some busy right now.
+
+    Two threads on two cores with one taken by another process make PyTorch's
+    pool thrash (its p50 triples) while ONNX Runtime's barely moves, so a ratio
+    timed that way says more about the load than about the artifact. ``--threads``
+    set by the user is kept as given.
+    """
+    from .environment import busy_cores, free_threads
+    from .runtime.session import default_threads
+
+    if options.bench.threads is not None:
+        return options, None
+    usable = default_threads()
+    busy = busy_cores()
+    threads = free_threads(usable, busy)
+    if threads == usable:
+        return options, None
+    progress.echo(f"[edgekit] other processes keep {busy:.1f} of {usable} cores busy: both models timed at "
+                  f"{threads} thread(s)")
+    warning = (f"busy machine: other processes kept {busy:.1f} of {usable} cores busy at the start of bench; both "
+               f"models were timed at {threads} thread(s) instead of {usable} (pass --threads to force)")
+    return replace(options, bench=replace(options.bench, threads=threads)), warning
 
 
 def _paired_ratio(src, shipped, rows: RunData, options: OptimizeOptions, stages: "_Stages") -> dict:

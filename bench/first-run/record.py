@@ -62,12 +62,12 @@ def record(venv: Path, cache: Path) -> dict:
     started, frames, last, final = time.perf_counter(), [], None, []
     try:
         while time.perf_counter() - started < LIMIT_S:
-            screen = tmux("capture-pane", "-p", "-t", SESSION).rstrip()  # the visible 40 lines
+            screen = tmux("capture-pane", "-p", "-J", "-t", SESSION).rstrip()  # the visible 40 lines
             if screen != last:
                 frames.append({"t": round(time.perf_counter() - started, 2), "screen": screen})
                 last = screen
             if DONE in screen:
-                final = tmux("capture-pane", "-p", "-t", SESSION, "-S", "-500").rstrip().splitlines()
+                final = tmux("capture-pane", "-p", "-J", "-t", SESSION, "-S", "-500").rstrip().splitlines()
                 break
             time.sleep(0.25)
     finally:
@@ -143,6 +143,10 @@ def section(r: dict) -> list[str]:
     return lines
 
 
+def _iqr(r: dict) -> str:
+    return f"{r['iqr'][0]:.2f}-{r['iqr'][1]:.2f}" if r.get("iqr") else "n/a"
+
+
 def verdict(quiet: dict, loaded: dict) -> list[str]:
     if not quiet.get("speedup_p50") or not loaded.get("speedup_p50"):
         return ["No comparison: a run reported no speedup."]
@@ -150,7 +154,7 @@ def verdict(quiet: dict, loaded: dict) -> list[str]:
     warned = "WARNING" in (loaded["final_line"] or "")
     ok = abs(change) <= 0.25 or warned
     return [f"Interleaved speedup (PyTorch eager / edgekit int8, p50): quiet **{quiet['speedup_p50']:.2f}x** "
-            f"(IQR {quiet['iqr']}), under one competing process **{loaded['speedup_p50']:.2f}x** (IQR {loaded['iqr']}): "
+            f"(IQR {_iqr(quiet)}), under one competing process **{loaded['speedup_p50']:.2f}x** (IQR {_iqr(loaded)}): "
             f"{change * 100:+.1f}% ({'within' if abs(change) <= 0.25 else 'outside'} 25%); the loaded run's final "
             f"line {'carries' if warned else 'carries no'} warning. Condition (within 25% or a visible warning): "
             f"**{'met' if ok else 'not met'}**."]

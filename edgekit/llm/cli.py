@@ -59,7 +59,7 @@ def export_lm_cmd(model, out, route, validation_tokens, atol, prompts, cache_dir
               help="MatMulNBits accuracy_level (1 fp32, 4 int8 activations); 0 = measure --accuracy-levels.")
 @click.option("--block-sizes", default="32,128", show_default=True, callback=_csv_ints)
 @click.option("--accuracy-levels", default="4,1", show_default=True, callback=_csv_ints)
-@click.option("--keep-fp", type=click.Choice(["auto", "none", "lm_head"]), default="auto", show_default=True,
+@click.option("--keep-fp", type=click.Choice(["auto", "none", "lm_head_int8", "mixed", "lm_head"]), default="auto", show_default=True,
               help="Keep lm_head and embeddings in fp32: auto does so only when greedy agreement needs it.")
 @click.option("--min-agreement", default=0.75, show_default=True, type=float)
 @click.option("--route", type=click.Choice(["auto", "builder", "dynamo"]), default="auto", show_default=True)

@@ -8,12 +8,22 @@ rewriting the attribute: 4 (int8 activations, ORT's CPU default, which
 changes greedy tokens on some models, onnxruntime issue 29849) and 1 (fp32
 activations).
 
-Each candidate decodes the same prompts greedily; its agreement with
-PyTorch's greedy tokens and its decode speed are recorded. The fastest
-candidate within ``agreement_slack`` of the best agreement wins. With
-``keep_fp="auto"`` the lm_head and embeddings are quantized too unless the
-best agreement stays under ``min_agreement``; then candidates that keep them
-in fp32 are measured as well (the fallback list is in the manifest).
+Each candidate is scored on the same prompts against PyTorch's greedy
+tokens: teacher-forced top-1 agreement (the artifact predicts each next
+token given the original's context: what the gate measures, and stable,
+where one early divergence zeroes a free-running comparison) chooses;
+the free-running identical prefix and the decode speed are recorded. The
+fastest candidate within ``agreement_slack`` of the best agreement wins;
+within 5 % of its speed, the smaller one.
+
+What stays at higher precision (``keep_fp``): ``none`` (every MatMul int4,
+lm_head and the tied embeddings included), ``lm_head_int8`` (the last
+MatMul int8: onnxruntime-genai's ``matmul_mixed_precision=last_matmul:int8``),
+``mixed`` (k-quant with lm_head and the sensitive layers int8, llama.cpp's
+mixed strategy), ``lm_head`` (lm_head and embeddings fp32: +4x their
+size). ``auto`` measures ``none`` and ``lm_head_int8`` and adds ``mixed``
+then ``lm_head`` only while the best agreement stays under ``min_agreement``
+(the fallback list is in the manifest).
 """
 
 from __future__ import annotations
@@ -41,7 +51,12 @@ from .source import check_causal_lm, resolve_source
 from .validate import PROMPTS, encode_prompts, load_causal_lm, torch_greedy
 
 PRECISIONS = ("int4", "int8")
-KEEP = ("auto", "none", "lm_head")
+KEEP = ("auto", "none", "lm_head_int8", "mixed", "lm_head")
+#: what each keep_fp adds to the builder's extra options (int4 body; int8 models are int8 throughout)
+BUILDER_KEEP = {"none": {}, "lm_head_int8": {"matmul_mixed_precision": "last_matmul:int8"},
+                "mixed": {"algo_config": "k_quant", "matmul_mixed_precision": "last_matmul:int8,mixed_layers:int8"},
+                "lm_head": {"shared_embeddings": False, "op_types_to_quantize": "MatMul",
+                            "nodes_to_exclude": "/lm_head/MatMul"}}
 LM_HEAD_NODE = "/lm_head/MatMul"  # the builder's node name
 
 
@@ -55,10 +70,10 @@ class LMQuantizeOptions:
                                                               "activations); 0 = measure accuracy_levels"})
     block_sizes: tuple[int, ...] = field(default=(32, 128), metadata={"help": "block sizes measured"})
     accuracy_levels: tuple[int, ...] = field(default=(4, 1), metadata={"help": "accuracy levels measured"})
-    keep_fp: str = field(default="auto", metadata={"help": "keep lm_head/embeddings fp32: auto (only when "
-                                                            "agreement needs it), none, lm_head"})
-    min_agreement: float = field(default=0.75, metadata={"help": "greedy agreement under which auto keeps "
-                                                                  "lm_head/embeddings in fp32"})
+    keep_fp: str = field(default="auto", metadata={"help": "what stays at higher precision: auto (measured), "
+                                                            "none, lm_head_int8, mixed, lm_head (fp32)"})
+    min_agreement: float = field(default=0.90, metadata={"help": "teacher-forced greedy agreement under which auto "
+                                                                  "measures the next, larger fallback"})
     agreement_slack: float = field(default=0.02, metadata={"help": "a faster candidate may trail the best "
                                                                     "agreement by this much"})
     route: str = field(default="auto", metadata={"help": "auto, builder (onnxruntime-genai) or dynamo"})
@@ -76,11 +91,13 @@ class Candidate:
     folder: Path
     agreement: float = 0.0
     decode_tokens_per_s: float = 0.0
+    identical_prefix: float = 0.0
+    size_mb: float = 0.0
 
     def row(self) -> dict:
         return {"block_size": self.block_size, "accuracy_level": self.accuracy_level, "keep_fp": self.keep,
-                "greedy_agreement": round(self.agreement, 4),
-                "decode_tokens_per_s": round(self.decode_tokens_per_s, 1)}
+                "greedy_agreement": round(self.agreement, 4), "identical_prefix": round(self.identical_prefix, 4),
+                "decode_tokens_per_s": round(self.decode_tokens_per_s, 1), "size_mb": round(self.size_mb, 1)}
 
 
 def quantize_lm(model: str | Path, out: str | Path, options: LMQuantizeOptions | None = None,
@@ -95,12 +112,7 @@ def quantize_lm(model: str | Path, out: str | Path, options: LMQuantizeOptions |
     started = time.perf_counter()
     with atomic_dir(out, force) as tmp:
         work = tmp / ".candidates"
-        measured = _measure_all(source.folder, route, options, refs, work, ("lm_head",) if options.keep_fp == "lm_head"
-                                else ("none",))
-        if options.keep_fp == "auto" and max(c.agreement for c in measured) < options.min_agreement:
-            progress.echo(f"[edgekit] greedy agreement {max(c.agreement for c in measured):.2f} < "
-                          f"{options.min_agreement}: measuring with lm_head/embeddings kept in fp32")
-            measured += _measure_all(source.folder, route, options, refs, work, ("lm_head",))
+        measured = _measure_keeps(source.folder, route, options, refs, work)
         chosen = choose(measured, options.agreement_slack)
         for f in chosen.folder.iterdir():
             shutil.move(str(f), tmp / f.name)
@@ -108,9 +120,11 @@ def quantize_lm(model: str | Path, out: str | Path, options: LMQuantizeOptions |
         finish_folder(source.folder, tmp, route)
         quant = {"precision": options.precision, "block_size": chosen.block_size,
                  "accuracy_level": chosen.accuracy_level,
-                 "fp32_fallback": ["lm_head", "embed_tokens"] if chosen.keep == "lm_head" else [],
+                 "keep_fp": chosen.keep, "fp32_fallback": ["lm_head", "embed_tokens"] if chosen.keep == "lm_head" else [],
                  "chosen": chosen.row(), "measurements": [c.row() for c in measured],
-                 "rule": f"fastest decode within {options.agreement_slack} of the best greedy agreement",
+                 "agreement": "teacher-forced top-1 over the original's greedy tokens",
+                 "rule": f"fastest decode within {options.agreement_slack} of the best greedy agreement; "
+                         "within 5% of its speed, the smallest",
                  "prompts": len(refs), "tokens": options.tokens, "threads": options.threads,
                  "loadavg": [round(x, 2) for x in os.getloadavg()]}
         manifest = write_manifest(tmp, "onnx", "quantize-lm", _inputs(source), _jsonable(options), {
@@ -122,10 +136,33 @@ def quantize_lm(model: str | Path, out: str | Path, options: LMQuantizeOptions |
 
 
 def choose(measured: list[Candidate], slack: float) -> Candidate:
-    """The fastest candidate whose agreement is within ``slack`` of the best one's."""
+    """The fastest candidate whose agreement is within ``slack`` of the best one's; near-ties go to the smaller."""
     best = max(c.agreement for c in measured)
     eligible = [c for c in measured if c.agreement >= best - slack]
-    return max(eligible, key=lambda c: c.decode_tokens_per_s)
+    fastest = max(c.decode_tokens_per_s for c in eligible)
+    near = [c for c in eligible if c.decode_tokens_per_s >= 0.95 * fastest]
+    return min(near, key=lambda c: (c.size_mb, -c.decode_tokens_per_s))
+
+
+def _keeps(options: LMQuantizeOptions, route: str) -> list[tuple[str, ...]]:
+    """Rounds of keep_fp settings: the next round is measured only while agreement stays under the minimum."""
+    if options.keep_fp != "auto":
+        return [(options.keep_fp,)]
+    if route != "builder" or options.precision == "int8":  # mixed precision is the builder's int4 feature
+        return [("none",), ("lm_head",)]
+    return [("none", "lm_head_int8"), ("mixed",), ("lm_head",)]
+
+
+def _measure_keeps(folder: Path, route: str, options: LMQuantizeOptions, refs: list, work: Path) -> list[Candidate]:
+    measured: list[Candidate] = []
+    for round_ in _keeps(options, route):
+        if measured and max(c.agreement for c in measured) >= options.min_agreement:
+            break
+        if measured:
+            progress.echo(f"[edgekit] greedy agreement {max(c.agreement for c in measured):.3f} < "
+                          f"{options.min_agreement}: measuring with {', '.join(round_)} kept at higher precision")
+        measured += _measure_all(folder, route, options, refs, work, round_)
+    return measured
 
 
 def _check(options: LMQuantizeOptions) -> None:
@@ -169,6 +206,9 @@ def _measure_all(folder: Path, route: str, options: LMQuantizeOptions, refs: lis
     levels = (options.accuracy_level,) if options.accuracy_level else options.accuracy_levels
     out = []
     for keep in keeps:
+        if keep in ("lm_head_int8", "mixed") and (route != "builder" or options.precision != "int4"):
+            raise InputError(f"--keep-fp {keep} needs the builder route and int4",
+                             "it is onnxruntime-genai's mixed-precision int4", "Use --keep-fp lm_head or none")
         for block in blocks:
             built = work / f"{keep}-b{block}"
             with progress.stage("quantize", f"{options.precision}, block {block}, keep fp32: {keep}, {route} route"):
@@ -179,7 +219,8 @@ def _measure_all(folder: Path, route: str, options: LMQuantizeOptions, refs: lis
                 set_accuracy_level(cand.folder / ONNX_NAME, level)
                 measure(cand, refs, options.threads, dims(folder)["head_dim"])
                 progress.echo(f"           block {block}, accuracy_level {level}, keep {keep}: agreement "
-                              f"{cand.agreement:.3f}, decode {cand.decode_tokens_per_s:.1f} tok/s")
+                              f"{cand.agreement:.3f} (identical prefix {cand.identical_prefix:.2f}), decode "
+                              f"{cand.decode_tokens_per_s:.1f} tok/s, {cand.size_mb:.0f} MB")
                 out.append(cand)
             shutil.rmtree(built)
     return out
@@ -189,9 +230,7 @@ def build_quantized(folder: Path, out: Path, route: str, precision: str, block: 
     """One quantized graph (accuracy_level set later) into ``out``."""
     out.mkdir(parents=True)
     if route == "builder":
-        extra: dict[str, object] = {"block_size": block, "accuracy_level": 4}
-        if keep == "lm_head":
-            extra.update(shared_embeddings=False, op_types_to_quantize="MatMul", nodes_to_exclude=LM_HEAD_NODE)
+        extra: dict[str, object] = {"block_size": block, "accuracy_level": 4, **BUILDER_KEEP[keep]}
         genai_builder.build(folder, out, precision, extra)
         return
     fp32 = out / "fp32"
@@ -276,18 +315,28 @@ def set_accuracy_level(onnx_path: Path, level: int) -> int:
 
 
 def measure(cand: Candidate, refs: list[tuple[list[int], list[int]]], threads: int, head_dim: int) -> None:
-    """Greedy agreement with PyTorch (mean over prompts) and decode tokens/s (one warm-up prompt first)."""
+    """Teacher-forced agreement with PyTorch's greedy tokens (pooled over prompts), the free-running identical
+    prefix, decode tokens/s (one warm-up prompt first) and the size on disk."""
+    import numpy as np
+
     decoder = DecoderSession(cand.folder / ONNX_NAME, threads=threads, head_dim=head_dim)
     greedy(decoder, refs[0][0], 2)
-    scores, generated, seconds = [], 0, 0.0
+    prefixes, generated, seconds, agree, total = [], 0, 0.0, 0, 0
     for ids, ref in refs:
         started = time.perf_counter()
         got = greedy(decoder, ids, len(ref))
         seconds += time.perf_counter() - started
         generated += len(got.tokens)
-        scores.append(agreement(ref, got.tokens))
-    cand.agreement = sum(scores) / len(scores)
+        prefixes.append(agreement(ref, got.tokens))
+        seq = np.asarray([ids + ref], dtype=np.int64)
+        logits, _ = decoder.forward(seq, np.ones_like(seq), decoder.empty_cache(1))
+        picks = logits[0, len(ids) - 1: len(ids) - 1 + len(ref)].argmax(-1)
+        agree += int((picks == np.asarray(ref)).sum())
+        total += len(ref)
+    cand.agreement = agree / max(total, 1)
+    cand.identical_prefix = sum(prefixes) / len(prefixes)
     cand.decode_tokens_per_s = generated / seconds if seconds else 0.0
+    cand.size_mb = sum(f.stat().st_size for f in cand.folder.iterdir() if f.is_file()) / 1e6
 
 
 def _jsonable(options: LMQuantizeOptions) -> dict:
