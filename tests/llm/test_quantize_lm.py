@@ -81,6 +81,48 @@ def test_choose_prefers_speed_within_slack():
     assert choose(c, 0.06).folder == Path("a")
 
 
+def test_choose_gives_a_near_tie_in_speed_to_the_smaller_artifact():
+    from edgekit.llm.quantize import Candidate, choose
+
+    big = Candidate(32, 4, "lm_head", Path("fp32-head"), 0.95, 50.0, size_mb=300.0)
+    small = Candidate(32, 4, "lm_head_int8", Path("int8-head"), 0.94, 48.5, size_mb=110.0)
+    slow = Candidate(32, 1, "none", Path("slow"), 0.95, 30.0, size_mb=90.0)
+    assert choose([big, small, slow], 0.02).folder == Path("int8-head")   # within 5 % of the fastest, smaller
+    assert choose([big, small, slow], 0.005).folder == Path("fp32-head")  # the smaller one trails on agreement
+
+
+def test_auto_measures_fallbacks_in_order_of_size():
+    from edgekit.llm.quantize import LMQuantizeOptions, _keeps
+
+    assert _keeps(LMQuantizeOptions(), "builder") == [("none", "lm_head_int8"), ("mixed",), ("lm_head",)]
+    assert _keeps(LMQuantizeOptions(precision="int8"), "builder") == [("none",), ("lm_head",)]
+    assert _keeps(LMQuantizeOptions(), "dynamo") == [("none",), ("lm_head",)]
+    assert _keeps(LMQuantizeOptions(keep_fp="mixed"), "builder") == [("mixed",)]
+
+
+@needs_toolchain
+@needs_genai
+def test_int4_with_an_int8_lm_head(tmp_path):
+    from edgekit.llm.quantize import LMQuantizeOptions, quantize_lm
+
+    src = build_tiny_lm(tmp_path / "llama", "llama")
+    options = LMQuantizeOptions(precision="int4", block_size=32, accuracy_level=1, keep_fp="lm_head_int8",
+                                prompts=tuple(PROMPTS[:2]), tokens=8, cache_dir=str(tmp_path / "cache"))
+    art = quantize_lm(src, tmp_path / "int4", options)
+    import onnx
+
+    graph = onnx.load(str(art.model_file), load_external_data=False).graph
+    bits = {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in graph.node if n.op_type == "MatMulNBits"}
+    producers = {o: n for n in graph.node for o in n.output}
+    head = producers["logits"]
+    while head.op_type != "MatMulNBits":
+        head = producers[head.input[0]]
+    assert bits[head.name] == 8 and sorted(set(bits.values())) == [4, 8]   # int8 head, int4 body
+    q = art.manifest["llm"]["quantization"]
+    assert q["keep_fp"] == "lm_head_int8" and q["chosen"]["size_mb"] > 0 and 0 <= q["chosen"]["identical_prefix"] <= 1
+    _loads_and_decodes(art)
+
+
 def test_bad_options_are_one_line_errors():
     from edgekit.errors import InputError
     from edgekit.llm.quantize import LMQuantizeOptions, _check
