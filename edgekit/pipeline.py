@@ -113,13 +113,14 @@ def optimize(model: str | Path, data: str | Path, out: str | Path, options: Opti
     """
     options = options or OptimizeOptions()
     options.validate()
-    from .hf import fetch
+    with progress.stage("load", f"model {model}, data {data}"):  # the first line a user sees: at once
+        from .hf import fetch
 
-    src = resolve(fetch(model))
-    if src.kind != "hf":
-        raise ModelError(f"'{model}' is not a Hugging Face model folder", f"it is a {src.kind} artifact",
-                         "Pass the fine-tuned model folder (save_pretrained output)")
-    rows = load_run_data(src, data, options)
+        src = resolve(fetch(model))
+        if src.kind != "hf":
+            raise ModelError(f"'{model}' is not a Hugging Face model folder", f"it is a {src.kind} artifact",
+                             "Pass the fine-tuned model folder (save_pretrained output)")
+        rows = load_run_data(src, data, options)
     stages, started = _Stages(), time.perf_counter()
     with atomic_dir(out, force) as tmp, _workdir(tmp) as work:
         export_src = src

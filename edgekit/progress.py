@@ -69,7 +69,9 @@ def stage(name: str, detail: str = "") -> Iterator[dict]:
 
 
 def _plural(unit: str, count: int) -> str:
-    return unit if count == 1 or unit.endswith("s") else unit + "s"
+    if count == 1 or unit.endswith("s"):
+        return unit
+    return unit + ("es" if unit.endswith(("ch", "sh", "x")) else "s")
 
 
 def bar(items: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T]:
