@@ -16,6 +16,7 @@ import pytest
 from conftest import requires_toolchain
 from edgekit.bench import BenchOptions
 from edgekit.options import DataOptions, GateOptions, OptimizeOptions
+from edgekit.pipeline import PAIRED_ROUNDS
 from edgekit.prune import PruneOptions
 from edgekit.quantize import QuantizeOptions
 
@@ -78,7 +79,7 @@ def test_cpu_optimize_reads_each_file_once_and_leaves_cwd_empty(tiny_model, file
     assert all(f"[edgekit] {s} done in" in err for s in ("prune", "export", "quantize", "check", "bench")), err
     # loops over data end with a summary line off a terminal (a bar on one); the fallback prints each trial
     assert all(line in err for line in ("sensitivity: 32 sentences", "calibrate: 8 sentences", "fallback trial 0:",
-                                         "interleaved rounds: 12 rounds")), err
+                                         f"interleaved rounds: {PAIRED_ROUNDS} rounds")), err
     assert list(empty_cwd.iterdir()) == []
 
 
