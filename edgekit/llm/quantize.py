@@ -53,8 +53,12 @@ from .validate import PROMPTS, encode_prompts, load_causal_lm, torch_greedy
 PRECISIONS = ("int4", "int8")
 KEEP = ("auto", "none", "lm_head_int8", "mixed", "lm_head")
 #: what each keep_fp adds to the builder's extra options (int4 body; int8 models are int8 throughout)
-BUILDER_KEEP = {"none": {}, "lm_head_int8": {"matmul_mixed_precision": "last_matmul:int8"},
-                "mixed": {"algo_config": "k_quant", "matmul_mixed_precision": "last_matmul:int8,mixed_layers:int8"},
+#: a tied lm_head is untied for the mixed settings (the builder's int8 head cannot share the int4 embedding table);
+#: the embeddings then stay int4 through Gather quantization
+_UNTIED = {"shared_embeddings": False, "op_types_to_quantize": "MatMul/Gather"}
+BUILDER_KEEP = {"none": {}, "lm_head_int8": {**_UNTIED, "matmul_mixed_precision": "last_matmul:int8"},
+                "mixed": {**_UNTIED, "algo_config": "k_quant",
+                          "matmul_mixed_precision": "last_matmul:int8,mixed_layers:int8"},
                 "lm_head": {"shared_embeddings": False, "op_types_to_quantize": "MatMul",
                             "nodes_to_exclude": "/lm_head/MatMul"}}
 LM_HEAD_NODE = "/lm_head/MatMul"  # the builder's node name
@@ -112,7 +116,8 @@ def quantize_lm(model: str | Path, out: str | Path, options: LMQuantizeOptions |
     started = time.perf_counter()
     with atomic_dir(out, force) as tmp:
         work = tmp / ".candidates"
-        measured = _measure_keeps(source.folder, route, options, refs, work)
+        failures: list[dict] = []
+        measured = _measure_keeps(source.folder, route, options, refs, work, failures)
         chosen = choose(measured, options.agreement_slack)
         for f in chosen.folder.iterdir():
             shutil.move(str(f), tmp / f.name)
@@ -121,7 +126,7 @@ def quantize_lm(model: str | Path, out: str | Path, options: LMQuantizeOptions |
         quant = {"precision": options.precision, "block_size": chosen.block_size,
                  "accuracy_level": chosen.accuracy_level,
                  "keep_fp": chosen.keep, "fp32_fallback": ["lm_head", "embed_tokens"] if chosen.keep == "lm_head" else [],
-                 "chosen": chosen.row(), "measurements": [c.row() for c in measured],
+                 "chosen": chosen.row(), "measurements": [c.row() for c in measured], "failed": failures,
                  "agreement": "teacher-forced top-1 over the original's greedy tokens",
                  "rule": f"fastest decode within {options.agreement_slack} of the best greedy agreement; "
                          "within 5% of its speed, the smallest",
@@ -153,7 +158,8 @@ def _keeps(options: LMQuantizeOptions, route: str) -> list[tuple[str, ...]]:
     return [("none", "lm_head_int8"), ("mixed",), ("lm_head",)]
 
 
-def _measure_keeps(folder: Path, route: str, options: LMQuantizeOptions, refs: list, work: Path) -> list[Candidate]:
+def _measure_keeps(folder: Path, route: str, options: LMQuantizeOptions, refs: list, work: Path,
+                   failures: list[dict]) -> list[Candidate]:
     measured: list[Candidate] = []
     for round_ in _keeps(options, route):
         if measured and max(c.agreement for c in measured) >= options.min_agreement:
@@ -161,7 +167,11 @@ def _measure_keeps(folder: Path, route: str, options: LMQuantizeOptions, refs: l
         if measured:
             progress.echo(f"[edgekit] greedy agreement {max(c.agreement for c in measured):.3f} < "
                           f"{options.min_agreement}: measuring with {', '.join(round_)} kept at higher precision")
-        measured += _measure_all(folder, route, options, refs, work, round_)
+        measured += _measure_all(folder, route, options, refs, work, round_, failures)
+    if not measured:
+        raise BackendError(f"No {options.precision} candidate of '{folder}' could be built and run",
+                           failures[-1]["error"] if failures else "nothing was measured",
+                           "Try --route dynamo, another --keep-fp, or --precision int8")
     return measured
 
 
@@ -201,7 +211,7 @@ def _references(folder: Path, options: LMQuantizeOptions) -> list[tuple[list[int
 
 
 def _measure_all(folder: Path, route: str, options: LMQuantizeOptions, refs: list, work: Path,
-                 keeps: tuple[str, ...]) -> list[Candidate]:
+                 keeps: tuple[str, ...], failures: list[dict]) -> list[Candidate]:
     blocks = (options.block_size,) if options.block_size else options.block_sizes
     levels = (options.accuracy_level,) if options.accuracy_level else options.accuracy_levels
     out = []
@@ -210,19 +220,33 @@ def _measure_all(folder: Path, route: str, options: LMQuantizeOptions, refs: lis
             raise InputError(f"--keep-fp {keep} needs the builder route and int4",
                              "it is onnxruntime-genai's mixed-precision int4", "Use --keep-fp lm_head or none")
         for block in blocks:
-            built = work / f"{keep}-b{block}"
-            with progress.stage("quantize", f"{options.precision}, block {block}, keep fp32: {keep}, {route} route"):
-                build_quantized(folder, built, route, options.precision, block, keep)
-            for level in levels:
-                cand = Candidate(block, level, keep, work / f"{keep}-b{block}-a{level}")
-                shutil.copytree(built, cand.folder)
-                set_accuracy_level(cand.folder / ONNX_NAME, level)
-                measure(cand, refs, options.threads, dims(folder)["head_dim"])
-                progress.echo(f"           block {block}, accuracy_level {level}, keep {keep}: agreement "
-                              f"{cand.agreement:.3f} (identical prefix {cand.identical_prefix:.2f}), decode "
-                              f"{cand.decode_tokens_per_s:.1f} tok/s, {cand.size_mb:.0f} MB")
-                out.append(cand)
-            shutil.rmtree(built)
+            out += _measure_block(folder, route, options, refs, work, keep, block, levels, failures)
+    return out
+
+
+def _measure_block(folder: Path, route: str, options: LMQuantizeOptions, refs: list, work: Path, keep: str,
+                   block: int, levels: tuple[int, ...], failures: list[dict]) -> list[Candidate]:
+    """One build, measured at each accuracy level. A build or graph that fails is recorded and skipped (the run
+    goes on with the other candidates); :func:`quantize_lm` fails only when none is left."""
+    built, out = work / f"{keep}-b{block}", []
+    try:
+        with progress.stage("quantize", f"{options.precision}, block {block}, keep: {keep}, {route} route"):
+            build_quantized(folder, built, route, options.precision, block, keep)
+        for level in levels:
+            cand = Candidate(block, level, keep, work / f"{keep}-b{block}-a{level}")
+            shutil.copytree(built, cand.folder)
+            set_accuracy_level(cand.folder / ONNX_NAME, level)
+            measure(cand, refs, options.threads, dims(folder)["head_dim"])
+            progress.echo(f"           block {block}, accuracy_level {level}, keep {keep}: agreement "
+                          f"{cand.agreement:.3f} (identical prefix {cand.identical_prefix:.2f}), decode "
+                          f"{cand.decode_tokens_per_s:.1f} tok/s, {cand.size_mb:.0f} MB")
+            out.append(cand)
+    except Exception as exc:  # noqa: BLE001  (the builder's or ONNX Runtime's error, for this candidate only)
+        reason = " ".join(str(exc).split())[:200]
+        progress.echo(f"[edgekit] candidate block {block}, keep {keep} skipped: {type(exc).__name__}: {reason}")
+        failures.append({"block_size": block, "keep_fp": keep, "error": f"{type(exc).__name__}: {reason}"})
+    finally:
+        shutil.rmtree(built, ignore_errors=True)
     return out
 
 
