@@ -129,3 +129,17 @@ def test_reference_recipe_reads():
                                               allow_outside_paths=True).options)
     assert (o.target, o.export.task, o.quantize.mode, o.bench.iterations, o.data.label_column) == \
         ("cpu", "text-classification", "dynamic", 200, "label")
+
+
+def test_fastest_within_budget_recipe_reads():
+    from pathlib import Path
+
+    from edgekit.recipe import load_recipe
+
+    root = Path(__file__).resolve().parents[2]
+    recipe = load_recipe(root / "models" / "minilm-l6-sst2-fast.yaml", allow_outside_paths=True)
+    o = OptimizeOptions.from_dict(recipe.options)
+    o.validate()
+    assert o.pruning and (o.prune.ffn, o.prune.layers, o.prune.distill) == (0.5, 1, True)
+    assert o.data.prune_data.endswith("sst2/train.tsv") and o.gate.max_accuracy_drop == 0.005
+    assert str(recipe.out).endswith("out/minilm-l6-sst2-fast")
