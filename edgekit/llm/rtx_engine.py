@@ -19,6 +19,7 @@ DEQUANTIZE layer whose input is an INT4 constant. A build that contradicts this 
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections import Counter
@@ -93,8 +94,12 @@ def _check_lm_input(model) -> None:
 def _targets(trt, options: LMEngineOptions) -> list[str]:
     from ..engine import BuildOptions, compute_capabilities
 
-    return compute_capabilities(trt, BuildOptions(backend="tensorrt-rtx",
-                                                  compute_capabilities=list(options.compute_capabilities)))
+    try:
+        return compute_capabilities(trt, BuildOptions(backend="tensorrt-rtx",
+                                                      compute_capabilities=list(options.compute_capabilities)))
+    except InputError as exc:  # the encoder hint (classic TensorRT for 9.0) does not apply to decoder engines
+        raise InputError(exc.what.split(" (")[0], "decoder engines are built with TensorRT-RTX, for RTX GPUs only",
+                         exc.fix) from None
 
 
 def _copy_folder(src: Path, dst: Path) -> None:
@@ -104,11 +109,9 @@ def _copy_folder(src: Path, dst: Path) -> None:
 
 
 def _build(trt, folder: Path, options: LMEngineOptions, targets: list[str]) -> dict:
-    from ..artifact import sha256_file, versions
     from ..inspect_network import parse, walk
 
     manifest = read_manifest(folder)
-    llm = manifest.get("llm") or {}
     started = time.perf_counter()
     builder, network, parser, logger = parse(trt, folder / ONNX_NAME, "TensorRT-RTX")
     summary = weight_matmuls(network)
@@ -119,35 +122,45 @@ def _build(trt, folder: Path, options: LMEngineOptions, targets: list[str]) -> d
                            "Rebuild the ONNX (delete the folder's manifest.json) or report the architecture")
     config = builder.create_builder_config()
     _configure(trt, config, options, targets)
-    profiles = lm_profiles(network, llm, options)
+    profiles = lm_profiles(network, manifest.get("llm") or {}, options)
     for prof in profiles:
         _add_profile(builder, network, config, prof)
-    with progress.stage("engine", f"TensorRT-RTX {options.precision}, compute capabilities "
-                                  f"{', '.join(targets) or 'default'}, {len(profiles)} profiles") as note:
+    plan = _serialize(builder, network, config, logger, folder / ENGINE_NAME,
+                      f"TensorRT-RTX {options.precision}, compute capabilities {', '.join(targets) or 'default'}, "
+                      f"{len(profiles)} profiles")
+    record = _record(trt, folder, options, targets, manifest)
+    record.update(profiles=profiles, engine_bytes=plan.nbytes, build_seconds=round(time.perf_counter() - started, 2),
+                  network={"layer_types": walk(network)["layer_types"], "matmul": summary},
+                  verification={"network": "passed", "engine": _inspect(trt, plan, logger)})
+    sidecar_path(folder / ENGINE_NAME).write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    return record
+
+
+def _serialize(builder, network, config, logger, engine: Path, detail: str):
+    with progress.stage("engine", detail) as note:
         plan = builder.build_serialized_network(network, config)
         if plan is None:
             raise BackendError("TensorRT-RTX could not build the decoder engine",
                                " ".join((logger.errors[-1] if logger.errors else "no error was logged").split())[:300],
                                "Check --compute-capability and the profile lengths, or set EDGEKIT_DEBUG=1")
-        (folder / ENGINE_NAME).write_bytes(memoryview(plan))
+        engine.write_bytes(memoryview(plan))
         note["note"] = f"{plan.nbytes / 1e6:.1f} MB"
-    record = {"edgekit_artifact": "engine", "step": "build", "engine": ENGINE_NAME,
-              "engine_sha256": sha256_file(folder / ENGINE_NAME), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                          time.gmtime()),
-              "backend": "tensorrt-rtx", "backend_version": getattr(trt, "__version__", "unknown"),
-              "task": "text-generation", "precision": options.precision, "compute_capabilities": targets or None,
-              "targets": f"compute capabilities {', '.join(targets)}" if targets else "TensorRT-RTX default targets",
-              "profiles": profiles, "engine_bytes": plan.nbytes,
-              "onnx_bytes": sum(f.stat().st_size for f in folder.glob("model.onnx*")),
-              "build_seconds": round(time.perf_counter() - started, 2),
-              "network": {"layer_types": walk(network)["layer_types"], "matmul": summary},
-              "verification": {"network": "passed", "engine": _inspect(trt, plan, logger)},
-              "onnx": {"file": ONNX_NAME, "precision": manifest.get("precision"), "rtx": manifest.get("rtx")},
-              "options": asdict(options), "versions": versions()}
-    import json
+    return plan
 
-    sidecar_path(folder / ENGINE_NAME).write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
-    return record
+
+def _record(trt, folder: Path, options: LMEngineOptions, targets: list[str], manifest: dict) -> dict:
+    from ..artifact import sha256_file, versions
+
+    return {"edgekit_artifact": "engine", "step": "build", "engine": ENGINE_NAME,
+            "engine_sha256": sha256_file(folder / ENGINE_NAME),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "backend": "tensorrt-rtx", "backend_version": getattr(trt, "__version__", "unknown"),
+            "task": "text-generation", "precision": options.precision, "compute_capabilities": targets or None,
+            "targets": f"compute capabilities {', '.join(targets)}" if targets else "TensorRT-RTX default targets",
+            "onnx_bytes": sum(f.stat().st_size for f in folder.glob("model.onnx*")),
+            "onnx": {"file": ONNX_NAME, "precision": manifest.get("precision"), "rtx": manifest.get("rtx"),
+                     "validation": {k: v for k, v in (manifest.get("validation") or {}).items() if k != "rows"}},
+            "llm": manifest.get("llm"), "options": asdict(options), "versions": versions()}
 
 
 def _configure(trt, config, options: LMEngineOptions, targets: list[str]) -> None:
