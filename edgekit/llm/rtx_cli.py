@@ -52,7 +52,10 @@ def build(model, out, ccs: list[str], flags: dict, explicit: set[str], force: bo
     batch = {k: flags[k] for k in ("min_batch", "opt_batch", "max_batch") if k in explicit}
     if batch and "opt_batch" not in batch:
         batch["opt_batch"] = batch.get("min_batch", 1)
-    options = LMEngineOptions(precision=flags["precision"], compute_capabilities=ccs,
+    precision = flags["precision"]
+    if "precision" not in explicit:  # an fp16/int4 decoder folder keeps its own precision unless asked otherwise
+        precision = _folder_precision(model) or precision
+    options = LMEngineOptions(precision=precision, compute_capabilities=ccs,
                               max_context=flags.get("max_seq"), max_prompt=flags.get("max_prompt"),
                               opt_prompt=flags.get("opt_seq"), block_size=flags.get("block_size") or 128,
                               workspace_mib=flags.get("workspace_mib"), **batch)
@@ -69,3 +72,10 @@ def build(model, out, ccs: list[str], flags: dict, explicit: set[str], force: bo
                f"{'/'.join(map(str, pre['sequence']))}, decode past {'/'.join(map(str, dec['past']))}. "
                f"ONNX beside it: {m['onnx_bytes'] / 1e6:.1f} MB.")
     return m
+
+
+def _folder_precision(model) -> str | None:
+    from .rtx_onnx import is_rtx_onnx
+
+    path = Path(str(model))
+    return json.loads((path / "manifest.json").read_text()).get("precision") if is_rtx_onnx(path) else None

@@ -71,6 +71,7 @@ def build_lm_engine(model: str | Path, out: str | Path, options: LMEngineOptions
     _check_lm_input(model)
     trt = require("tensorrt_rtx")
     targets = _targets(trt, options)
+    check_lengths(_context_length(model, options), options)  # before minutes of export
     with atomic_dir(out, force) as tmp:
         if is_rtx_onnx(Path(str(model)), options.precision):
             _copy_folder(Path(str(model)), tmp)
@@ -172,9 +173,20 @@ def _configure(trt, config, options: LMEngineOptions, targets: list[str]) -> Non
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
 
 
-def lm_profiles(network, llm: dict, options: LMEngineOptions) -> list[dict]:
-    """The prefill and decode profiles: per input, (min, opt, max) shapes."""
-    context = int(llm.get("context_length") or DEFAULT_MAX_CONTEXT)
+def _context_length(model, options: LMEngineOptions) -> int:
+    from .layout import dims
+    from .source import resolve_source
+
+    path = Path(str(model))
+    if is_rtx_onnx(path):
+        llm = read_manifest(path).get("llm") or {}
+    else:
+        llm = dims(resolve_source(model, options.cache_dir).folder)
+    return int(llm.get("context_length") or DEFAULT_MAX_CONTEXT)
+
+
+def check_lengths(context: int, options: LMEngineOptions) -> tuple[int, int, int]:
+    """(max context, max prompt, opt prompt) after defaults, or a one-line InputError."""
     max_ctx = options.max_context or min(context, DEFAULT_MAX_CONTEXT)
     max_prompt = options.max_prompt or max_ctx
     opt_prompt = options.opt_prompt or min(128, max_prompt)
@@ -187,6 +199,14 @@ def lm_profiles(network, llm: dict, options: LMEngineOptions) -> list[dict]:
         raise InputError(f"Invalid lengths: max prompt {max_prompt}, max context {max_ctx}",
                          f"they must satisfy 1 <= max prompt <= max context <= the model's {context}, context >= 2",
                          "Fix --max-seq (context) / --max-prompt")
+    return max_ctx, max_prompt, opt_prompt
+
+
+def lm_profiles(network, llm: dict, options: LMEngineOptions) -> list[dict]:
+    """The prefill and decode profiles: per input, (min, opt, max) shapes."""
+    context = int(llm.get("context_length") or DEFAULT_MAX_CONTEXT)
+    max_ctx, max_prompt, opt_prompt = check_lengths(context, options)
+    batch = (options.min_batch, options.opt_batch, options.max_batch)
     opt_past = max(1, max_ctx // 2)
     prefill = {"seq": (1, opt_prompt, max_prompt), "past": (0, 0, 0)}
     decode = {"seq": (1, 1, 1), "past": (1, opt_past, max_ctx - 1)}
