@@ -17,7 +17,7 @@ from tiny_lm import PROMPTS, build_tiny_lm  # noqa: E402
 pytest.importorskip("torch", reason="toolchain extra (torch) not installed")
 pytest.importorskip("transformers", reason="toolchain extra (transformers) not installed")
 
-BLOCK = 32
+BLOCK = 128  # the default of edgekit build / optimize (onnxruntime-genai's TRT-RTX default too)
 CCS = ["8.6", "12.0"]
 PROMPT = [5, 9, 12, 7, 30, 11]
 FP16_LOGIT_TOL = 5e-2  # fp16 weights and compute vs fp32 PyTorch (measured ~2e-3 on this model)
@@ -215,3 +215,27 @@ def test_engine_without_gpu_is_one_line(onnx_dirs, tmp_path):
     with pytest.raises(BackendError, match="No CUDA GPU found for the TensorRT-RTX decoder engine"):
         load_generator(folder)
     assert load_generator(folder, engine="ort").engine_name == "ort"
+
+
+def test_optimize_target_tensorrt_rtx_gates_the_engine_onnx(src, tmp_path):
+    pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx not installed")
+    import json
+
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    data = tmp_path / "dev.tsv"
+    data.write_text("label\tsentence\n1\tthe film was great\n0\tthe plot was dull\n1\tgood fun\n0\tbad movie\n")
+    (tmp_path / "train.tsv").write_text("label\tsentence\n" + "1\tthe film was great and the plot was fun\n" * 20)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["optimize", str(src), "--data", str(data), "--out", str(out), "--target",
+                                  "tensorrt-rtx", "--compute-capability", "8.6", "--max-samples", "4"])
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "report.json").read_text())
+    opt = report["optimized"]
+    assert opt["backend"] == "tensorrt-rtx" and opt["precision"] == "int4" and opt["compute_capabilities"] == ["8.6"]
+    assert opt["int4_weight_matmuls"] == 15 and opt["engine_mb"] > 0 and report["passed"]
+    assert opt["latency"].startswith("not measured") and report["llm"]["bench"] is None
+    assert (out / "model.engine").is_file() and (out / "model.onnx").is_file()
+    assert "TensorRT-RTX engine" in r.output and "latency not measured" in r.output
