@@ -52,13 +52,7 @@ def optimize_lm(model: str | Path, data: str | Path, out: str | Path, options: L
                 force: bool = False) -> dict:
     """Optimize causal LM ``model`` (HF folder, .gguf, pkg:NAME) into ``out``, gated on labeled ``data``."""
     options = options or LMOptimizeOptions()
-    allowed = PRECISIONS.get(options.target)
-    if allowed is None:
-        raise InputError(f"Unknown target '{options.target}' for a causal LM", None,
-                         f"Choose one of: {', '.join(PRECISIONS)}")
-    if options.precision not in allowed:
-        raise InputError(f"Unknown precision '{options.precision}' for a causal LM on {options.target}", None,
-                         f"Choose one of: {', '.join(allowed)}")
+    _check_target(options)
     texts, labels = labeled_rows(data, options.gate.template)
     held_out = Path(options.held_out or Path(data).with_name("train.tsv"))
     if not held_out.is_file():
@@ -104,6 +98,16 @@ def optimize_lm(model: str | Path, data: str | Path, out: str | Path, options: L
                               "Try --precision fp16" if options.target == "tensorrt-rtx" and options.precision == "int4"
                               else "Try --precision int8, or relax the failing budget")
     return report
+
+
+def _check_target(options: LMOptimizeOptions) -> None:
+    allowed = PRECISIONS.get(options.target)
+    if allowed is None:
+        raise InputError(f"Unknown target '{options.target}' for a causal LM", None,
+                         f"Choose one of: {', '.join(PRECISIONS)}")
+    if options.precision not in allowed:
+        raise InputError(f"Unknown precision '{options.precision}' for a causal LM on {options.target}", None,
+                         f"Choose one of: {', '.join(allowed)}")
 
 
 def _rtx_artifact(hf: Path, tmp: Path, options: LMOptimizeOptions, stages: list) -> None:
