@@ -75,7 +75,7 @@ def build_lm_engine(model: str | Path, out: str | Path, options: LMEngineOptions
     with atomic_dir(out, force) as tmp:
         if is_rtx_onnx(Path(str(model)), options.precision):
             _copy_folder(Path(str(model)), tmp)
-        else:
+        else:  # an fp16 decoder folder asked for int4 is quantized from its fp16 ONNX, without a second export
             write_rtx_onnx(model, tmp, options.onnx_options())
         sidecar = _build(trt, tmp, options, targets)
     return Artifact(Path(out), "engine", Path(out) / ENGINE_NAME, sidecar)

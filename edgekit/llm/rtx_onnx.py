@@ -69,7 +69,12 @@ def prepare_rtx_onnx(model: str | Path, out: str | Path, options: RtxOnnxOptions
 
 
 def write_rtx_onnx(model: str | Path, folder: Path, options: RtxOnnxOptions) -> dict:
-    """:func:`prepare_rtx_onnx` into an existing (staging) ``folder``; returns the manifest."""
+    """:func:`prepare_rtx_onnx` into an existing (staging) ``folder``; returns the manifest.
+
+    int4 asked of an fp16 decoder folder (``model``) quantizes its fp16 ONNX (:func:`derive_int4`): no export.
+    """
+    if options.precision == "int4" and is_rtx_onnx(Path(str(model)), "fp16"):
+        return derive_int4(Path(str(model)), folder, options)
     source = resolve_source(model, options.cache_dir)
     check_causal_lm(source.folder)
     started = time.perf_counter()
@@ -83,6 +88,35 @@ def write_rtx_onnx(model: str | Path, folder: Path, options: RtxOnnxOptions) -> 
         "task": "text-generation", "precision": options.precision, "route": "dynamo", "opset": RTX_OPSET,
         "llm": llm_section(source.folder, folder / ONNX_NAME), "rtx": graph_info, "validation": validation,
         "onnx_bytes": onnx_bytes, "export_seconds": round(seconds, 1)})
+
+
+def derive_int4(fp16_folder: Path, folder: Path, options: RtxOnnxOptions) -> dict:
+    """int4 from an fp16 decoder folder (no second export): its fp16 weights quantized, validated, a manifest."""
+    from ..artifact import read_manifest
+    from .layout import dims
+
+    onnx = require("onnx")
+    parent = read_manifest(fp16_folder)
+    hf = resolve_source(parent["inputs"]["model"], options.cache_dir).folder
+    for f in fp16_folder.iterdir():
+        if f.is_file() and not f.name.startswith(("model.onnx", "model.engine", "manifest", "report")):
+            shutil.copyfile(f, folder / f.name)
+    model = onnx.load(str(fp16_folder / ONNX_NAME))
+    vocab = dims(hf)["vocab"] if options.keep_lm_head else None
+    info = dict(parent.get("rtx") or {})
+    with progress.stage("int4", f"block {options.block_size} weight-only Q/DQ, from {fp16_folder}"):
+        info["int4"] = quantize_int4(model, options.block_size, skip_columns=vocab)
+    _save(model, folder)
+    validation = validate_rtx(hf, folder / ONNX_NAME, options)
+    return write_manifest(folder, "onnx", STEP, dict(parent["inputs"], derived_from=str(fp16_folder)),
+                          asdict(options), {**{k: parent.get(k) for k in ("task", "route", "opset", "llm")},
+                                            "precision": "int4", "rtx": info, "validation": validation,
+                                            "onnx_bytes": sum(f.stat().st_size for f in folder.glob("model.onnx*"))})
+
+
+def _save(model, folder: Path) -> None:
+    require("onnx").save_model(model, str(folder / ONNX_NAME), save_as_external_data=True,
+                               all_tensors_to_one_file=True, location=ONNX_NAME + ".data", size_threshold=1024)
 
 
 def _convert(source: LMSource, folder: Path, options: RtxOnnxOptions) -> dict:
@@ -104,8 +138,7 @@ def _convert(source: LMSource, folder: Path, options: RtxOnnxOptions) -> dict:
         with progress.stage("int4", f"block {options.block_size} weight-only Q/DQ") as note:
             info["int4"] = quantize_int4(model, options.block_size, skip_columns=vocab)
             note["note"] = f"{info['int4']['quantized_matmuls']} MatMuls"
-    onnx.save_model(model, str(folder / ONNX_NAME), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=ONNX_NAME + ".data", size_threshold=1024)
+    _save(model, folder)
     return info
 
 

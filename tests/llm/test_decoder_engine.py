@@ -51,8 +51,11 @@ def onnx_dirs(src, tmp_path_factory) -> dict:
     from edgekit.llm.rtx_onnx import RtxOnnxOptions, prepare_rtx_onnx
 
     root = tmp_path_factory.mktemp("rtx-onnx")
-    return {p: prepare_rtx_onnx(src, root / p, RtxOnnxOptions(precision=p, block_size=BLOCK, prompts=tuple(PROMPTS),
-                                                              validation_tokens=8)).path for p in ("fp16", "int4")}
+    options = {p: RtxOnnxOptions(precision=p, block_size=BLOCK, prompts=tuple(PROMPTS), validation_tokens=8)
+               for p in ("fp16", "int4")}
+    fp16 = prepare_rtx_onnx(src, root / "fp16", options["fp16"]).path
+    int4 = prepare_rtx_onnx(fp16, root / "int4", options["int4"]).path  # quantized from the fp16 ONNX: no export
+    return {"fp16": fp16, "int4": int4}
 
 
 def _torch_reference(src: Path) -> tuple[list[int], list[np.ndarray]]:
@@ -106,6 +109,8 @@ def test_int4_onnx_is_block_dq_and_matches_pytorch(src, onnx_dirs):
     assert greedy(DecoderSession(onnx_dirs["int4"] / "model.onnx"), PROMPT, 8).tokens == expected
     size = {p: sum(f.stat().st_size for f in d.glob("model.onnx*")) for p, d in onnx_dirs.items()}
     assert size["int4"] < 0.6 * size["fp16"]
+    m = __import__("json").loads((onnx_dirs["int4"] / "manifest.json").read_text())
+    assert m["inputs"]["derived_from"] == str(onnx_dirs["fp16"]) and m["rtx"]["int4"]["quantized_matmuls"] == 15
 
 
 def test_int4_packing_reads_back_through_onnx():
