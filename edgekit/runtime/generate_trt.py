@@ -62,7 +62,9 @@ class TrtDecoderEngine(Engine):
             raise BackendError(f"TensorRT-RTX cannot load '{path}'", "it was built for other compute capabilities "
                                "or another TensorRT-RTX version", "Rebuild it with --compute-capability for this GPU")
         self.stream = self._check(self.cudart.cudaStreamCreate(), "cudaStreamCreate")
-        self.contexts = [self.engine.create_execution_context() for _ in range(min(2, self.engine.num_optimization_profiles))]
+        per_profile = trt.ExecutionContextAllocationStrategy.ON_PROFILE_CHANGE  # each context sized for its profile
+        self.contexts = [self.engine.create_execution_context(per_profile)
+                         for _ in range(min(2, self.engine.num_optimization_profiles))]
         for index, context in enumerate(self.contexts):
             context.set_optimization_profile_async(index, int(self.stream))
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
