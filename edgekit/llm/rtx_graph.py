@@ -75,11 +75,44 @@ def to_fp16_decoder(model) -> tuple[object, dict]:
     except Exception as exc:  # the converter raises bare Exceptions on graphs it cannot type
         why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise ModelError("fp16 conversion of the decoder failed", why, "Report the architecture") from None
+    skipped = drop_fp16_round_trips(converted.graph)
     toposort(converted.graph)
-    return converted, {"converter": "onnxruntime.transformers.float16", "fp32_outputs": list(KEEP_FP32_OUTPUTS),
+    prune_unused(converted.graph)
+    return converted, {"fp16_round_trips_removed": skipped, "converter": "onnxruntime.transformers.float16", "fp32_outputs": list(KEEP_FP32_OUTPUTS),
                        "kv_cache": "fp16", "fp32_nodes": len(nodes),
                        "fp32_chains": ["rotary positions up to Cos/Sin", "RMSNorm variance (Pow, ReduceMean, eps Add, "
                                                                           "Sqrt, Reciprocal)"]}
+
+
+def drop_fp16_round_trips(graph) -> int:
+    """Rewire ``Cast(to fp32)(Cast(to fp16)(x))`` to ``x``: the converter casts every blocked node's output back
+    to fp16, so an fp32 chain (ReduceMean -> Add -> Sqrt) would pass through fp16 between its nodes, and the
+    RMSNorm variance of an outlier token (SmolLM2: mean(x^2) ~ 1e6 > 65504) would overflow right there."""
+    onnx = require("onnx")
+    producer = {out: n for n in graph.node for out in n.output if out}
+    to = {n.name: next((a.i for a in n.attribute if a.name == "to"), None) for n in graph.node if n.op_type == "Cast"}
+    outputs = {o.name for o in graph.output}
+    rename = {}
+    for node in graph.node:
+        if node.op_type != "Cast" or to.get(node.name) != onnx.TensorProto.FLOAT or node.output[0] in outputs:
+            continue
+        inner = producer.get(node.input[0])
+        if inner is not None and inner.op_type == "Cast" and to.get(inner.name) == onnx.TensorProto.FLOAT16 \
+                and _is_fp32_cast_source(inner, producer, to, onnx):
+            rename[node.output[0]] = inner.input[0]
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    return len(rename)
+
+
+def _is_fp32_cast_source(cast, producer, to, onnx) -> bool:
+    """True when the fp16 Cast's input is fp32: the converter's own ``*_cast_to_fp16`` after a blocked node."""
+    src = producer.get(cast.input[0])
+    if src is not None and src.op_type == "Cast":
+        return to.get(src.name) == onnx.TensorProto.FLOAT
+    return cast.input[0].endswith("_cast_to_fp16") or cast.name.endswith("_cast_to_fp16_node")
 
 
 def _name_nodes(graph) -> None:
