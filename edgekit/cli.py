@@ -554,7 +554,7 @@ def finetune_cmd(base_model, data, eval_data, out, text_column, label_column, ep
               help="Default: longest in --data (next power of 2), else the model's limit.")
 @click.option("--max-prompt", default=None, type=int,
               help="Causal LMs: longest prefill (default: --max-seq, the context: prompt + new tokens).")
-@click.option("--block-size", default=None, type=int, help="Causal LMs, int4: input rows per scale (default 128).")
+@click.option("--block-size", default=None, type=int, help="Causal LMs, int4: input rows per scale (default: the largest of 128/64/32/16 that fits).")
 @click.option("--workspace", "workspace_mib", default=None, type=int,
               help="Builder workspace in MiB (default: the backend's).")
 @click.option("--timing-cache", default=None, type=path_arg, help="Timing cache file to reuse and update (TensorRT).")

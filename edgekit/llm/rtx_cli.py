@@ -57,7 +57,7 @@ def build(model, out, ccs: list[str], flags: dict, explicit: set[str], force: bo
         precision = _folder_precision(model) or precision
     options = LMEngineOptions(precision=precision, compute_capabilities=ccs,
                               max_context=flags.get("max_seq"), max_prompt=flags.get("max_prompt"),
-                              opt_prompt=flags.get("opt_seq"), block_size=flags.get("block_size") or 128,
+                              opt_prompt=flags.get("opt_seq"), block_size=flags.get("block_size") or 0,
                               workspace_mib=flags.get("workspace_mib"), **batch)
     art = build_lm_engine(model, out, options, force=force)
     m = art.manifest

@@ -51,7 +51,7 @@ class LMEngineOptions:
                                                                      "model's, at most 2048)"})
     max_prompt: int | None = field(default=None, metadata={"help": "longest prefill (default: max_context)"})
     opt_prompt: int | None = field(default=None, metadata={"help": "prefill length tuned for (default 128)"})
-    block_size: int = 128
+    block_size: int = 0  # 0: the largest of 128/64/32/16 dividing every weight's rows
     keep_lm_head: bool = False
     workspace_mib: int | None = None
     cache_dir: str | None = None

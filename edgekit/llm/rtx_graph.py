@@ -126,6 +126,7 @@ def quantize_int4(model, block_size: int, skip_columns: int | None = None) -> di
 
     ``skip_columns``: leave MatMuls with that many output columns (the vocab: ``lm_head``) in fp16.
     """
+    block_size = block_size or auto_block_size(model.graph)
     if block_size not in BLOCK_SIZES:
         raise InputError(f"Unsupported int4 block size {block_size}", None,
                          f"Choose one of: {', '.join(map(str, BLOCK_SIZES))}")
@@ -163,6 +164,19 @@ def quantize_int4(model, block_size: int, skip_columns: int | None = None) -> di
     removed = prune_unused(graph)
     return {"block_size": block_size, "symmetric": True, "scale_dtype": "fp16", "axis": 0,
             "quantized_matmuls": len(new_nodes), "kept_fp16": kept, "removed_initializers": removed}
+
+
+def auto_block_size(graph) -> int:
+    """The largest of 128, 64, 32, 16 that divides every weight MatMul's input rows (SmolLM2's 576: 64)."""
+    inits = {t.name: t for t in graph.initializer}
+    producer = {out: n for n in graph.node for out in n.output if out}
+    rows = set()
+    for node in graph.node:
+        if node.op_type == "MatMul" and len(node.input) > 1:
+            weight, transposed = _weight_of(node.input[1], inits, producer)
+            if weight is not None:
+                rows.add(int(weight.dims[1] if transposed else weight.dims[0]))
+    return next((b for b in (128, 64, 32, 16) if all(r % b == 0 for r in rows)), 16)
 
 
 def _weight_of(name: str, inits: dict, producer: dict):

@@ -36,8 +36,8 @@ class RtxOnnxOptions:
     """Options of :func:`prepare_rtx_onnx`; ``edgekit build`` flags share these names."""
 
     precision: str = field(default="fp16", metadata={"help": "fp16, or int4 weight-only over fp16"})
-    block_size: int = field(default=128, metadata={"help": "int4: input rows per scale (16/32/64/128/256; "
-                                                           "128 is onnxruntime-genai's TRT-RTX default)"})
+    block_size: int = field(default=0, metadata={"help": "int4: input rows per scale (16/32/64/128/256; 0 = the "
+                                                         "largest of 128/64/32/16 dividing every weight's rows)"})
     keep_lm_head: bool = field(default=False, metadata={"help": "int4: keep lm_head in fp16"})
     validation_tokens: int = field(default=8, metadata={"help": "greedy tokens compared with PyTorch per prompt"})
     prompts: tuple[str, ...] = field(default=(), metadata={"help": "validation prompts (default: built-in ones)"})
@@ -104,7 +104,7 @@ def derive_int4(fp16_folder: Path, folder: Path, options: RtxOnnxOptions) -> dic
     model = onnx.load(str(fp16_folder / ONNX_NAME))
     vocab = dims(hf)["vocab"] if options.keep_lm_head else None
     info = dict(parent.get("rtx") or {})
-    with progress.stage("int4", f"block {options.block_size} weight-only Q/DQ, from {fp16_folder}"):
+    with progress.stage("int4", f"block {options.block_size or 'auto'} weight-only Q/DQ, from {fp16_folder}"):
         info["int4"] = quantize_int4(model, options.block_size, skip_columns=vocab)
     _save(model, folder)
     validation = validate_rtx(hf, folder / ONNX_NAME, options)
@@ -135,7 +135,7 @@ def _convert(source: LMSource, folder: Path, options: RtxOnnxOptions) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     if options.precision == "int4":
         vocab = dims(source.folder)["vocab"] if options.keep_lm_head else None
-        with progress.stage("int4", f"block {options.block_size} weight-only Q/DQ") as note:
+        with progress.stage("int4", f"block {options.block_size or 'auto'} weight-only Q/DQ") as note:
             info["int4"] = quantize_int4(model, options.block_size, skip_columns=vocab)
             note["note"] = f"{info['int4']['quantized_matmuls']} MatMuls"
     _save(model, folder)
