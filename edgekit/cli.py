@@ -462,10 +462,20 @@ def _is_causal_lm(model) -> bool:
 
 def _optimize_lm(model, data, out, options, force) -> None:
     """``optimize`` on a causal LM: edgekit.llm's pipeline (int4 export, generated-answer gate, TTFT/tokens/s)."""
+    from .errors import InputError
     from .llm.cli_optimize import run
 
-    run(str(model), str(data), Path(out), rows=options.data.max_samples or 200, threads=options.bench.threads or 2,
-        max_accuracy_drop=options.gate.max_accuracy_drop * 100, force=force)
+    target = options.target if options.target == "tensorrt-rtx" else "cpu"
+    if options.target == "tensorrt":
+        raise InputError("Causal LMs get TensorRT-RTX decoder engines, not classic TensorRT ones",
+                         "classic TensorRT builds on the target GPU", "Pass --target tensorrt-rtx")
+    if target == "tensorrt-rtx" and options.precision == "fp32":
+        raise InputError("--precision fp32 is not offered for causal-LM engines", None,
+                         "Pass --precision fp16, or leave it out for int4 weight-only")
+    precision = "fp16" if target == "tensorrt-rtx" and options.precision == "fp16" else "int4"
+    run(str(model), str(data), Path(out), precision=precision, rows=options.data.max_samples or 200,
+        threads=options.bench.threads or 2, max_accuracy_drop=options.gate.max_accuracy_drop * 100, force=force,
+        target=target, compute_capabilities=list(options.build.compute_capabilities))
 
 
 def _cached_note(report: dict) -> str:
@@ -528,8 +538,9 @@ def finetune_cmd(base_model, data, eval_data, out, text_column, label_column, ep
 @click.option("--out", required=True, type=path_arg,
               help="Engine file (*.engine/*.plan), or a folder that gets model.engine.")
 @click.option("--backend", type=click.Choice(["tensorrt-rtx", "tensorrt"]), default="tensorrt-rtx", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16", show_default=True,
-              help="fp16 converts an fp32 ONNX (written beside the engine); int8 needs Q/DQ (edgekit quantize).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "int4"]), default="fp16", show_default=True,
+              help="fp16 converts an fp32 ONNX (written beside the engine); int8 needs Q/DQ (edgekit quantize); "
+                   "int4: causal LMs, weight-only block Q/DQ.")
 @click.option("--int8-base", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
               help="Precision of the layers int8 Q/DQ does not cover.")
 @click.option("--compute-capability", "ccs", default=None,
@@ -541,6 +552,9 @@ def finetune_cmd(base_model, data, eval_data, out, text_column, label_column, ep
 @click.option("--opt-seq", default=None, type=int, help="Default: median token length of --data, else 128.")
 @click.option("--max-seq", default=None, type=int,
               help="Default: longest in --data (next power of 2), else the model's limit.")
+@click.option("--max-prompt", default=None, type=int,
+              help="Causal LMs: longest prefill (default: --max-seq, the context: prompt + new tokens).")
+@click.option("--block-size", default=None, type=int, help="Causal LMs, int4: input rows per scale (default: the largest of 128/64/32/16 that fits).")
 @click.option("--workspace", "workspace_mib", default=None, type=int,
               help="Builder workspace in MiB (default: the backend's).")
 @click.option("--timing-cache", default=None, type=path_arg, help="Timing cache file to reuse and update (TensorRT).")
@@ -550,10 +564,22 @@ def finetune_cmd(base_model, data, eval_data, out, text_column, label_column, ep
 @click.option("--force", is_flag=True, help="Replace an existing engine.")
 @click.option("--json", "as_json", is_flag=True, help="Print the sidecar as JSON.")
 def build_cmd(onnx, out, ccs, data, text_column, force, as_json, timing_cache, **flags):
-    """Build a TensorRT / TensorRT-RTX engine from ONNX, with the precision carried in the graph and verified."""
+    """Build a TensorRT / TensorRT-RTX engine from ONNX, with the precision carried in the graph and verified.
+
+    A causal LM (HF folder, .gguf, pkg:NAME, or its edgekit artifact) gets a TensorRT-RTX decoder engine
+    (fp16 or int4, prefill and decode profiles) beside its decoder ONNX in --out.
+    """
     from .engine import BuildOptions, build
+    from .llm import rtx_cli
 
     targets = [c.strip() for c in ccs.split(",") if c.strip()] if ccs else []
+    lm_flags = {k: flags.pop(k) for k in ("max_prompt", "block_size")}
+    if flags["precision"] == "int4" or rtx_cli.is_lm_input(onnx):
+        ctx = click.get_current_context()
+        given = {k for k in ctx.params if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
+        rtx_cli.build(onnx, out, targets, {**flags, **lm_flags, "data": data, "timing_cache": timing_cache}, given,
+                      force, as_json)
+        return
     options = BuildOptions(compute_capabilities=targets, timing_cache=str(timing_cache) if timing_cache else None,
                            **flags)
     art = build(onnx, out, options, data=data, force=force, text_column=text_column)

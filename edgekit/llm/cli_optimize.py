@@ -15,7 +15,8 @@ import click
 def run(model: str, data: str, out: Path, precision: str = "int4", rows: int | None = 200, threads: int = 2,
         engine: str = "auto", template: str | None = None, held_out: str | None = None,
         max_accuracy_drop: float = 1.0, min_agreement: float = 0.9, max_ppl_increase: float = 0.10,
-        rounds: int = 5, skip_bench: bool = False, artifact: str | None = None, force: bool = False) -> dict:
+        rounds: int = 5, skip_bench: bool = False, artifact: str | None = None, force: bool = False,
+        target: str = "cpu", compute_capabilities: list[str] | None = None) -> dict:
     """Build the options and run optimize_lm; echo one summary line."""
     from .bench import LMBenchOptions
     from .gate import LMGateOptions
@@ -25,20 +26,32 @@ def run(model: str, data: str, out: Path, precision: str = "int4", rows: int | N
     gate = LMGateOptions(rows=rows, template=template or DEFAULT_TEMPLATE, max_accuracy_drop=max_accuracy_drop,
                          min_agreement=min_agreement, max_ppl_increase=max_ppl_increase)
     options = LMOptimizeOptions(precision=precision, threads=threads, engine=engine, held_out=held_out,
-                                skip_bench=skip_bench, artifact=artifact, gate=gate,
+                                skip_bench=skip_bench, artifact=artifact, gate=gate, target=target,
+                                compute_capabilities=list(compute_capabilities or []),
                                 bench=LMBenchOptions(rounds=rounds, threads=threads))
     report = optimize_lm(model, data, out, options, force=force)
     acc = report["llm"]["gate"]["accuracy"]
     click.echo(f"Optimized {model} -> {out} ({precision}): accuracy {acc['original']['accuracy']:.4f} -> "
-               f"{acc['artifact']['accuracy']:.4f}; report in {Path(out) / 'report.md'}")
+               f"{acc['artifact']['accuracy']:.4f}{_engine_note(report)}; report in {Path(out) / 'report.md'}")
     return report
+
+
+def _engine_note(report: dict) -> str:
+    o = report["optimized"]
+    if o.get("engine_mb") is None:
+        return ""
+    return (f" (on its ONNX, ORT CPU); TensorRT-RTX engine {o['engine_mb']} MB for "
+            f"{', '.join(o['compute_capabilities'] or ['default targets'])}, latency {o['latency']}")
 
 
 @click.command("optimize-lm")
 @click.argument("model")
 @click.option("--data", required=True, help="Labeled .tsv/.csv/.jsonl (text + label) for the task gate.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
-@click.option("--precision", type=click.Choice(["int4", "int8"]), default="int4", show_default=True)
+@click.option("--precision", type=click.Choice(["int4", "int8", "fp16"]), default="int4", show_default=True,
+              help="cpu: int4 or int8; tensorrt-rtx: int4 or fp16.")
+@click.option("--target", type=click.Choice(["cpu", "tensorrt-rtx"]), default="cpu", show_default=True)
+@click.option("--compute-capability", "ccs", default=None, help="tensorrt-rtx: targets, e.g. 8.6,12.0.")
 @click.option("--rows", type=int, default=200, show_default=True, help="Labeled rows scored (0 = all).")
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--engine", type=click.Choice(["auto", "ort", "genai"]), default="auto", show_default=True)
@@ -52,11 +65,12 @@ def run(model: str, data: str, out: Path, precision: str = "int4", rows: int | N
 @click.option("--skip-bench", is_flag=True)
 @click.option("--artifact", default=None, help="Gate and bench this existing artifact instead of rebuilding.")
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT that edgekit did not write.")
-def optimize_lm_cmd(model, data, out, precision, rows, threads, engine, template, held_out, max_accuracy_drop,
-                    min_agreement, max_ppl_increase, rounds, skip_bench, artifact, force):
+def optimize_lm_cmd(model, data, out, precision, target, ccs, rows, threads, engine, template, held_out,
+                    max_accuracy_drop, min_agreement, max_ppl_increase, rounds, skip_bench, artifact, force):
     """Optimize a causal LM (HF folder, .gguf, pkg:NAME): int4/int8, gated on generated answers, benchmarked."""
     run(model, data, out, precision, rows or None, threads, engine, template, held_out, max_accuracy_drop,
-        min_agreement, max_ppl_increase, rounds, skip_bench, artifact, force)
+        min_agreement, max_ppl_increase, rounds, skip_bench, artifact, force, target,
+        [c.strip() for c in (ccs or "").split(",") if c.strip()])
 
 
 def register(group: click.Group) -> None:

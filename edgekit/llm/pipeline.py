@@ -22,7 +22,8 @@ from .bench import ArtifactRunner, LMBenchOptions, TorchRunner, bench_prompt, pe
 from .gate import LMGateOptions, run_gate
 from .prompts import template
 
-PRECISIONS = ("int4", "int8")
+PRECISIONS = {"cpu": ("int4", "int8"), "tensorrt-rtx": ("int4", "fp16")}
+NO_GPU_LATENCY = "not measured (no GPU)"
 DEFAULT_HELD_OUT = "/work/shared/data/sst2/train.tsv"
 
 
@@ -30,7 +31,11 @@ DEFAULT_HELD_OUT = "/work/shared/data/sst2/train.tsv"
 class LMOptimizeOptions:
     """Options of :func:`optimize_lm`; the CLI flags share these names."""
 
-    precision: str = field(default="int4", metadata={"help": "int4 or int8 weight-only"})
+    precision: str = field(default="int4", metadata={"help": "int4 or int8 weight-only (cpu); int4 or fp16 "
+                                                             "(tensorrt-rtx)"})
+    target: str = field(default="cpu", metadata={"help": "cpu (ONNX Runtime) or tensorrt-rtx (a decoder engine "
+                                                         "beside its ONNX; accuracy gated on that ONNX on ORT CPU)"})
+    compute_capabilities: list[str] = field(default_factory=list, metadata={"help": "tensorrt-rtx targets"})
     threads: int = field(default=2, metadata={"help": "threads for the gate and the bench (both sides)"})
     engine: str = field(default="auto", metadata={"help": "generation engine: auto, ort or genai"})
     held_out: str | None = field(default=None, metadata={"help": "held-out text for perplexity (.txt or .tsv); "
@@ -47,9 +52,7 @@ def optimize_lm(model: str | Path, data: str | Path, out: str | Path, options: L
                 force: bool = False) -> dict:
     """Optimize causal LM ``model`` (HF folder, .gguf, pkg:NAME) into ``out``, gated on labeled ``data``."""
     options = options or LMOptimizeOptions()
-    if options.precision not in PRECISIONS:
-        raise InputError(f"Unknown precision '{options.precision}' for a causal LM", None,
-                         f"Choose one of: {', '.join(PRECISIONS)}")
+    _check_target(options)
     texts, labels = labeled_rows(data, options.gate.template)
     held_out = Path(options.held_out or Path(data).with_name("train.tsv"))
     if not held_out.is_file():
@@ -65,6 +68,8 @@ def optimize_lm(model: str | Path, data: str | Path, out: str | Path, options: L
         if options.artifact:
             with _stage(stages, "artifact", f"given: {options.artifact}"):
                 _copy_given(Path(options.artifact), tmp)
+        elif options.target == "tensorrt-rtx":
+            _rtx_artifact(source.folder, tmp, options, stages)
         else:
             from .quantize import LMQuantizeOptions, quantize_lm  # noqa: PLC0415  (export + quantize)
 
@@ -90,8 +95,32 @@ def optimize_lm(model: str | Path, data: str | Path, out: str | Path, options: L
     if not report["passed"]:
         failed = "; ".join(f"{c['name']} {c['value']} vs budget {c['budget']}" for c in gate["checks"] if not c["passed"])
         raise GateFailedError(f"Causal-LM gate failed: {failed}", f"the artifact is kept in '{out}' marked failed",
-                              "Try --precision int8, or relax the failing budget")
+                              "Try --precision fp16" if options.target == "tensorrt-rtx" and options.precision == "int4"
+                              else "Try --precision int8, or relax the failing budget")
     return report
+
+
+def _check_target(options: LMOptimizeOptions) -> None:
+    allowed = PRECISIONS.get(options.target)
+    if allowed is None:
+        raise InputError(f"Unknown target '{options.target}' for a causal LM", None,
+                         f"Choose one of: {', '.join(PRECISIONS)}")
+    if options.precision not in allowed:
+        raise InputError(f"Unknown precision '{options.precision}' for a causal LM on {options.target}", None,
+                         f"Choose one of: {', '.join(allowed)}")
+
+
+def _rtx_artifact(hf: Path, tmp: Path, options: LMOptimizeOptions, stages: list) -> None:
+    """The decoder ONNX (fp16 / int4) and its TensorRT-RTX engine, built here without a GPU."""
+    from .rtx_engine import LMEngineOptions, build_lm_engine  # noqa: PLC0415
+
+    ccs = ", ".join(options.compute_capabilities) or "default targets"
+    with _stage(stages, "export+engine", f"TensorRT-RTX {options.precision}, {ccs}"):
+        build_lm_engine(hf, tmp / "artifact", LMEngineOptions(precision=options.precision, cache_dir=options.cache_dir,
+                                                              compute_capabilities=list(options.compute_capabilities)))
+        for f in (tmp / "artifact").iterdir():
+            shutil.move(str(f), tmp / f.name)
+        (tmp / "artifact").rmdir()
 
 
 def _copy_given(src: Path, dst: Path) -> None:
@@ -127,10 +156,11 @@ def _gate_and_bench(hf: Path, art: Path, texts, labels, held_out: Path, options:
     from .scorers import ArtifactLM, TorchLM  # noqa: PLC0415
 
     original = TorchLM(hf, options.threads, read_lm_info(art).eos_ids)
-    artifact = ArtifactLM(art, options.threads, options.engine)
+    rtx = options.target == "tensorrt-rtx"  # gate the engine's own ONNX on ORT CPU: same graph, same precision
+    artifact = ArtifactLM(art, options.threads, "ort" if rtx else options.engine)
     with _stage(stages, "gate", f"{options.gate.rows or len(texts)} rows, agreement, perplexity"):
         gate = run_gate(original, artifact, texts, labels, options.gate, held_out)
-    if options.skip_bench:
+    if options.skip_bench or rtx:  # the LM bench has no TensorRT-RTX runner; no GPU here in any case
         return gate, None
     del original  # the bench loads its own copies, tokenizers included
     with _stage(stages, "bench", f"{options.bench.rounds} interleaved rounds, {options.bench.threads} threads"):
@@ -158,10 +188,23 @@ def _report(model, data, out, options, hf, art, lineage, gate, bench, stages) ->
            "accuracy": acc["artifact"]["accuracy"], "perplexity": gate["perplexity"]["artifact"],
            "bench": runners.get(name), "peak_rss_mb": rss.get(name),
            "size_mb": round(sum(f.stat().st_size for f in Path(art).glob("model.onnx*")) / 1e6, 1)}
+    if options.target == "tensorrt-rtx":
+        opt.update(_engine_facts(art))
     return {"passed": gate["passed"], "model": str(model), "data": str(data), "task": "text-generation",
             "baseline": base, "optimized": opt, "stages": stages, "environment": environment(options.threads),
             "llm": {"gate": gate, "bench": bench, "quantization": (lineage.get("llm") or {}).get("quantization"),
                     "route": lineage.get("route")}}
+
+
+def _engine_facts(art: Path) -> dict:
+    from ..runtime.trt import cuda_devices  # noqa: PLC0415
+
+    side = json.loads((art / "model.engine.json").read_text())
+    return {"backend": "tensorrt-rtx", "accuracy_measured_on": "model.onnx (same precision) on onnxruntime CPU",
+            "engine_mb": round(side["engine_bytes"] / 1e6, 1), "compute_capabilities": side["compute_capabilities"],
+            "engine_build_seconds": side["build_seconds"], "int4_weight_matmuls":
+                side["network"]["matmul"]["int4_weight"], "profiles": [p["name"] for p in side["profiles"]],
+            "latency": NO_GPU_LATENCY if not cuda_devices()[0] else "not measured (no TensorRT-RTX LM bench runner)"}
 
 
 def markdown(report: dict) -> str:
@@ -176,6 +219,12 @@ def markdown(report: dict) -> str:
                   f"{g['perplexity']['original']:.3f}, artifact {g['perplexity']['artifact']:.3f}. Greedy agreement "
                   f"(teacher-forced) {g['agreement']['teacher_forced']:.4f}, identical {g['agreement']['n_tokens']}-token "
                   f"continuations {g['agreement']['identical_sequences']:.2f}."]
+    o = report["optimized"]
+    if o.get("engine_mb") is not None:
+        lines += ["", f"TensorRT-RTX engine: {o['engine_mb']} MB ({o['precision']}, compute capabilities "
+                      f"{', '.join(o['compute_capabilities'] or ['default'])}, built in {o['engine_build_seconds']} s, "
+                      f"profiles {', '.join(o['profiles'])}); accuracy measured on {o['accuracy_measured_on']}; "
+                      f"latency {o['latency']}."]
     b = report["llm"]["bench"]
     if b:
         lines += ["", f"Bench: {b['rounds']} interleaved rounds, {b['new_tokens']} new tokens, {b['threads']} threads, "

@@ -18,6 +18,7 @@ from .generate_engines import ENGINES, Engine, GenaiEngine, OrtLoopEngine, Sampl
 
 DEFAULT_ENGINE = "genai"  # chosen by measurement: bench/llm.md (decode tok/s, TTFT, both engines interleaved)
 ONNX_NAME = "model.onnx"
+TRT_ENGINE = "tensorrt-rtx"  # edgekit.runtime.generate_trt: selected when the folder holds model.engine
 
 
 @dataclass
@@ -203,6 +204,10 @@ def load_generator(folder: str | Path, engine: str = "auto", threads: int | None
 
     tokenizer = require("tokenizers").Tokenizer.from_file(str(folder / "tokenizer.json"))
     name = _resolve_engine(folder, engine)
+    if name == TRT_ENGINE:  # a TensorRT-RTX decoder engine: needs its GPU (one-line BackendError without one)
+        from .generate_trt import TrtDecoderEngine  # noqa: PLC0415
+
+        return TextGenerator(folder, TrtDecoderEngine(folder, info, threads), info, tokenizer)
     try:
         eng: Engine = (GenaiEngine if name == "genai" else OrtLoopEngine)(folder, info, threads)
     except ModelError:
@@ -213,8 +218,11 @@ def load_generator(folder: str | Path, engine: str = "auto", threads: int | None
 
 
 def _resolve_engine(folder: Path, engine: str) -> str:
-    if engine not in ("auto", *ENGINES):
-        raise InputError(f"Unknown generation engine '{engine}'", None, f"Choose one of: auto, {', '.join(ENGINES)}")
+    if engine not in ("auto", *ENGINES, TRT_ENGINE):
+        raise InputError(f"Unknown generation engine '{engine}'", None,
+                         f"Choose one of: auto, {', '.join(ENGINES)}, {TRT_ENGINE}")
+    if engine == TRT_ENGINE or (engine == "auto" and (folder / "model.engine").is_file()):
+        return TRT_ENGINE  # the artifact holds an engine: run it (pass engine='ort' for its ONNX on the CPU)
     if engine != "auto":
         if engine == "genai" and not (folder / "genai_config.json").is_file():
             raise ModelError(f"Engine 'genai' needs genai_config.json in '{folder}'", None, "Use engine='ort'")

@@ -1,0 +1,81 @@
+"""``edgekit build`` on a causal LM: :func:`edgekit.llm.rtx_engine.build_lm_engine` from the build command's flags.
+
+The main CLI's ``build`` routes here when its input is a causal LM (an HF ``*ForCausalLM`` folder, a
+``.gguf``, ``pkg:NAME``, or a text-generation artifact) or ``--precision int4`` is asked. Batch flags the
+user did not set take the decoder defaults (batch 1), not the encoder ones; ``--max-seq`` is the context
+(prompt + generated tokens), ``--opt-seq`` the prefill length tuned for, ``--max-prompt`` the longest prefill.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import InputError
+
+ENCODER_ONLY_FLAGS = ("int8_base", "timing_cache", "data", "min_seq", "allow_fallback")
+
+
+def is_lm_input(model) -> bool:
+    """True for what ``build`` should treat as a causal LM (no heavy imports)."""
+    text = str(model)
+    if text.startswith("pkg:") or text.endswith(".gguf"):
+        return True
+    path = Path(text)
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+        if manifest.get("task") == "text-generation":
+            return True
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        archs = json.loads((path / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return False
+    return not (path / "model.onnx").is_file() and any(str(a).endswith(("ForCausalLM", "LMHeadModel"))
+                                                       for a in archs)
+
+
+def build(model, out, ccs: list[str], flags: dict, explicit: set[str], force: bool, as_json: bool) -> dict:
+    """Run the decoder build with the CLI's flags; echo one summary line (or the sidecar as JSON)."""
+    from .rtx_engine import LMEngineOptions, build_lm_engine
+
+    given = [k for k in ENCODER_ONLY_FLAGS if k in explicit]
+    if given:
+        raise InputError(f"--{given[0].replace('_', '-')} applies to encoder engines only",
+                         "a causal-LM engine's profiles come from --max-prompt / --max-seq", "Drop it")
+    if flags.get("backend", "tensorrt-rtx") != "tensorrt-rtx":
+        raise InputError("Causal-LM engines are built with TensorRT-RTX only", "classic TensorRT needs the target "
+                         "GPU at build time", "Pass --backend tensorrt-rtx")
+    batch = {k: flags[k] for k in ("min_batch", "opt_batch", "max_batch") if k in explicit}
+    if batch and "opt_batch" not in batch:
+        batch["opt_batch"] = batch.get("min_batch", 1)
+    precision = flags["precision"]
+    if "precision" not in explicit:  # an fp16/int4 decoder folder keeps its own precision unless asked otherwise
+        precision = _folder_precision(model) or precision
+    options = LMEngineOptions(precision=precision, compute_capabilities=ccs,
+                              max_context=flags.get("max_seq"), max_prompt=flags.get("max_prompt"),
+                              opt_prompt=flags.get("opt_seq"), block_size=flags.get("block_size") or 0,
+                              workspace_mib=flags.get("workspace_mib"), **batch)
+    art = build_lm_engine(model, out, options, force=force)
+    m = art.manifest
+    if as_json:
+        click.echo(json.dumps(m, indent=2, default=str))
+        return m
+    mm = m["network"]["matmul"]
+    pre, dec = m["profiles"]
+    click.echo(f"Built {art.path} (tensorrt-rtx {m['backend_version']}, {m['precision']}, {m['targets']}): "
+               f"{m['engine_bytes'] / 1e6:.1f} MB in {m['build_seconds']:.1f} s; {mm['outputs'].get('HALF', 0)}/"
+               f"{mm['total']} MatMuls fp16, {mm['int4_weight']} weights int4; profiles prefill seq "
+               f"{'/'.join(map(str, pre['sequence']))}, decode past {'/'.join(map(str, dec['past']))}. "
+               f"ONNX beside it: {m['onnx_bytes'] / 1e6:.1f} MB.")
+    return m
+
+
+def _folder_precision(model) -> str | None:
+    from .rtx_onnx import is_rtx_onnx
+
+    path = Path(str(model))
+    return json.loads((path / "manifest.json").read_text()).get("precision") if is_rtx_onnx(path) else None

@@ -1,0 +1,236 @@
+"""Decoder graphs for TensorRT-RTX: fp16 compute with an fp16 KV cache, and int4 weight-only block Q/DQ.
+
+TensorRT-RTX is strongly typed, so the precision of a decoder engine is the
+precision of its ONNX. Both rewrites start from the fp32 ``torch.onnx``
+(dynamo) export at opset 21, whose ops are all standard ONNX (onnxruntime-genai's
+builder graphs use ``com.microsoft`` GroupQueryAttention, which the
+TensorRT-RTX 1.7 parser rejects: measured, see bench/llm-rtx.md).
+
+* **fp16** (:func:`to_fp16_decoder`): ONNX Runtime's float16 converter, with
+  ``logits`` kept fp32 and the KV cache fp16 (half the cache memory). Kept in
+  fp32: the RMSNorm variance chain (Pow, ReduceMean, eps Add, Sqrt,
+  Reciprocal: mean(x^2) overflows fp16 on outlier activations) and the rotary
+  position chain up to Cos/Sin (a position of 2048 has an fp16 spacing of 2,
+  so fp16 angles would be wrong past a few hundred tokens).
+* **int4** (:func:`quantize_int4`): every MatMul whose weight is a 2-D
+  initializer (directly or through a Transpose, as tied embeddings export)
+  gets ``DequantizeLinear(int4 weight, fp16 scale, axis=0, block_size=B)``
+  in front of it: symmetric blocks of B input rows per output column, no zero
+  point (TensorRT's IDequantizeLayer accepts no non-zero int4 zero point),
+  activations stay fp16. This is TensorRT's int4 weight-only (WoQ) form;
+  ONNX Runtime's CPU EP runs the same graph (opset 21 block DQ), so the gate
+  measures exactly what the engine computes up to kernel rounding.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from ..deps import require
+from ..errors import InputError, ModelError
+from ..precision import FP16_KEEP_FP32, toposort
+
+RTX_OPSET = 21  # int4 and blocked DequantizeLinear need opset 21
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+KEEP_FP32_OUTPUTS = ("logits",)
+
+
+def fp32_node_names(graph) -> list[str]:
+    """Nodes that stay fp32: the rotary chain feeding Cos/Sin, and each RMSNorm's eps Add / Sqrt / Reciprocal."""
+    producer = {out: n for n in graph.node for out in n.output if out}
+    consumers = defaultdict(list)
+    for n in graph.node:
+        for name in n.input:
+            consumers[name].append(n)
+    keep: set[str] = set()
+    stack = [n for n in graph.node if n.op_type in ("Cos", "Sin")]
+    while stack:
+        node = stack.pop()
+        if node.name in keep:
+            continue
+        keep.add(node.name)
+        stack.extend(producer[i] for i in node.input if i in producer)
+    for node in graph.node:
+        if node.op_type != "Sqrt":
+            continue
+        keep.add(node.name)
+        before = producer.get(node.input[0])
+        if before is not None and before.op_type == "Add":
+            keep.add(before.name)
+        keep.update(c.name for c in consumers[node.output[0]] if c.op_type in ("Reciprocal", "Div"))
+    return sorted(keep)
+
+
+def to_fp16_decoder(model) -> tuple[object, dict]:
+    """``model`` (fp32 ModelProto with its weights) rewritten to fp16; returns (model, what was kept fp32)."""
+    float16 = require("onnxruntime.transformers.float16")
+    _name_nodes(model.graph)
+    nodes = fp32_node_names(model.graph)
+    ops = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_KEEP_FP32))
+    try:
+        converted = float16.convert_float_to_float16(model, keep_io_types=list(KEEP_FP32_OUTPUTS),
+                                                     op_block_list=ops, node_block_list=nodes)
+    except Exception as exc:  # the converter raises bare Exceptions on graphs it cannot type
+        why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ModelError("fp16 conversion of the decoder failed", why, "Report the architecture") from None
+    skipped = drop_fp16_round_trips(converted.graph)
+    toposort(converted.graph)
+    prune_unused(converted.graph)
+    return converted, {"fp16_round_trips_removed": skipped, "converter": "onnxruntime.transformers.float16", "fp32_outputs": list(KEEP_FP32_OUTPUTS),
+                       "kv_cache": "fp16", "fp32_nodes": len(nodes),
+                       "fp32_chains": ["rotary positions up to Cos/Sin", "RMSNorm variance (Pow, ReduceMean, eps Add, "
+                                                                          "Sqrt, Reciprocal)"]}
+
+
+def drop_fp16_round_trips(graph) -> int:
+    """Rewire ``Cast(to fp32)(Cast(to fp16)(x))`` to ``x``: the converter casts every blocked node's output back
+    to fp16, so an fp32 chain (ReduceMean -> Add -> Sqrt) would pass through fp16 between its nodes, and the
+    RMSNorm variance of an outlier token (SmolLM2: mean(x^2) ~ 1e6 > 65504) would overflow right there."""
+    onnx = require("onnx")
+    producer = {out: n for n in graph.node for out in n.output if out}
+    to = {n.name: next((a.i for a in n.attribute if a.name == "to"), None) for n in graph.node if n.op_type == "Cast"}
+    outputs = {o.name for o in graph.output}
+    rename = {}
+    for node in graph.node:
+        if node.op_type != "Cast" or to.get(node.name) != onnx.TensorProto.FLOAT or node.output[0] in outputs:
+            continue
+        inner = producer.get(node.input[0])
+        if inner is not None and inner.op_type == "Cast" and to.get(inner.name) == onnx.TensorProto.FLOAT16 \
+                and _is_fp32_cast_source(inner, producer, to, onnx):
+            rename[node.output[0]] = inner.input[0]
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    return len(rename)
+
+
+def _is_fp32_cast_source(cast, producer, to, onnx) -> bool:
+    """True when the fp16 Cast's input is fp32: the converter's own ``*_cast_to_fp16`` after a blocked node."""
+    src = producer.get(cast.input[0])
+    if src is not None and src.op_type == "Cast":
+        return to.get(src.name) == onnx.TensorProto.FLOAT
+    return cast.input[0].endswith("_cast_to_fp16") or cast.name.endswith("_cast_to_fp16_node")
+
+
+def _name_nodes(graph) -> None:
+    for i, node in enumerate(graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
+
+
+def quantize_int4(model, block_size: int, skip_columns: int | None = None) -> dict:
+    """Put int4 block DQ in front of every 2-D weight MatMul of ``model`` (fp16, in place); the counts.
+
+    ``skip_columns``: leave MatMuls with that many output columns (the vocab: ``lm_head``) in fp16.
+    """
+    block_size = block_size or auto_block_size(model.graph)
+    if block_size not in BLOCK_SIZES:
+        raise InputError(f"Unsupported int4 block size {block_size}", None,
+                         f"Choose one of: {', '.join(map(str, BLOCK_SIZES))}")
+    onnx = require("onnx")
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    producer = {out: n for n in graph.node for out in n.output if out}
+    done: dict[str, str] = {}
+    new_nodes, kept = [], []
+    for node in list(graph.node):
+        if node.op_type != "MatMul" or len(node.input) < 2:
+            continue
+        weight, transposed = _weight_of(node.input[1], inits, producer)
+        if weight is None:
+            continue
+        if node.input[1] in done:
+            node.input[1] = done[node.input[1]]
+            continue
+        array = onnx.numpy_helper.to_array(weight).astype(np.float32)
+        array = array.T if transposed else array
+        if array.ndim != 2 or array.shape[0] % block_size or array.shape[1] == skip_columns:
+            kept.append({"node": node.name, "shape": list(array.shape),
+                         "why": "lm_head kept fp16" if array.shape[1] == skip_columns else "rows not a block multiple"})
+            continue
+        dq_out = f"{node.name}.weight_int4_dq"
+        graph.initializer.extend(int4_tensors(f"{node.name}.weight", array, block_size))
+        new_nodes.append((node, onnx.helper.make_node(
+            "DequantizeLinear", [f"{node.name}.weight_int4", f"{node.name}.weight_scale"], [dq_out],
+            name=f"{node.name}_DequantizeLinear", axis=0, block_size=block_size)))
+        done[node.input[1]] = dq_out
+        node.input[1] = dq_out
+    for _, dq in new_nodes:
+        graph.node.append(dq)
+    toposort(graph)
+    removed = prune_unused(graph)
+    return {"block_size": block_size, "symmetric": True, "scale_dtype": "fp16", "axis": 0,
+            "quantized_matmuls": len(new_nodes), "kept_fp16": kept, "removed_initializers": removed}
+
+
+def auto_block_size(graph) -> int:
+    """The largest of 128, 64, 32, 16 that divides every weight MatMul's input rows (SmolLM2's 576: 64)."""
+    inits = {t.name: t for t in graph.initializer}
+    producer = {out: n for n in graph.node for out in n.output if out}
+    rows = set()
+    for node in graph.node:
+        if node.op_type == "MatMul" and len(node.input) > 1:
+            weight, transposed = _weight_of(node.input[1], inits, producer)
+            if weight is not None:
+                rows.add(int(weight.dims[1] if transposed else weight.dims[0]))
+    return next((b for b in (128, 64, 32, 16) if all(r % b == 0 for r in rows)), 16)
+
+
+def _weight_of(name: str, inits: dict, producer: dict):
+    """(initializer, transposed) behind a MatMul's second input, or (None, False) for an activation."""
+    if name in inits and len(inits[name].dims) == 2:
+        return inits[name], False
+    node = producer.get(name)
+    if node is not None and node.op_type == "Transpose" and node.input[0] in inits:
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [1, 0])
+        if perm == [1, 0] and len(inits[node.input[0]].dims) == 2:
+            return inits[node.input[0]], True
+    return None, False
+
+
+def int4_tensors(prefix: str, weight: np.ndarray, block_size: int) -> list:
+    """``{prefix}_int4`` (packed int4 [K, N]) and ``{prefix}_scale`` (fp16 [K / block, N]): symmetric blocks along K."""
+    onnx = require("onnx")
+    q, scale = quantize_blocks(weight, block_size)
+    flat = q.reshape(-1).astype(np.int16)
+    if flat.size % 2:
+        flat = np.concatenate([flat, np.zeros(1, np.int16)])
+    packed = ((flat[0::2] & 0xF) | ((flat[1::2] & 0xF) << 4)).astype(np.uint8)  # first element in the low nibble
+    qt = onnx.helper.make_tensor(f"{prefix}_int4", onnx.TensorProto.INT4, list(q.shape), packed.tobytes(), raw=True)
+    st = onnx.numpy_helper.from_array(scale.astype(np.float16), f"{prefix}_scale")
+    return [qt, st]
+
+
+def quantize_blocks(weight: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int4 codes in [-8, 7] and fp16-representable scales (amax / 7) for blocks of rows."""
+    k, n = weight.shape
+    blocks = weight.reshape(k // block_size, block_size, n)
+    scale = np.abs(blocks).max(axis=1) / 7.0
+    scale = np.where(scale == 0, 1.0, scale).astype(np.float16).astype(np.float32)
+    q = np.clip(np.rint(blocks / scale[:, None, :]), -8, 7).astype(np.int8).reshape(k, n)
+    return q, scale
+
+
+def dequantize_blocks(q: np.ndarray, scale: np.ndarray, block_size: int) -> np.ndarray:
+    """The weight the DQ node gives back (for a PyTorch reference with the same weights)."""
+    return (q.astype(np.float32).reshape(-1, block_size, q.shape[1]) * scale[:, None, :]).reshape(q.shape)
+
+
+def prune_unused(graph) -> int:
+    """Drop nodes and initializers nothing reads any more (the fp16 weights and Transposes int4 replaced)."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    used = {i for n in graph.node for i in n.input} | outputs
+    unused = [t for t in graph.initializer if t.name not in used]
+    for t in unused:
+        graph.initializer.remove(t)
+    return len(unused)
