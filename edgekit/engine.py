@@ -222,13 +222,18 @@ def _precision_problems(problems: list[str], options: BuildOptions, where: str) 
     return [f"precision fallback ({where}): {p}" for p in problems]
 
 
-def _configure(trt, config, options: BuildOptions, targets: list[str], have_gpu: bool) -> None:
+def configure_targets(trt, config, targets: list[str], workspace_mib: int | None) -> None:
+    """The compute capabilities an engine is built for (TensorRT-RTX, ahead of time) and the workspace limit."""
     if targets:
         config.num_compute_capabilities = len(targets)
         for i, cc in enumerate(targets):
             config.set_compute_capability(getattr(trt.ComputeCapability, "SM" + cc.replace(".", "")), i)
-    if options.workspace_mib:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
+    if workspace_mib:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+
+
+def _configure(trt, config, options: BuildOptions, targets: list[str], have_gpu: bool) -> None:
+    configure_targets(trt, config, targets, options.workspace_mib)
     if have_gpu:  # the engine inspector reads per-layer precision only from DETAILED engines
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
 

@@ -84,13 +84,19 @@ def _safe(getter) -> str:
         return ""
 
 
-def walk(network) -> dict:
-    """Per-layer precision summary and, for every MatMul layer, what feeds its inputs."""
+def producers(network) -> dict:
+    """Tensor name -> the layer that writes it, over a parsed network."""
     producer = {}
     for i in range(network.num_layers):
         layer = network.get_layer(i)
         for j in range(layer.num_outputs):
             producer[layer.get_output(j).name] = layer
+    return producer
+
+
+def walk(network) -> dict:
+    """Per-layer precision summary and, for every MatMul layer, what feeds its inputs."""
+    producer = producers(network)
     by_type: dict[str, Counter] = {}
     matmuls = []
     for i in range(network.num_layers):

@@ -29,7 +29,9 @@ from pathlib import Path
 from .. import progress
 from ..artifact import ONNX_NAME, Artifact, atomic_dir, read_manifest
 from ..deps import require
+from ..engine import configure_targets
 from ..engine_io import sidecar_path
+from ..inspect_network import producers
 from ..errors import BackendError, InputError, ModelError
 from .rtx_onnx import PRECISIONS, RtxOnnxOptions, is_rtx_onnx, write_rtx_onnx
 
@@ -122,7 +124,7 @@ def _build(trt, folder: Path, options: LMEngineOptions, targets: list[str]) -> d
         raise BackendError(f"--precision {options.precision} was not applied in the parsed network", problems[0],
                            "Rebuild the ONNX (delete the folder's manifest.json) or report the architecture")
     config = builder.create_builder_config()
-    _configure(trt, config, options, targets)
+    configure_targets(trt, config, targets, options.workspace_mib)
     profiles = lm_profiles(network, manifest.get("llm") or {}, options)
     for prof in profiles:
         _add_profile(builder, network, config, prof)
@@ -162,15 +164,6 @@ def _record(trt, folder: Path, options: LMEngineOptions, targets: list[str], man
             "onnx": {"file": ONNX_NAME, "precision": manifest.get("precision"), "rtx": manifest.get("rtx"),
                      "validation": {k: v for k, v in (manifest.get("validation") or {}).items() if k != "rows"}},
             "llm": manifest.get("llm"), "options": asdict(options), "versions": versions()}
-
-
-def _configure(trt, config, options: LMEngineOptions, targets: list[str]) -> None:
-    if targets:
-        config.num_compute_capabilities = len(targets)
-        for i, cc in enumerate(targets):
-            config.set_compute_capability(getattr(trt.ComputeCapability, "SM" + cc.replace(".", "")), i)
-    if options.workspace_mib:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
 
 
 def _context_length(model, options: LMEngineOptions) -> int:
@@ -242,11 +235,7 @@ def _add_profile(builder, network, config, prof: dict) -> None:
 
 def weight_matmuls(network) -> dict:
     """Each MatMul layer's output type and what feeds its weight side: an INT4/INT8 DQ, a constant, or activations."""
-    producer = {}
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        for j in range(layer.num_outputs):
-            producer[layer.get_output(j).name] = layer
+    producer = producers(network)
     rows = []
     for i in range(network.num_layers):
         layer = network.get_layer(i)
