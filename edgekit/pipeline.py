@@ -113,7 +113,7 @@ def optimize(model: str | Path, data: str | Path, out: str | Path, options: Opti
     """
     options = options or OptimizeOptions()
     options.validate()
-    with progress.stage("load", f"model {model}, data {data}"):  # the first line a user sees: at once
+    with progress.slow_stage("load", f"model {model}, data {data}"):  # shown when loading takes over a second
         from .hf import fetch
 
         src = resolve(fetch(model))

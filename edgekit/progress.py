@@ -68,6 +68,38 @@ def stage(name: str, detail: str = "") -> Iterator[dict]:
         _state["depth"] -= 1
 
 
+@contextmanager
+def slow_stage(name: str, detail: str = "", after: float = 1.0) -> Iterator[None]:
+    """Like :func:`stage`, but silent unless it runs longer than ``after`` seconds.
+
+    For the checks at the start of a command: bad input fails in well under a
+    second and its error stays the only line; a slow load still says what it is
+    doing (its start line appears after ``after`` s, its end line when done).
+    """
+    import threading
+
+    started = time.perf_counter()
+    shown = threading.Event()
+
+    def announce() -> None:
+        shown.set()
+        echo(f"[edgekit] {name}{': ' + detail if detail else ''} ...")
+
+    timer = threading.Timer(after, announce)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except BaseException:
+        timer.cancel()
+        if shown.is_set():
+            echo(f"[edgekit] {name} failed after {time.perf_counter() - started:.1f} s")
+        raise
+    timer.cancel()
+    if shown.is_set():
+        echo(f"[edgekit] {name} done in {time.perf_counter() - started:.1f} s")
+
+
 def _plural(unit: str, count: int) -> str:
     if count == 1 or unit.endswith("s"):
         return unit
