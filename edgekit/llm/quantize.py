@@ -52,16 +52,16 @@ from .validate import PROMPTS, encode_prompts, load_causal_lm, torch_greedy
 
 PRECISIONS = ("int4", "int8")
 KEEP = ("auto", "none", "lm_head_int8", "mixed", "lm_head")
-#: what each keep_fp adds to the builder's extra options (int4 body; int8 models are int8 throughout)
+LM_HEAD_NODE = "/lm_head/MatMul"  # the builder's node name
 #: a tied lm_head is untied for the mixed settings (the builder's int8 head cannot share the int4 embedding table);
-#: the embeddings then stay int4 through Gather quantization
+#: Gather is named for quantization too (SmolLM2's mixed artifact still measured 230 MB: see bench/llm-finetune.md)
 _UNTIED = {"shared_embeddings": False, "op_types_to_quantize": "MatMul/Gather"}
+#: what each keep_fp adds to the builder's extra options (int4 body; int8 models are int8 throughout)
 BUILDER_KEEP = {"none": {}, "lm_head_int8": {**_UNTIED, "matmul_mixed_precision": "last_matmul:int8"},
                 "mixed": {**_UNTIED, "algo_config": "k_quant",
                           "matmul_mixed_precision": "last_matmul:int8,mixed_layers:int8"},
                 "lm_head": {"shared_embeddings": False, "op_types_to_quantize": "MatMul",
-                            "nodes_to_exclude": "/lm_head/MatMul"}}
-LM_HEAD_NODE = "/lm_head/MatMul"  # the builder's node name
+                            "nodes_to_exclude": LM_HEAD_NODE}}
 
 
 @dataclass
