@@ -16,7 +16,8 @@ def run(model: str, data: str, out: Path, precision: str = "int4", rows: int | N
         engine: str = "auto", template: str | None = None, held_out: str | None = None,
         max_accuracy_drop: float = 1.0, min_agreement: float = 0.9, max_ppl_increase: float = 0.10,
         rounds: int = 5, skip_bench: bool = False, artifact: str | None = None, force: bool = False,
-        target: str = "cpu", compute_capabilities: list[str] | None = None) -> dict:
+        target: str = "cpu", compute_capabilities: list[str] | None = None, block_size: int = 0,
+        keep_lm_head: bool = False) -> dict:
     """Build the options and run optimize_lm; echo one summary line."""
     from .bench import LMBenchOptions
     from .gate import LMGateOptions
@@ -27,7 +28,8 @@ def run(model: str, data: str, out: Path, precision: str = "int4", rows: int | N
                          min_agreement=min_agreement, max_ppl_increase=max_ppl_increase)
     options = LMOptimizeOptions(precision=precision, threads=threads, engine=engine, held_out=held_out,
                                 skip_bench=skip_bench, artifact=artifact, gate=gate, target=target,
-                                compute_capabilities=list(compute_capabilities or []),
+                                compute_capabilities=list(compute_capabilities or []), block_size=block_size,
+                                keep_lm_head=keep_lm_head,
                                 bench=LMBenchOptions(rounds=rounds, threads=threads))
     report = optimize_lm(model, data, out, options, force=force)
     acc = report["llm"]["gate"]["accuracy"]
@@ -52,6 +54,9 @@ def _engine_note(report: dict) -> str:
               help="cpu: int4 or int8; tensorrt-rtx: int4 or fp16.")
 @click.option("--target", type=click.Choice(["cpu", "tensorrt-rtx"]), default="cpu", show_default=True)
 @click.option("--compute-capability", "ccs", default=None, help="tensorrt-rtx: targets, e.g. 8.6,12.0.")
+@click.option("--block-size", type=int, default=0, show_default=True,
+              help="tensorrt-rtx int4: input rows per scale (0: the largest of 128/64/32/16 that fits).")
+@click.option("--keep-lm-head", is_flag=True, help="tensorrt-rtx int4: keep the LM head in fp16.")
 @click.option("--rows", type=int, default=200, show_default=True, help="Labeled rows scored (0 = all).")
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--engine", type=click.Choice(["auto", "ort", "genai"]), default="auto", show_default=True)
@@ -65,12 +70,13 @@ def _engine_note(report: dict) -> str:
 @click.option("--skip-bench", is_flag=True)
 @click.option("--artifact", default=None, help="Gate and bench this existing artifact instead of rebuilding.")
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT that edgekit did not write.")
-def optimize_lm_cmd(model, data, out, precision, target, ccs, rows, threads, engine, template, held_out,
-                    max_accuracy_drop, min_agreement, max_ppl_increase, rounds, skip_bench, artifact, force):
+def optimize_lm_cmd(model, data, out, precision, target, ccs, block_size, keep_lm_head, rows, threads, engine,
+                    template, held_out, max_accuracy_drop, min_agreement, max_ppl_increase, rounds, skip_bench,
+                    artifact, force):
     """Optimize a causal LM (HF folder, .gguf, pkg:NAME): int4/int8, gated on generated answers, benchmarked."""
     run(model, data, out, precision, rows or None, threads, engine, template, held_out, max_accuracy_drop,
         min_agreement, max_ppl_increase, rounds, skip_bench, artifact, force, target,
-        [c.strip() for c in (ccs or "").split(",") if c.strip()])
+        [c.strip() for c in (ccs or "").split(",") if c.strip()], block_size, keep_lm_head)
 
 
 def register(group: click.Group) -> None:

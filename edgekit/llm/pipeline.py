@@ -36,6 +36,8 @@ class LMOptimizeOptions:
     target: str = field(default="cpu", metadata={"help": "cpu (ONNX Runtime) or tensorrt-rtx (a decoder engine "
                                                          "beside its ONNX; accuracy gated on that ONNX on ORT CPU)"})
     compute_capabilities: list[str] = field(default_factory=list, metadata={"help": "tensorrt-rtx targets"})
+    block_size: int = field(default=0, metadata={"help": "tensorrt-rtx int4: input rows per scale (0 = auto)"})
+    keep_lm_head: bool = field(default=False, metadata={"help": "tensorrt-rtx int4: keep the LM head in fp16"})
     threads: int = field(default=2, metadata={"help": "threads for the gate and the bench (both sides)"})
     engine: str = field(default="auto", metadata={"help": "generation engine: auto, ort or genai"})
     held_out: str | None = field(default=None, metadata={"help": "held-out text for perplexity (.txt or .tsv); "
@@ -116,8 +118,9 @@ def _rtx_artifact(hf: Path, tmp: Path, options: LMOptimizeOptions, stages: list)
 
     ccs = ", ".join(options.compute_capabilities) or "default targets"
     with _stage(stages, "export+engine", f"TensorRT-RTX {options.precision}, {ccs}"):
-        build_lm_engine(hf, tmp / "artifact", LMEngineOptions(precision=options.precision, cache_dir=options.cache_dir,
-                                                              compute_capabilities=list(options.compute_capabilities)))
+        build_lm_engine(hf, tmp / "artifact", LMEngineOptions(
+            precision=options.precision, cache_dir=options.cache_dir, block_size=options.block_size,
+            keep_lm_head=options.keep_lm_head, compute_capabilities=list(options.compute_capabilities)))
         for f in (tmp / "artifact").iterdir():
             shutil.move(str(f), tmp / f.name)
         (tmp / "artifact").rmdir()

@@ -58,6 +58,7 @@ def build(model, out, ccs: list[str], flags: dict, explicit: set[str], force: bo
     options = LMEngineOptions(precision=precision, compute_capabilities=ccs,
                               max_context=flags.get("max_seq"), max_prompt=flags.get("max_prompt"),
                               opt_prompt=flags.get("opt_seq"), block_size=flags.get("block_size") or 0,
+                              keep_lm_head=bool(flags.get("keep_lm_head")),
                               workspace_mib=flags.get("workspace_mib"), **batch)
     art = build_lm_engine(model, out, options, force=force)
     m = art.manifest
