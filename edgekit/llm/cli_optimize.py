@@ -17,7 +17,7 @@ def run(model: str, data: str, out: Path, precision: str = "int4", rows: int | N
         max_accuracy_drop: float = 1.0, min_agreement: float = 0.9, max_ppl_increase: float = 0.10,
         rounds: int = 5, skip_bench: bool = False, artifact: str | None = None, force: bool = False,
         target: str = "cpu", compute_capabilities: list[str] | None = None, block_size: int = 0,
-        keep_lm_head: bool = False) -> dict:
+        keep_lm_head: bool = False, fallback: bool = True) -> dict:
     """Build the options and run optimize_lm; echo one summary line."""
     from .bench import LMBenchOptions
     from .gate import LMGateOptions
@@ -29,7 +29,7 @@ def run(model: str, data: str, out: Path, precision: str = "int4", rows: int | N
     options = LMOptimizeOptions(precision=precision, threads=threads, engine=engine, held_out=held_out,
                                 skip_bench=skip_bench, artifact=artifact, gate=gate, target=target,
                                 compute_capabilities=list(compute_capabilities or []), block_size=block_size,
-                                keep_lm_head=keep_lm_head,
+                                keep_lm_head=keep_lm_head, fallback=fallback,
                                 bench=LMBenchOptions(rounds=rounds, threads=threads))
     report = optimize_lm(model, data, out, options, force=force)
     acc = report["llm"]["gate"]["accuracy"]
@@ -68,15 +68,17 @@ def _engine_note(report: dict) -> str:
 @click.option("--max-ppl-increase", type=float, default=0.10, show_default=True, help="Relative.")
 @click.option("--rounds", type=int, default=5, show_default=True, help="Interleaved bench rounds.")
 @click.option("--skip-bench", is_flag=True)
+@click.option("--fallback/--no-fallback", default=True, show_default=True,
+              help="cpu int4: when the gate fails, quantize again keeping more at higher precision and re-gate.")
 @click.option("--artifact", default=None, help="Gate and bench this existing artifact instead of rebuilding.")
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT that edgekit did not write.")
 def optimize_lm_cmd(model, data, out, precision, target, ccs, block_size, keep_lm_head, rows, threads, engine,
                     template, held_out, max_accuracy_drop, min_agreement, max_ppl_increase, rounds, skip_bench,
-                    artifact, force):
+                    fallback, artifact, force):
     """Optimize a causal LM (HF folder, .gguf, pkg:NAME): int4/int8, gated on generated answers, benchmarked."""
     run(model, data, out, precision, rows or None, threads, engine, template, held_out, max_accuracy_drop,
         min_agreement, max_ppl_increase, rounds, skip_bench, artifact, force, target,
-        [c.strip() for c in (ccs or "").split(",") if c.strip()], block_size, keep_lm_head)
+        [c.strip() for c in (ccs or "").split(",") if c.strip()], block_size, keep_lm_head, fallback)
 
 
 def register(group: click.Group) -> None:

@@ -63,6 +63,18 @@ class DecoderSession:
         self.mask_dtype = _NP_TYPES.get(inputs["attention_mask"].type, np.int64) if "attention_mask" in inputs else None
         self.has_position_ids = "position_ids" in inputs
 
+    def feeds(self, ids: np.ndarray, attention_mask: np.ndarray, past: dict[str, np.ndarray]) -> dict:
+        """The session's inputs for ``ids`` after ``past`` (position ids follow from ``attention_mask``)."""
+        feeds = {"input_ids": ids.astype(self.ids_dtype, copy=False)}
+        if self.mask_dtype is not None:
+            feeds["attention_mask"] = attention_mask.astype(self.mask_dtype, copy=False)
+        if self.has_position_ids:
+            positions = np.cumsum(attention_mask, axis=1) - 1
+            positions = np.where(attention_mask == 0, 1, positions)[:, -ids.shape[1]:]
+            feeds["position_ids"] = positions.astype(self.ids_dtype, copy=False)
+        feeds.update(past)
+        return feeds
+
     def empty_cache(self, batch: int = 1) -> dict[str, np.ndarray]:
         shape = (batch, self.kv_heads, 0, self.head_dim)
         return {name: np.zeros(shape, dtype=self.kv_dtype) for name in self.past_names}
@@ -74,15 +86,7 @@ class DecoderSession:
         ``attention_mask`` is ``[batch, past_len + seq]`` (1 = real token,
         0 = left padding); position ids follow from it.
         """
-        feeds = {"input_ids": ids.astype(self.ids_dtype, copy=False)}
-        if self.mask_dtype is not None:
-            feeds["attention_mask"] = attention_mask.astype(self.mask_dtype, copy=False)
-        if self.has_position_ids:
-            positions = np.cumsum(attention_mask, axis=1) - 1
-            positions = np.where(attention_mask == 0, 1, positions)[:, -ids.shape[1]:]
-            feeds["position_ids"] = positions.astype(self.ids_dtype, copy=False)
-        feeds.update(past)
-        outputs = self.session.run(None, feeds)
+        outputs = self.session.run(None, self.feeds(ids, attention_mask, past))
         named = dict(zip(self.output_names, outputs))
         present = {past_name: named[_present_name(past_name)] for past_name in self.past_names}
         return named["logits"], present

@@ -44,6 +44,9 @@ class LMOptimizeOptions:
                                                                  "default: the train.tsv beside --data"})
     cache_dir: str | None = field(default=None, metadata={"help": "where imported GGUF folders are cached"})
     skip_bench: bool = field(default=False, metadata={"help": "gate only"})
+    fallback: bool = field(default=True, metadata={"help": "cpu int4: when the gate fails, quantize again with more "
+                                                           "kept at higher precision (int8 lm_head, k-quant mixed, "
+                                                           "fp32 lm_head) and gate that, until one passes"})
     artifact: str | None = field(default=None, metadata={"help": "gate and bench this existing text-generation "
                                                                  "artifact instead of exporting+quantizing again"})
     gate: LMGateOptions = field(default_factory=LMGateOptions)
@@ -81,9 +84,10 @@ def optimize_lm(model: str | Path, data: str | Path, out: str | Path, options: L
                 for f in (tmp / "artifact").iterdir():
                     shutil.move(str(f), tmp / f.name)
                 (tmp / "artifact").rmdir()
-        lineage = read_manifest(tmp)
-        gate, bench = _gate_and_bench(source.folder, tmp, texts, labels, held_out, options, stages)
+        gate, bench, trials = _gate_and_bench(source.folder, tmp, texts, labels, held_out, options, stages)
+        lineage = read_manifest(tmp)  # after a fallback: the quantization that was kept
         report = _report(model, data, out, options, source.folder, tmp, lineage, gate, bench, stages)
+        report["llm"]["fallback"] = trials
         report["seconds_total"] = round(time.perf_counter() - started, 1)
         (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         (tmp / "report.md").write_text(markdown(report))
@@ -154,17 +158,21 @@ def labeled_rows(data: str | Path, template_name: str) -> tuple[list[str], list[
 
 
 def _gate_and_bench(hf: Path, art: Path, texts, labels, held_out: Path, options: LMOptimizeOptions,
-                    stages: list) -> tuple[dict, dict | None]:
+                    stages: list) -> tuple[dict, dict | None, list[dict]]:
     from ..runtime.generate import read_lm_info  # noqa: PLC0415
-    from .scorers import ArtifactLM, TorchLM  # noqa: PLC0415
+    from .scorers import ArtifactLM, MemoLM, TorchLM  # noqa: PLC0415
 
-    original = TorchLM(hf, options.threads, read_lm_info(art).eos_ids)
+    original = MemoLM(TorchLM(hf, options.threads, read_lm_info(art).eos_ids))  # its answers serve every trial
     rtx = options.target == "tensorrt-rtx"  # gate the engine's own ONNX on ORT CPU: same graph, same precision
     artifact = ArtifactLM(art, options.threads, "ort" if rtx else options.engine)
     with _stage(stages, "gate", f"{options.gate.rows or len(texts)} rows, agreement, perplexity"):
         gate = run_gate(original, artifact, texts, labels, options.gate, held_out)
+    del artifact
+    trials: list[dict] = []
+    if not gate["passed"] and _can_fall_back(art, options):
+        gate, trials = _fall_back(original, hf, art, gate, (texts, labels, held_out), options, stages)
     if options.skip_bench or rtx:  # the LM bench has no TensorRT-RTX runner; no GPU here in any case
-        return gate, None
+        return gate, None, trials
     del original  # the bench loads its own copies, tokenizers included
     with _stage(stages, "bench", f"{options.bench.rounds} interleaved rounds, {options.bench.threads} threads"):
         prompt = bench_prompt(art / "tokenizer.json", held_out, options.bench.prompt_tokens)
@@ -175,7 +183,71 @@ def _gate_and_bench(hf: Path, art: Path, texts, labels, held_out: Path, options:
             bench["peak_rss_mb"] = {"PyTorch eager generate": peak_rss_mb("torch", str(hf), options.bench.threads),
                                     f"edgekit {options.precision}": peak_rss_mb("artifact", str(art),
                                                                                options.bench.threads, options.engine)}
-    return gate, bench
+    return gate, bench, trials
+
+
+FALLBACK_ORDER = ("none", "lm_head_int8", "mixed", "lm_head")  # less and less of the model left at int4
+
+
+def _can_fall_back(art: Path, options: LMOptimizeOptions) -> bool:
+    quant = (read_manifest(art).get("llm") or {}).get("quantization") or {}
+    return (options.fallback and not options.artifact and options.target == "cpu" and options.precision == "int4"
+            and quant.get("keep_fp") in FALLBACK_ORDER[:-1])
+
+
+def _fall_back(original, hf: Path, art: Path, gate: dict, rows: tuple, options: LMOptimizeOptions,
+               stages: list) -> tuple[dict, list[dict]]:
+    """Quantize again keeping more at higher precision, gate each (the original's answers reused), until one passes.
+
+    The int4 setting quantize-lm chose by greedy agreement on its own prompts can still miss the task's budgets;
+    like the encoders' per-layer fallback, the next, more precise setting is tried. The first that passes replaces
+    the artifact; when none does, the last (most precise) one is kept and the gate fails as before.
+    """
+    from ..errors import EdgekitError  # noqa: PLC0415
+    from .quantize import LMQuantizeOptions, quantize_lm  # noqa: PLC0415
+    from .scorers import ArtifactLM  # noqa: PLC0415
+
+    texts, labels, held_out = rows
+    quant = read_manifest(art)["llm"]["quantization"]
+    trials = [_trial(quant["keep_fp"], quant, gate)]
+    later = FALLBACK_ORDER[FALLBACK_ORDER.index(quant["keep_fp"]) + 1:]
+    for keep in later:
+        failing = ", ".join(c["name"] for c in gate["checks"] if not c["passed"])
+        work = art / f".fallback-{keep}"
+        with _stage(stages, "fallback", f"int4 with {keep} kept at higher precision ({failing} failed)"):
+            try:
+                quantize_lm(hf, work, LMQuantizeOptions(
+                    precision="int4", block_size=quant["block_size"], accuracy_level=quant["accuracy_level"],
+                    keep_fp=keep, threads=options.threads, cache_dir=options.cache_dir))
+            except EdgekitError as exc:
+                trials.append({"keep_fp": keep, "error": exc.message})
+                shutil.rmtree(work, ignore_errors=True)
+                continue
+            trial = run_gate(original, ArtifactLM(work, options.threads, options.engine), texts, labels,
+                             options.gate, held_out)
+        trials.append(_trial(keep, read_manifest(work)["llm"]["quantization"], trial))
+        if trial["passed"] or keep == later[-1]:
+            _replace_model(work, art)
+            gate = trial
+            break
+        shutil.rmtree(work)
+    return gate, trials
+
+
+def _trial(keep: str, quant: dict, gate: dict) -> dict:
+    acc = gate["accuracy"]["artifact"]
+    return {"keep_fp": keep, "block_size": quant.get("block_size"), "accuracy_level": quant.get("accuracy_level"),
+            "passed": gate["passed"], "accuracy": acc["accuracy"], "unparsed": acc["unparsed"],
+            "checks": {c["name"]: c["value"] for c in gate["checks"]}}
+
+
+def _replace_model(work: Path, art: Path) -> None:
+    for f in art.iterdir():
+        if f.is_file():
+            f.unlink()
+    for f in work.iterdir():
+        shutil.move(str(f), art / f.name)
+    work.rmdir()
 
 
 def _report(model, data, out, options, hf, art, lineage, gate, bench, stages) -> dict:
@@ -222,6 +294,10 @@ def markdown(report: dict) -> str:
                   f"{g['perplexity']['original']:.3f}, artifact {g['perplexity']['artifact']:.3f}. Greedy agreement "
                   f"(teacher-forced) {g['agreement']['teacher_forced']:.4f}, identical {g['agreement']['n_tokens']}-token "
                   f"continuations {g['agreement']['identical_sequences']:.2f}."]
+    for t in report["llm"].get("fallback") or []:
+        lines += ["", f"Fallback trial keep_fp={t['keep_fp']}: " + (f"not built ({t['error']})" if "error" in t else
+                  f"accuracy {t['accuracy']:.4f}, " + ", ".join(f"{k} {v:.4g}" for k, v in t["checks"].items())
+                  + (" - passed" if t["passed"] else " - failed"))]
     o = report["optimized"]
     if o.get("engine_mb") is not None:
         lines += ["", f"TensorRT-RTX engine: {o['engine_mb']} MB ({o['precision']}, compute capabilities "

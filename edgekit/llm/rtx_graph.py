@@ -25,6 +25,7 @@ TensorRT-RTX 1.7 parser rejects: measured, see bench/llm-rtx.md).
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
@@ -126,10 +127,13 @@ def _name_nodes(graph) -> None:
 CLIP_RATIOS = (1.0, 0.95, 0.9, 0.875, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
 
 
-def quantize_int4(model, block_size: int, skip_columns: int | None = None) -> dict:
+def quantize_int4(model, block_size: int, skip_columns: int | None = None,
+                  importance: dict[str, np.ndarray] | None = None) -> dict:
     """Put int4 block DQ in front of every 2-D weight MatMul of ``model`` (fp16, in place); the counts.
 
     ``skip_columns``: leave MatMuls with that many output columns (the vocab: ``lm_head``) in fp16.
+    ``importance``: per MatMul node, the mean square of each input channel on calibration prompts
+    (:func:`input_importance`); the scale search then minimises the error of the MatMul's output, not of the weight.
     """
     block_size = block_size or auto_block_size(model.graph)
     if block_size not in BLOCK_SIZES:
@@ -157,7 +161,8 @@ def quantize_int4(model, block_size: int, skip_columns: int | None = None) -> di
                          "why": "lm_head kept fp16" if array.shape[1] == skip_columns else "rows not a block multiple"})
             continue
         dq_out = f"{node.name}.weight_int4_dq"
-        graph.initializer.extend(int4_tensors(f"{node.name}.weight", array, block_size))
+        graph.initializer.extend(int4_tensors(f"{node.name}.weight", array, block_size,
+                                              (importance or {}).get(node.name)))
         new_nodes.append((node, onnx.helper.make_node(
             "DequantizeLinear", [f"{node.name}.weight_int4", f"{node.name}.weight_scale"], [dq_out],
             name=f"{node.name}_DequantizeLinear", axis=0, block_size=block_size)))
@@ -168,7 +173,51 @@ def quantize_int4(model, block_size: int, skip_columns: int | None = None) -> di
     toposort(graph)
     removed = prune_unused(graph)
     return {"block_size": block_size, "symmetric": True, "scale_dtype": "fp16", "axis": 0,
+            "scale_search": "activation-weighted squared error" if importance else "squared error",
             "quantized_matmuls": len(new_nodes), "kept_fp16": kept, "removed_initializers": removed}
+
+
+def input_importance(model, prompts: list[list[int]], work: Path) -> dict[str, np.ndarray]:
+    """Mean square of each input channel of every weight MatMul's activation, over ``prompts`` on ORT CPU.
+
+    A copy of ``model`` with those activations as extra outputs is written to ``work`` (removed after) and run
+    once per prompt from an empty cache.
+    """
+    import shutil  # noqa: PLC0415
+
+    from .loop import DecoderSession  # noqa: PLC0415
+
+    onnx = require("onnx")
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    producer = {out: n for n in graph.node for out in n.output if out}
+    readers: dict[str, list[str]] = defaultdict(list)
+    for node in graph.node:
+        if node.op_type == "MatMul" and len(node.input) > 1 and _weight_of(node.input[1], inits, producer)[0] is not None:
+            readers[node.input[0]].append(node.name)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    outputs = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(a) for a in readers if a not in outputs)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        onnx.save_model(probe, str(work / "probe.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="probe.onnx.data", size_threshold=1024)
+        del probe
+        decoder = DecoderSession(work / "probe.onnx")
+        names = list(readers)
+        sums: dict[str, np.ndarray] = {}
+        count = 0
+        for ids in prompts:
+            seq = np.asarray([ids])
+            acts = decoder.session.run(names, decoder.feeds(seq, np.ones_like(seq), decoder.empty_cache(1)))
+            for name, act in zip(names, acts, strict=True):
+                sq = np.square(act.astype(np.float64).reshape(-1, act.shape[-1])).sum(axis=0)
+                sums[name] = sums.get(name, 0.0) + sq
+            count += seq.shape[1]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {node: sums[a] / max(count, 1) for a, nodes in readers.items() for node in nodes}
 
 
 def auto_block_size(graph) -> int:
@@ -196,10 +245,10 @@ def _weight_of(name: str, inits: dict, producer: dict):
     return None, False
 
 
-def int4_tensors(prefix: str, weight: np.ndarray, block_size: int) -> list:
+def int4_tensors(prefix: str, weight: np.ndarray, block_size: int, importance: np.ndarray | None = None) -> list:
     """``{prefix}_int4`` (packed int4 [K, N]) and ``{prefix}_scale`` (fp16 [K / block, N]): symmetric blocks along K."""
     onnx = require("onnx")
-    q, scale = quantize_blocks(weight, block_size)
+    q, scale = quantize_blocks(weight, block_size, importance=importance)
     flat = q.reshape(-1).astype(np.int16)
     if flat.size % 2:
         flat = np.concatenate([flat, np.zeros(1, np.int16)])
@@ -209,21 +258,25 @@ def int4_tensors(prefix: str, weight: np.ndarray, block_size: int) -> list:
     return [qt, st]
 
 
-def quantize_blocks(weight: np.ndarray, block_size: int, search: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def quantize_blocks(weight: np.ndarray, block_size: int, search: bool = True,
+                    importance: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int4 codes in [-8, 7] and fp16-representable scales for blocks of rows.
 
     ``search``: each block's scale is the one of :data:`CLIP_RATIOS` x amax / 7 with the least squared error on
     that block (round-to-nearest's amax / 7 is the first candidate, so the error never grows); one outlier no
-    longer stretches the step of the whole block. Off: plain amax / 7.
+    longer stretches the step of the whole block. Off: plain amax / 7. ``importance`` ([K], the mean square of
+    each input channel, as llama.cpp's importance matrix) weights each row's error by how large its input runs.
     """
     k, n = weight.shape
     blocks = weight.reshape(k // block_size, block_size, n)
+    rows = np.ones((k // block_size, block_size, 1), np.float32) if importance is None else \
+        (np.asarray(importance, np.float32) + 1e-6 * float(np.mean(importance)) + 1e-12).reshape(-1, block_size, 1)
     amax = np.abs(blocks).max(axis=1)
     best_scale, best_err = None, None
     for ratio in (CLIP_RATIOS if search else (1.0,)):
         scale = _fp16_scale(amax * (ratio / 7.0))
         q = np.clip(np.rint(blocks / scale[:, None, :]), -8, 7)
-        err = np.square(q * scale[:, None, :] - blocks).sum(axis=1)
+        err = (rows * np.square(q * scale[:, None, :] - blocks)).sum(axis=1)
         if best_scale is None:
             best_scale, best_err = scale, err
         else:

@@ -39,6 +39,8 @@ class RtxOnnxOptions:
     block_size: int = field(default=0, metadata={"help": "int4: input rows per scale (16/32/64/128/256; 0 = the "
                                                          "largest of 128/64/32/16 dividing every weight's rows)"})
     keep_lm_head: bool = field(default=False, metadata={"help": "int4: keep lm_head in fp16"})
+    calibrate: bool = field(default=True, metadata={"help": "int4: weight each scale search by the input channels' "
+                                                            "mean square on the calibration prompts"})
     validation_tokens: int = field(default=8, metadata={"help": "greedy tokens compared with PyTorch per prompt"})
     prompts: tuple[str, ...] = field(default=(), metadata={"help": "validation prompts (default: built-in ones)"})
     cache_dir: str | None = field(default=None, metadata={"help": "where imported GGUF folders are cached"})
@@ -105,13 +107,25 @@ def derive_int4(fp16_folder: Path, folder: Path, options: RtxOnnxOptions) -> dic
     vocab = dims(hf)["vocab"] if options.keep_lm_head else None
     info = dict(parent.get("rtx") or {})
     with progress.stage("int4", f"block {options.block_size or 'auto'} weight-only Q/DQ, from {fp16_folder}"):
-        info["int4"] = quantize_int4(model, options.block_size, skip_columns=vocab)
+        info["int4"] = quantize_int4(model, options.block_size, skip_columns=vocab,
+                                     importance=_importance(model, hf, folder, options))
     _save(model, folder)
     validation = validate_rtx(hf, folder / ONNX_NAME, options)
     return write_manifest(folder, "onnx", STEP, dict(parent["inputs"], derived_from=str(fp16_folder)),
                           asdict(options), {**{k: parent.get(k) for k in ("task", "route", "opset", "llm")},
                                             "precision": "int4", "rtx": info, "validation": validation,
                                             "onnx_bytes": sum(f.stat().st_size for f in folder.glob("model.onnx*"))})
+
+
+def _importance(model, hf: Path, folder: Path, options: RtxOnnxOptions) -> dict | None:
+    """Input-channel mean squares of every weight MatMul on the calibration prompts (the validation prompts)."""
+    if not options.calibrate:
+        return None
+    from .rtx_graph import input_importance
+    from .validate import PROMPTS, encode_prompts
+
+    tokenizer = require("transformers").AutoTokenizer.from_pretrained(str(hf))
+    return input_importance(model, encode_prompts(tokenizer, tuple(options.prompts) or PROMPTS), folder / ".probe")
 
 
 def _save(model, folder: Path) -> None:
@@ -136,7 +150,8 @@ def _convert(source: LMSource, folder: Path, options: RtxOnnxOptions) -> dict:
     if options.precision == "int4":
         vocab = dims(source.folder)["vocab"] if options.keep_lm_head else None
         with progress.stage("int4", f"block {options.block_size or 'auto'} weight-only Q/DQ") as note:
-            info["int4"] = quantize_int4(model, options.block_size, skip_columns=vocab)
+            info["int4"] = quantize_int4(model, options.block_size, skip_columns=vocab,
+                                         importance=_importance(model, source.folder, folder, options))
             note["note"] = f"{info['int4']['quantized_matmuls']} MatMuls"
     _save(model, folder)
     return info

@@ -44,6 +44,22 @@ class ArtifactLM:
         return self._loop.forward(ids)
 
 
+class MemoLM:
+    """A side whose greedy answers are remembered: the gate's fallback trials score the same original again."""
+
+    def __init__(self, lm):
+        self.lm, self.name, self._greedy = lm, lm.name, {}
+
+    def greedy(self, ids: list[int], n: int) -> list[int]:
+        key = (tuple(ids), n)
+        if key not in self._greedy:
+            self._greedy[key] = self.lm.greedy(ids, n)
+        return list(self._greedy[key])
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        return self.lm.logits(ids)
+
+
 class TorchLM:
     name = "original"
 

@@ -150,6 +150,20 @@ def test_int4_scale_search_lowers_the_error_of_round_to_nearest():
     assert q.min() >= -8 and q.max() <= 7
 
 
+def test_int4_importance_weights_the_error_toward_loud_input_channels():
+    from edgekit.llm.rtx_graph import dequantize_blocks, quantize_blocks
+
+    rng = np.random.default_rng(2)
+    w = rng.standard_t(4, size=(128, 32)).astype(np.float32)
+    loud = np.ones(128, np.float32)
+    loud[::16] = 1e4  # one input channel per half block runs 100x larger (SmolLM2-like outlier channels)
+
+    def output_error(q_scale):
+        return float((loud[:, None] * np.square(dequantize_blocks(*q_scale, 32) - w)).sum())
+
+    assert output_error(quantize_blocks(w, 32, importance=loud)) < 0.9 * output_error(quantize_blocks(w, 32))
+
+
 def _check_engine(folder: Path, precision: str) -> dict:
     import json
 

@@ -134,3 +134,31 @@ def test_optimize_lm_writes_report_and_fails_with_exit_3(tiny, tmp_path):
             artifact=str(art), threads=1, skip_bench=True, gate=LMGateOptions(**small, min_agreement=1.01)))
     assert err.value.exit_code == 3 and "greedy_agreement" in err.value.message
     assert json.loads((tmp_path / "strict" / "report.json").read_text())["passed"] is False
+
+
+def test_optimize_lm_falls_back_to_more_precision_while_the_gate_fails(tiny, tmp_path):
+    """An impossible budget fails every trial: each more precise int4 setting is quantized and gated in turn, the
+    last is kept, the trials are in the report, and no trial folder is left behind."""
+    import json
+
+    pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai's model builder not installed")
+    from edgekit.errors import GateFailedError
+    from edgekit.llm.pipeline import FALLBACK_ORDER, LMOptimizeOptions, optimize_lm
+
+    hf, _ = tiny
+    data = tmp_path / "dev.tsv"
+    data.write_text("label\tsentence\n1\tthe film was great\n0\tthe plot was dull\n")
+    (tmp_path / "train.tsv").write_text("label\tsentence\n" + "1\tthe film was great and the plot was fun\n" * 20)
+    out = tmp_path / "opt"
+    with pytest.raises(GateFailedError):
+        optimize_lm(hf, data, out, LMOptimizeOptions(threads=1, skip_bench=True, gate=LMGateOptions(
+            rows=2, agreement_prompts=2, ppl_tokens=64, ppl_window=16, min_agreement=1.01)))
+    report = json.loads((out / "report.json").read_text())
+    trials = report["llm"]["fallback"]
+    keeps = [t["keep_fp"] for t in trials]
+    assert keeps == list(FALLBACK_ORDER[FALLBACK_ORDER.index(keeps[0]):]) and len(keeps) >= 2
+    assert all(not t.get("passed") for t in trials)
+    built = [t for t in trials if "error" not in t]
+    assert report["llm"]["quantization"]["keep_fp"] == built[-1]["keep_fp"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".fallback")]
+    assert "Fallback trial keep_fp=" in (out / "report.md").read_text()
