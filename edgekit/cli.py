@@ -557,6 +557,8 @@ def finetune_cmd(base_model, data, eval_data, out, text_column, label_column, ep
 @click.option("--block-size", default=None, type=int, help="Causal LMs, int4: input rows per scale (default: the largest of 128/64/32/16 that fits).")
 @click.option("--keep-lm-head", is_flag=True, default=None,
               help="Causal LMs, int4: keep the LM head (a tied embedding's copy) in fp16.")
+@click.option("--keep-sensitive", default=None, type=int,
+              help="Causal LMs, int4: leave this many MatMuls in fp16, those int4 would change most.")
 @click.option("--workspace", "workspace_mib", default=None, type=int,
               help="Builder workspace in MiB (default: the backend's).")
 @click.option("--timing-cache", default=None, type=path_arg, help="Timing cache file to reuse and update (TensorRT).")
@@ -575,7 +577,7 @@ def build_cmd(onnx, out, ccs, data, text_column, force, as_json, timing_cache, *
     from .llm import rtx_cli
 
     targets = [c.strip() for c in ccs.split(",") if c.strip()] if ccs else []
-    lm_flags = {k: flags.pop(k) for k in ("max_prompt", "block_size", "keep_lm_head")}
+    lm_flags = {k: flags.pop(k) for k in ("max_prompt", "block_size", "keep_lm_head", "keep_sensitive")}
     if flags["precision"] == "int4" or rtx_cli.is_lm_input(onnx):
         ctx = click.get_current_context()
         given = {k for k in ctx.params if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}

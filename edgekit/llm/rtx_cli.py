@@ -59,6 +59,7 @@ def build(model, out, ccs: list[str], flags: dict, explicit: set[str], force: bo
                               max_context=flags.get("max_seq"), max_prompt=flags.get("max_prompt"),
                               opt_prompt=flags.get("opt_seq"), block_size=flags.get("block_size") or 0,
                               keep_lm_head=bool(flags.get("keep_lm_head")),
+                              keep_sensitive=flags.get("keep_sensitive") or 0,
                               workspace_mib=flags.get("workspace_mib"), **batch)
     art = build_lm_engine(model, out, options, force=force)
     m = art.manifest

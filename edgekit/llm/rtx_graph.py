@@ -128,12 +128,14 @@ CLIP_RATIOS = (1.0, 0.95, 0.9, 0.875, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
 
 
 def quantize_int4(model, block_size: int, skip_columns: int | None = None,
-                  importance: dict[str, np.ndarray] | None = None) -> dict:
+                  importance: dict[str, np.ndarray] | None = None, keep_sensitive: int = 0) -> dict:
     """Put int4 block DQ in front of every 2-D weight MatMul of ``model`` (fp16, in place); the counts.
 
     ``skip_columns``: leave MatMuls with that many output columns (the vocab: ``lm_head``) in fp16.
     ``importance``: per MatMul node, the mean square of each input channel on calibration prompts
     (:func:`input_importance`); the scale search then minimises the error of the MatMul's output, not of the weight.
+    ``keep_sensitive``: leave that many MatMuls in fp16, those whose int4 weights change their output most
+    (relative, importance-weighted squared error; the idea of llama.cpp's k-quant mixes, chosen by measurement).
     """
     block_size = block_size or auto_block_size(model.graph)
     if block_size not in BLOCK_SIZES:
@@ -143,16 +145,13 @@ def quantize_int4(model, block_size: int, skip_columns: int | None = None,
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     producer = {out: n for n in graph.node for out in n.output if out}
-    done: dict[str, str] = {}
-    new_nodes, kept = [], []
+    owner: dict[str, str] = {}
+    planned, kept = [], []
     for node in list(graph.node):
         if node.op_type != "MatMul" or len(node.input) < 2:
             continue
         weight, transposed = _weight_of(node.input[1], inits, producer)
-        if weight is None:
-            continue
-        if node.input[1] in done:
-            node.input[1] = done[node.input[1]]
+        if weight is None or node.input[1] in owner:
             continue
         array = onnx.numpy_helper.to_array(weight).astype(np.float32)
         array = array.T if transposed else array
@@ -160,21 +159,39 @@ def quantize_int4(model, block_size: int, skip_columns: int | None = None,
             kept.append({"node": node.name, "shape": list(array.shape),
                          "why": "lm_head kept fp16" if array.shape[1] == skip_columns else "rows not a block multiple"})
             continue
+        owner[node.input[1]] = node.name
+        imp = (importance or {}).get(node.name)
+        q, scale = quantize_blocks(array, block_size, importance=imp)
+        rows = np.ones(array.shape[0]) if imp is None else np.asarray(imp, np.float64)
+        error = float((rows[:, None] * np.square(dequantize_blocks(q, scale, block_size) - array)).sum()
+                      / max((rows[:, None] * np.square(array)).sum(), 1e-30))
+        planned.append((node, q, scale, error))
+    sensitive = {id(p[0]) for p in sorted(planned, key=lambda p: -p[3])[:max(keep_sensitive, 0)]}
+    done: dict[str, str] = {}
+    new_nodes = []
+    for node, q, scale, error in planned:
+        if id(node) in sensitive:
+            kept.append({"node": node.name, "shape": list(q.shape),
+                         "why": f"sensitive: relative output error {error:.4f} in int4"})
+            continue
         dq_out = f"{node.name}.weight_int4_dq"
-        graph.initializer.extend(int4_tensors(f"{node.name}.weight", array, block_size,
-                                              (importance or {}).get(node.name)))
-        new_nodes.append((node, onnx.helper.make_node(
+        graph.initializer.extend(pack_int4(f"{node.name}.weight", q, scale))
+        new_nodes.append(onnx.helper.make_node(
             "DequantizeLinear", [f"{node.name}.weight_int4", f"{node.name}.weight_scale"], [dq_out],
-            name=f"{node.name}_DequantizeLinear", axis=0, block_size=block_size)))
+            name=f"{node.name}_DequantizeLinear", axis=0, block_size=block_size))
         done[node.input[1]] = dq_out
-        node.input[1] = dq_out
-    for _, dq in new_nodes:
-        graph.node.append(dq)
+    for node in graph.node:  # every reader of a quantized weight (a tied embedding's copy too) reads its DQ
+        if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in done:
+            node.input[1] = done[node.input[1]]
+    graph.node.extend(new_nodes)
     toposort(graph)
     removed = prune_unused(graph)
+    errors = [p[3] for p in planned]
     return {"block_size": block_size, "symmetric": True, "scale_dtype": "fp16", "axis": 0,
             "scale_search": "activation-weighted squared error" if importance else "squared error",
-            "quantized_matmuls": len(new_nodes), "kept_fp16": kept, "removed_initializers": removed}
+            "quantized_matmuls": len(new_nodes), "kept_fp16": kept, "removed_initializers": removed,
+            "relative_output_error": {"mean": round(float(np.mean(errors)), 5) if errors else None,
+                                      "max": round(float(np.max(errors)), 5) if errors else None}}
 
 
 def input_importance(model, prompts: list[list[int]], work: Path) -> dict[str, np.ndarray]:
@@ -247,8 +264,12 @@ def _weight_of(name: str, inits: dict, producer: dict):
 
 def int4_tensors(prefix: str, weight: np.ndarray, block_size: int, importance: np.ndarray | None = None) -> list:
     """``{prefix}_int4`` (packed int4 [K, N]) and ``{prefix}_scale`` (fp16 [K / block, N]): symmetric blocks along K."""
+    return pack_int4(prefix, *quantize_blocks(weight, block_size, importance=importance))
+
+
+def pack_int4(prefix: str, q: np.ndarray, scale: np.ndarray) -> list:
+    """The two initializers of :func:`int4_tensors` from codes ``q`` [K, N] and ``scale`` [K / block, N]."""
     onnx = require("onnx")
-    q, scale = quantize_blocks(weight, block_size, importance=importance)
     flat = q.reshape(-1).astype(np.int16)
     if flat.size % 2:
         flat = np.concatenate([flat, np.zeros(1, np.int16)])

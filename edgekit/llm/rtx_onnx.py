@@ -39,6 +39,7 @@ class RtxOnnxOptions:
     block_size: int = field(default=0, metadata={"help": "int4: input rows per scale (16/32/64/128/256; 0 = the "
                                                          "largest of 128/64/32/16 dividing every weight's rows)"})
     keep_lm_head: bool = field(default=False, metadata={"help": "int4: keep lm_head in fp16"})
+    keep_sensitive: int = field(default=0, metadata={"help": "int4: MatMuls left in fp16, those int4 changes most"})
     calibrate: bool = field(default=True, metadata={"help": "int4: weight each scale search by the input channels' "
                                                             "mean square on the calibration prompts"})
     validation_tokens: int = field(default=8, metadata={"help": "greedy tokens compared with PyTorch per prompt"})
@@ -108,7 +109,8 @@ def derive_int4(fp16_folder: Path, folder: Path, options: RtxOnnxOptions) -> dic
     info = dict(parent.get("rtx") or {})
     with progress.stage("int4", f"block {options.block_size or 'auto'} weight-only Q/DQ, from {fp16_folder}"):
         info["int4"] = quantize_int4(model, options.block_size, skip_columns=vocab,
-                                     importance=_importance(model, hf, folder, options))
+                                     importance=_importance(model, hf, folder, options),
+                                     keep_sensitive=options.keep_sensitive)
     _save(model, folder)
     validation = validate_rtx(hf, folder / ONNX_NAME, options)
     return write_manifest(folder, "onnx", STEP, dict(parent["inputs"], derived_from=str(fp16_folder)),
@@ -151,7 +153,8 @@ def _convert(source: LMSource, folder: Path, options: RtxOnnxOptions) -> dict:
         vocab = dims(source.folder)["vocab"] if options.keep_lm_head else None
         with progress.stage("int4", f"block {options.block_size or 'auto'} weight-only Q/DQ") as note:
             info["int4"] = quantize_int4(model, options.block_size, skip_columns=vocab,
-                                         importance=_importance(model, source.folder, folder, options))
+                                         importance=_importance(model, source.folder, folder, options),
+                                         keep_sensitive=options.keep_sensitive)
             note["note"] = f"{info['int4']['quantized_matmuls']} MatMuls"
     _save(model, folder)
     return info

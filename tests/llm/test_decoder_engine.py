@@ -126,6 +126,20 @@ def test_int4_onnx_is_block_dq_and_matches_pytorch(src, onnx_dirs):
     assert m["inputs"]["derived_from"] == str(onnx_dirs["fp16"]) and m["rtx"]["int4"]["quantized_matmuls"] == 15
 
 
+def test_int4_keep_sensitive_leaves_the_worst_matmuls_fp16(onnx_dirs):
+    import onnx
+
+    from edgekit.llm.rtx_graph import quantize_int4
+
+    model = onnx.load(str(onnx_dirs["fp16"] / "model.onnx"))
+    info = quantize_int4(model, BLOCK, keep_sensitive=2)
+    sensitive = [k for k in info["kept_fp16"] if k["why"].startswith("sensitive")]
+    assert info["quantized_matmuls"] == 13 and len(sensitive) == 2
+    assert len([n for n in model.graph.node if n.op_type == "DequantizeLinear"]) == 13
+    worst = min(float(k["why"].split()[-3]) for k in sensitive)
+    assert worst >= info["relative_output_error"]["mean"]
+
+
 def test_int4_packing_reads_back_through_onnx():
     import onnx
 
