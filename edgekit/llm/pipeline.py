@@ -201,7 +201,8 @@ def _fall_back(original, hf: Path, art: Path, gate: dict, rows: tuple, options: 
 
     The int4 setting quantize-lm chose by greedy agreement on its own prompts can still miss the task's budgets;
     like the encoders' per-layer fallback, the next, more precise setting is tried. The first that passes replaces
-    the artifact; when none does, the last (most precise) one is kept and the gate fails as before.
+    the artifact; when none does, the one with the smallest accuracy drop is kept (the earlier, smaller one on a
+    tie) and the gate fails as before.
     """
     from ..errors import EdgekitError  # noqa: PLC0415
     from .quantize import LMQuantizeOptions, quantize_lm  # noqa: PLC0415
@@ -210,9 +211,10 @@ def _fall_back(original, hf: Path, art: Path, gate: dict, rows: tuple, options: 
     texts, labels, held_out = rows
     quant = read_manifest(art)["llm"]["quantization"]
     trials = [_trial(quant["keep_fp"], quant, gate)]
-    later = FALLBACK_ORDER[FALLBACK_ORDER.index(quant["keep_fp"]) + 1:]
-    for keep in later:
-        failing = ", ".join(c["name"] for c in gate["checks"] if not c["passed"])
+    gates: dict[str, tuple[dict, Path | None]] = {quant["keep_fp"]: (gate, None)}  # None: the artifact in place
+    latest = gate
+    for keep in FALLBACK_ORDER[FALLBACK_ORDER.index(quant["keep_fp"]) + 1:]:
+        failing = ", ".join(c["name"] for c in latest["checks"] if not c["passed"])
         work = art / f".fallback-{keep}"
         with _stage(stages, "fallback", f"int4 with {keep} kept at higher precision ({failing} failed)"):
             try:
@@ -223,15 +225,27 @@ def _fall_back(original, hf: Path, art: Path, gate: dict, rows: tuple, options: 
                 trials.append({"keep_fp": keep, "error": exc.message})
                 shutil.rmtree(work, ignore_errors=True)
                 continue
-            trial = run_gate(original, ArtifactLM(work, options.threads, options.engine), texts, labels,
-                             options.gate, held_out)
-        trials.append(_trial(keep, read_manifest(work)["llm"]["quantization"], trial))
-        if trial["passed"] or keep == later[-1]:
-            _replace_model(work, art)
-            gate = trial
+            latest = run_gate(original, ArtifactLM(work, options.threads, options.engine), texts, labels,
+                              options.gate, held_out)
+        trials.append(_trial(keep, read_manifest(work)["llm"]["quantization"], latest))
+        gates[keep] = (latest, work)
+        if latest["passed"]:
             break
-        shutil.rmtree(work)
-    return gate, trials
+    keep = next((k for k, (g, _) in gates.items() if g["passed"]), None) or \
+        min(gates, key=lambda k: _accuracy_drop(gates[k][0]))  # dicts keep order: the earlier wins a tie
+    for k, (_, work) in gates.items():
+        if work is not None and k != keep:
+            shutil.rmtree(work)
+    chosen, work = gates[keep]
+    if work is not None:
+        _replace_model(work, art)
+    for t in trials:
+        t["kept"] = t["keep_fp"] == keep
+    return chosen, trials
+
+
+def _accuracy_drop(gate: dict) -> float:
+    return next(c["value"] for c in gate["checks"] if c["name"] == "accuracy_drop_points")
 
 
 def _trial(keep: str, quant: dict, gate: dict) -> dict:
@@ -297,7 +311,7 @@ def markdown(report: dict) -> str:
     for t in report["llm"].get("fallback") or []:
         lines += ["", f"Fallback trial keep_fp={t['keep_fp']}: " + (f"not built ({t['error']})" if "error" in t else
                   f"accuracy {t['accuracy']:.4f}, " + ", ".join(f"{k} {v:.4g}" for k, v in t["checks"].items())
-                  + (" - passed" if t["passed"] else " - failed"))]
+                  + (" - passed" if t["passed"] else " - failed") + (" (kept)" if t.get("kept") else ""))]
     o = report["optimized"]
     if o.get("engine_mb") is not None:
         lines += ["", f"TensorRT-RTX engine: {o['engine_mb']} MB ({o['precision']}, compute capabilities "

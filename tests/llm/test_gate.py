@@ -138,7 +138,7 @@ def test_optimize_lm_writes_report_and_fails_with_exit_3(tiny, tmp_path):
 
 def test_optimize_lm_falls_back_to_more_precision_while_the_gate_fails(tiny, tmp_path):
     """An impossible budget fails every trial: each more precise int4 setting is quantized and gated in turn, the
-    last is kept, the trials are in the report, and no trial folder is left behind."""
+    one with the smallest accuracy drop is kept, the trials are in the report, and no trial folder is left behind."""
     import json
 
     pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai's model builder not installed")
@@ -159,6 +159,9 @@ def test_optimize_lm_falls_back_to_more_precision_while_the_gate_fails(tiny, tmp
     assert keeps == list(FALLBACK_ORDER[FALLBACK_ORDER.index(keeps[0]):]) and len(keeps) >= 2
     assert all(not t.get("passed") for t in trials)
     built = [t for t in trials if "error" not in t]
-    assert report["llm"]["quantization"]["keep_fp"] == built[-1]["keep_fp"]
+    kept = [t for t in built if t["kept"]]  # none passes: the smallest accuracy drop, the earliest on a tie
+    best = min(t["checks"]["accuracy_drop_points"] for t in built)
+    assert len(kept) == 1 and kept[0] == next(t for t in built if t["checks"]["accuracy_drop_points"] == best)
+    assert report["llm"]["quantization"]["keep_fp"] == kept[0]["keep_fp"]
     assert not [p for p in out.iterdir() if p.name.startswith(".fallback")]
     assert "Fallback trial keep_fp=" in (out / "report.md").read_text()
