@@ -24,6 +24,7 @@ TensorRT-RTX 1.7 parser rejects: measured, see bench/llm-rtx.md).
 
 from __future__ import annotations
 
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -200,8 +201,6 @@ def input_importance(model, prompts: list[list[int]], work: Path) -> dict[str, n
     A copy of ``model`` with those activations as extra outputs is written to ``work`` (removed after) and run
     once per prompt from an empty cache.
     """
-    import shutil  # noqa: PLC0415
-
     from .loop import DecoderSession  # noqa: PLC0415
 
     onnx = require("onnx")
@@ -262,13 +261,9 @@ def _weight_of(name: str, inits: dict, producer: dict):
     return None, False
 
 
-def int4_tensors(prefix: str, weight: np.ndarray, block_size: int, importance: np.ndarray | None = None) -> list:
-    """``{prefix}_int4`` (packed int4 [K, N]) and ``{prefix}_scale`` (fp16 [K / block, N]): symmetric blocks along K."""
-    return pack_int4(prefix, *quantize_blocks(weight, block_size, importance=importance))
-
-
 def pack_int4(prefix: str, q: np.ndarray, scale: np.ndarray) -> list:
-    """The two initializers of :func:`int4_tensors` from codes ``q`` [K, N] and ``scale`` [K / block, N]."""
+    """``{prefix}_int4`` (packed int4 [K, N]) and ``{prefix}_scale`` (fp16 [K / block, N]) from codes ``q`` and
+    ``scale`` (:func:`quantize_blocks`: symmetric blocks along K)."""
     onnx = require("onnx")
     flat = q.reshape(-1).astype(np.int16)
     if flat.size % 2:

@@ -23,8 +23,8 @@ from .. import progress
 from ..artifact import ONNX_NAME, Artifact, atomic_dir, write_manifest
 from ..deps import require
 from ..errors import InputError
-from .layout import finish_folder, llm_section
-from .rtx_graph import RTX_OPSET, quantize_int4, to_fp16_decoder
+from .layout import dims, finish_folder, llm_section
+from .rtx_graph import RTX_OPSET, input_importance, quantize_int4, to_fp16_decoder
 from .source import LMSource, check_causal_lm, resolve_source
 
 PRECISIONS = ("fp16", "int4")
@@ -96,7 +96,6 @@ def write_rtx_onnx(model: str | Path, folder: Path, options: RtxOnnxOptions) -> 
 def derive_int4(fp16_folder: Path, folder: Path, options: RtxOnnxOptions) -> dict:
     """int4 from an fp16 decoder folder (no second export): its fp16 weights quantized, validated, a manifest."""
     from ..artifact import read_manifest
-    from .layout import dims
 
     onnx = require("onnx")
     parent = read_manifest(fp16_folder)
@@ -105,12 +104,9 @@ def derive_int4(fp16_folder: Path, folder: Path, options: RtxOnnxOptions) -> dic
         if f.is_file() and not f.name.startswith(("model.onnx", "model.engine", "manifest", "report")):
             shutil.copyfile(f, folder / f.name)
     model = onnx.load(str(fp16_folder / ONNX_NAME))
-    vocab = dims(hf)["vocab"] if options.keep_lm_head else None
     info = dict(parent.get("rtx") or {})
     with progress.stage("int4", f"block {options.block_size or 'auto'} weight-only Q/DQ, from {fp16_folder}"):
-        info["int4"] = quantize_int4(model, options.block_size, skip_columns=vocab,
-                                     importance=_importance(model, hf, folder, options),
-                                     keep_sensitive=options.keep_sensitive)
+        info["int4"] = _int4(model, hf, folder, options)
     _save(model, folder)
     validation = validate_rtx(hf, folder / ONNX_NAME, options)
     return write_manifest(folder, "onnx", STEP, dict(parent["inputs"], derived_from=str(fp16_folder)),
@@ -119,15 +115,18 @@ def derive_int4(fp16_folder: Path, folder: Path, options: RtxOnnxOptions) -> dic
                                             "onnx_bytes": sum(f.stat().st_size for f in folder.glob("model.onnx*"))})
 
 
-def _importance(model, hf: Path, folder: Path, options: RtxOnnxOptions) -> dict | None:
-    """Input-channel mean squares of every weight MatMul on the calibration prompts (the validation prompts)."""
-    if not options.calibrate:
-        return None
-    from .rtx_graph import input_importance
+def _int4(model, hf: Path, folder: Path, options: RtxOnnxOptions) -> dict:
+    """:func:`quantize_int4` of the fp16 ``model`` with ``options``; with ``calibrate``, its scale search weighted by
+    the input-channel mean squares of every weight MatMul on the calibration (validation) prompts."""
     from .validate import PROMPTS, encode_prompts
 
-    tokenizer = require("transformers").AutoTokenizer.from_pretrained(str(hf))
-    return input_importance(model, encode_prompts(tokenizer, tuple(options.prompts) or PROMPTS), folder / ".probe")
+    importance = None
+    if options.calibrate:
+        tokenizer = require("transformers").AutoTokenizer.from_pretrained(str(hf))
+        importance = input_importance(model, encode_prompts(tokenizer, tuple(options.prompts) or PROMPTS),
+                                      folder / ".probe")
+    return quantize_int4(model, options.block_size, skip_columns=dims(hf)["vocab"] if options.keep_lm_head else None,
+                         importance=importance, keep_sensitive=options.keep_sensitive)
 
 
 def _save(model, folder: Path) -> None:
@@ -137,7 +136,6 @@ def _save(model, folder: Path) -> None:
 
 def _convert(source: LMSource, folder: Path, options: RtxOnnxOptions) -> dict:
     from .export import dynamo_export
-    from .layout import dims
 
     onnx = require("onnx")
     work = folder / ".fp32"
@@ -150,11 +148,8 @@ def _convert(source: LMSource, folder: Path, options: RtxOnnxOptions) -> dict:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if options.precision == "int4":
-        vocab = dims(source.folder)["vocab"] if options.keep_lm_head else None
         with progress.stage("int4", f"block {options.block_size or 'auto'} weight-only Q/DQ") as note:
-            info["int4"] = quantize_int4(model, options.block_size, skip_columns=vocab,
-                                         importance=_importance(model, source.folder, folder, options),
-                                         keep_sensitive=options.keep_sensitive)
+            info["int4"] = _int4(model, source.folder, folder, options)
             note["note"] = f"{info['int4']['quantized_matmuls']} MatMuls"
     _save(model, folder)
     return info

@@ -143,11 +143,11 @@ def test_int4_keep_sensitive_leaves_the_worst_matmuls_fp16(onnx_dirs):
 def test_int4_packing_reads_back_through_onnx():
     import onnx
 
-    from edgekit.llm.rtx_graph import int4_tensors, quantize_blocks
+    from edgekit.llm.rtx_graph import pack_int4, quantize_blocks
 
     w = np.random.default_rng(0).normal(size=(64, 6)).astype(np.float32)
     q, scale = quantize_blocks(w, 32)
-    qt, st = int4_tensors("w", w, 32)
+    qt, st = pack_int4("w", q, scale)
     assert np.array_equal(onnx.numpy_helper.to_array(qt).astype(np.int8), q)
     assert q.min() >= -8 and q.max() <= 7 and st.dims == [2, 6]
 
