@@ -81,9 +81,7 @@ def optimize_lm(model: str | Path, data: str | Path, out: str | Path, options: L
             with _stage(stages, "export+quantize", f"{options.precision} weight-only, KV cache"):
                 quantize_lm(source.folder, tmp / "artifact", LMQuantizeOptions(
                     precision=options.precision, threads=options.threads, cache_dir=options.cache_dir))
-                for f in (tmp / "artifact").iterdir():
-                    shutil.move(str(f), tmp / f.name)
-                (tmp / "artifact").rmdir()
+                _move_up(tmp / "artifact", tmp)
         gate, bench, trials = _gate_and_bench(source.folder, tmp, texts, labels, held_out, options, stages)
         lineage = read_manifest(tmp)  # after a fallback: the quantization that was kept
         report = _report(model, data, out, options, source.folder, tmp, lineage, gate, bench, stages)
@@ -125,9 +123,7 @@ def _rtx_artifact(hf: Path, tmp: Path, options: LMOptimizeOptions, stages: list)
         build_lm_engine(hf, tmp / "artifact", LMEngineOptions(
             precision=options.precision, cache_dir=options.cache_dir, block_size=options.block_size,
             keep_lm_head=options.keep_lm_head, compute_capabilities=list(options.compute_capabilities)))
-        for f in (tmp / "artifact").iterdir():
-            shutil.move(str(f), tmp / f.name)
-        (tmp / "artifact").rmdir()
+        _move_up(tmp / "artifact", tmp)
 
 
 def _copy_given(src: Path, dst: Path) -> None:
@@ -259,9 +255,14 @@ def _replace_model(work: Path, art: Path) -> None:
     for f in art.iterdir():
         if f.is_file():
             f.unlink()
-    for f in work.iterdir():
-        shutil.move(str(f), art / f.name)
-    work.rmdir()
+    _move_up(work, art)
+
+
+def _move_up(src: Path, dst: Path) -> None:
+    """Move every entry of ``src`` into ``dst`` and remove ``src`` (a built sub-folder becomes the artifact)."""
+    for f in src.iterdir():
+        shutil.move(str(f), dst / f.name)
+    src.rmdir()
 
 
 def _report(model, data, out, options, hf, art, lineage, gate, bench, stages) -> dict:
