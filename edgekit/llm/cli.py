@@ -68,22 +68,38 @@ def export_lm_cmd(model, out, route, validation_tokens, atol, prompts, cache_dir
 @click.option("--route", type=click.Choice(["auto", "builder", "dynamo"]), default="auto", show_default=True)
 @click.option("--prompt", "prompts", multiple=True, help="Measurement prompt (repeatable; default: 10 built-in).")
 @click.option("--tokens", default=16, show_default=True, type=int, help="Greedy tokens compared per prompt.")
+@click.option("--awq", is_flag=True, help="int4: fit activation-aware scales and clips (AWQ) on calibration prompts "
+                                          "before rounding (Llama, Mistral, Qwen).")
+@click.option("--gptq/--no-gptq", default=True, show_default=True,
+              help="With --awq: GPTQ rounding (errors spread through the inverse Hessian) instead of clipping.")
+@click.option("--calibration-data", default=None, help="Rows (.tsv/.csv/.jsonl text column) put through --template "
+                                                       "as AWQ calibration prompts (default: the measurement prompts).")
+@click.option("--calibration-rows", default=128, show_default=True, type=int)
+@click.option("--template", default=None, help="Prompt template (name or text with {text}) for --calibration-data.")
 @click.option("--threads", default=2, show_default=True, type=int)
 @click.option("--cache-dir", default=None)
 @click.option("--force", is_flag=True)
 def quantize_lm_cmd(model, out, precision, block_size, accuracy_level, block_sizes, accuracy_levels, keep_fp,
-                    min_agreement, route, prompts, tokens, threads, cache_dir, force):
+                    min_agreement, route, prompts, tokens, awq, gptq, calibration_data, calibration_rows, template,
+                    threads, cache_dir, force):
     """Quantize a causal LM to int4/int8 weight-only, choosing block size and accuracy_level by measurement."""
+    from ..data import load_dataset
+    from .prompts import DEFAULT_TEMPLATE, template as make_template
     from .quantize import LMQuantizeOptions, quantize_lm
 
+    calibration: tuple[str, ...] = ()
+    if calibration_data:
+        prompt = make_template(template or DEFAULT_TEMPLATE)
+        calibration = tuple(map(prompt.question, load_dataset(calibration_data).texts[:calibration_rows]))
     options = LMQuantizeOptions(precision=precision, block_size=block_size, accuracy_level=accuracy_level,
                                 block_sizes=block_sizes, accuracy_levels=accuracy_levels, keep_fp=keep_fp,
                                 min_agreement=min_agreement, route=route, prompts=tuple(prompts), tokens=tokens,
-                                threads=threads, cache_dir=cache_dir)
+                                awq=awq, gptq=gptq, calibration=calibration, threads=threads, cache_dir=cache_dir)
     art = quantize_lm(model, out, options, force=force)
     q = art.manifest["llm"]["quantization"]
     size = sum(f.stat().st_size for f in art.folder.iterdir() if f.name.startswith("model.onnx")) / 1e6
     kept = f", fp32: {', '.join(q['fp32_fallback'])}" if q["fp32_fallback"] else ""
+    kept += f", AWQ error {q['awq']['output_error_vs_rtn']:.3f}x rounding" if q.get("awq") else ""
     click.echo(f"Quantized to {art.model_file} ({precision}, block {q['block_size']}, accuracy_level "
                f"{q['accuracy_level']}{kept}; {size:.1f} MB): greedy agreement {q['chosen']['greedy_agreement']:.3f}, "
                f"decode {q['chosen']['decode_tokens_per_s']:.1f} tok/s.")

@@ -30,7 +30,11 @@ class PromptTemplate:
     words: dict
 
     def messages(self, review: str) -> list[dict]:
-        return [{"role": "user", "content": self.text.format(text=review.strip())}]
+        return [{"role": "user", "content": self.question(review)}]
+
+    def question(self, review: str) -> str:
+        """The user message for ``review`` (before the chat template)."""
+        return self.text.format(text=review.strip())
 
     def parse(self, answer: str) -> int | None:
         """The label whose word appears first among the first 10 words of ``answer`` (None: no label named)."""

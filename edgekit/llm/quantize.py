@@ -44,6 +44,7 @@ from ..cache import StepCache
 from ..deps import require
 from ..errors import BackendError, InputError
 from . import builder as genai_builder
+from .awq import check_awq
 from .export import _inputs, choose_route, dynamo_export
 from .layout import dims, finish_folder, llm_section
 from .loop import DecoderSession, agreement, greedy
@@ -82,6 +83,12 @@ class LMQuantizeOptions:
                                                                     "agreement by this much"})
     route: str = field(default="auto", metadata={"help": "auto, builder (onnxruntime-genai) or dynamo"})
     prompts: tuple[str, ...] = field(default=(), metadata={"help": "measurement prompts (default: built-in)"})
+    awq: bool = field(default=False, metadata={"help": "int4: fit activation-aware scales and clips (AWQ) on the "
+                                                       "calibration prompts before quantizing (Llama, Mistral, Qwen)"})
+    gptq: bool = field(default=True, metadata={"help": "with awq: GPTQ rounding (each column's error spread over "
+                                                       "the rest through the inverse Hessian) instead of clipping"})
+    calibration: tuple[str, ...] = field(default=(), metadata={"help": "AWQ calibration prompts (default: the "
+                                                                       "measurement prompts); the task's own are best"})
     tokens: int = field(default=16, metadata={"help": "greedy tokens compared per prompt"})
     threads: int = field(default=2, metadata={"help": "ONNX Runtime threads while measuring speed"})
     cache_dir: str | None = field(default=None, metadata={"help": "where imported GGUF folders are cached"})
@@ -112,6 +119,8 @@ def quantize_lm(model: str | Path, out: str | Path, options: LMQuantizeOptions |
     source = resolve_source(model, options.cache_dir)
     config = check_causal_lm(source.folder)
     route = choose_route(config, options.route)
+    if options.awq:
+        check_awq(config)
     refs = _references(source.folder, options)
     started = time.perf_counter()
     with atomic_dir(out, force) as tmp:
@@ -119,6 +128,7 @@ def quantize_lm(model: str | Path, out: str | Path, options: LMQuantizeOptions |
         failures: list[dict] = []
         measured = _measure_keeps(source.folder, route, options, refs, work, failures)
         chosen = choose(measured, options.agreement_slack)
+        awq = json.loads((work / "awq.json").read_text()) if (work / "awq.json").is_file() else []
         for f in chosen.folder.iterdir():
             shutil.move(str(f), tmp / f.name)
         shutil.rmtree(work)
@@ -127,6 +137,7 @@ def quantize_lm(model: str | Path, out: str | Path, options: LMQuantizeOptions |
                  "accuracy_level": chosen.accuracy_level,
                  "keep_fp": chosen.keep, "fp32_fallback": ["lm_head", "embed_tokens"] if chosen.keep == "lm_head" else [],
                  "chosen": chosen.row(), "measurements": [c.row() for c in measured], "failed": failures,
+                 "awq": next((a for a in awq if a["block_size"] == chosen.block_size), None),
                  "agreement": "teacher-forced top-1 over the original's greedy tokens",
                  "rule": f"fastest decode within {options.agreement_slack} of the best greedy agreement; "
                          "within 5% of its speed, the smallest",
@@ -186,6 +197,9 @@ def _check(options: LMQuantizeOptions) -> None:
         if b and (b < 16 or b & (b - 1)):
             raise InputError(f"Invalid block size {b}", "MatMulNBits takes a power of two >= 16",
                              "Pass 16, 32, 64, 128 or 256")
+    if options.awq and options.precision != "int4":
+        raise InputError("--awq is for int4", "int8 weight-only rounding loses too little for the fit to matter",
+                         "Drop --awq, or pass --precision int4")
     for a in (options.accuracy_level, *options.accuracy_levels):
         if a not in (0, 1, 2, 3, 4):
             raise InputError(f"Invalid accuracy_level {a}", "MatMulNBits takes 1 to 4", "Pass 1 (fp32) or 4 (int8)")
@@ -230,8 +244,9 @@ def _measure_block(folder: Path, route: str, options: LMQuantizeOptions, refs: l
     goes on with the other candidates); :func:`quantize_lm` fails only when none is left."""
     built, out = work / f"{keep}-b{block}", []
     try:
+        fitted = _awq(folder, options, work, block)
         with progress.stage("quantize", f"{options.precision}, block {block}, keep: {keep}, {route} route"):
-            build_quantized(folder, built, route, options.precision, block, keep)
+            build_quantized(fitted, built, route, options.precision, block, keep)
         for level in levels:
             cand = Candidate(block, level, keep, work / f"{keep}-b{block}-a{level}")
             shutil.copytree(built, cand.folder)
@@ -248,6 +263,29 @@ def _measure_block(folder: Path, route: str, options: LMQuantizeOptions, refs: l
     finally:
         shutil.rmtree(built, ignore_errors=True)
     return out
+
+
+def _awq(folder: Path, options: LMQuantizeOptions, work: Path, block: int) -> Path:
+    """The folder to quantize: ``folder`` itself, or its AWQ-fitted copy for this block size (fitted once, reused by
+    every keep_fp setting; the fit's figures go to ``work/awq.json`` for the manifest)."""
+    if not options.awq:
+        return folder
+    fitted = work / f"awq-b{block}"
+    if fitted.is_dir():
+        return fitted
+    from .awq import awq_folder  # noqa: PLC0415  (torch)
+
+    work.mkdir(parents=True, exist_ok=True)
+    tokenizer = require("transformers").AutoTokenizer.from_pretrained(str(folder))
+    ids = encode_prompts(tokenizer, tuple(options.calibration) or tuple(options.prompts) or PROMPTS)
+    stats = awq_folder(folder, fitted, ids, block, gptq=options.gptq, grams=work / "awq-grams.pt")
+    record = work / "awq.json"
+    rows = json.loads(record.read_text()) if record.is_file() else []
+    record.write_text(json.dumps([*rows, stats.row()]))
+    progress.echo(f"           awq, block {block}: output error {stats.row()['output_error_vs_rtn']:.3f}x plain "
+                  f"rounding on {stats.tokens} calibration tokens ({stats.scaled_groups}/{stats.groups} groups "
+                  f"scaled), {stats.seconds:.0f} s")
+    return fitted
 
 
 def build_quantized(folder: Path, out: Path, route: str, precision: str, block: int, keep: str) -> None:

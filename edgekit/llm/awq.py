@@ -1,0 +1,288 @@
+"""Activation-aware int4 (AWQ scales, then GPTQ rounding or clipping) fitted on the fp32 weights, on the task's prompts.
+
+Weight-only int4 rounds each block of a weight row to 16 levels; the error that matters is the error in the
+layer's *output*, which weighs every input channel by how large its activations are. This module fits the
+rounding on calibration prompts and writes it into a plain HF folder, so any round-to-nearest int4 quantizer
+downstream (onnxruntime-genai's builder, ONNX Runtime's MatMulNBitsQuantizer) produces the fitted result:
+
+1. **Per-channel scales** (AWQ, Lin et al. 2023). For each linear group that reads one input — q/k/v after
+   ``input_layernorm``, gate/up after ``post_attention_layernorm``, down after ``up_proj``, o after ``v_proj``
+   where the shapes allow — the input channels are multiplied by ``s = mean|x| ** a`` in the weights and divided
+   out of the producer (the norm's weight, or the producer linear's output rows): the fp32 model computes the
+   same function, but channels that carry large activations get finer int4 steps. ``a`` is searched on a grid
+   per group; ``a = 0`` (no scaling) is a candidate, so the fitted loss is never worse than plain rounding.
+2. **GPTQ rounding** (Frantar et al. 2022; the default of ``quantize-lm --awq``): input columns are rounded in
+   order and each column's error is spread over the columns not yet rounded through the inverse of ``X^T X``.
+   The result is written de-quantized, with each block's largest weight on the grid's end, so re-rounding it
+   reproduces it bit for bit (tested on the builder's output). Or, without GPTQ, **per-block clipping**: each
+   block's range shrunk to the fraction (1.0 .. 0.5) that minimises the output error, the weights clipped there.
+
+Every objective is the output error on the calibration activations, ``trace(dW G dW^T)`` with ``G = X^T X``
+accumulated once per layer input (so the search costs matrix products of the weight size, not of the token
+count). The quantizer emulated is ONNX Runtime's symmetric int4 (MLAS ``quantize_matmul_4bits``: the
+largest-magnitude value of a block maps to -8), which the builder uses; it was checked bit for bit.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import progress
+from ..deps import require
+from ..errors import InputError
+
+#: architectures whose decoder layers have the names and the plain RMSNorm (weight * x) this module rewrites
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
+#: alpha grid of the scale search, block shrink grid of the clip search
+ALPHAS = tuple(i / 20 for i in range(20))
+SHRINKS = tuple(1.0 - i / 20 for i in range(11))
+
+
+@dataclass
+class AwqStats:
+    """What the fit did, for the manifest: per-group alphas and the calibration output error before / after."""
+
+    block: int = 32
+    gptq: bool = False
+    tokens: int = 0
+    prompts: int = 0
+    groups: int = 0
+    scaled_groups: int = 0
+    mean_alpha: float = 0.0
+    error_rtn: float = 0.0
+    error_awq: float = 0.0
+    seconds: float = 0.0
+    alphas: list = field(default_factory=list)
+
+    def row(self) -> dict:
+        ratio = self.error_awq / self.error_rtn if self.error_rtn else 1.0
+        method = "awq scales + gptq rounding" if self.gptq else "awq scales + clip search"
+        return {"method": f"{method} on calibration prompts", "block_size": self.block,
+                "prompts": self.prompts, "tokens": self.tokens, "groups": self.groups,
+                "scaled_groups": self.scaled_groups, "mean_alpha": round(self.mean_alpha, 3),
+                "output_error_vs_rtn": round(ratio, 4), "seconds": round(self.seconds, 1)}
+
+
+def quantize_dequantize(w, block: int, bits: int = 4):
+    """Symmetric blockwise round-trip along the input dimension, as ONNX Runtime's MLAS does it."""
+    torch = require("torch")
+    out_f, in_f = w.shape
+    pad = (-in_f) % block
+    x = torch.nn.functional.pad(w, (0, pad)) if pad else w
+    x = x.reshape(out_f, -1, block)
+    idx = x.abs().argmax(-1, keepdim=True)
+    peak = torch.gather(x, -1, idx)
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    scale = peak / lo
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    q = torch.clamp(torch.round(x / scale), lo, hi) * scale
+    return q.reshape(out_f, -1)[:, :in_f]
+
+
+def check_awq(config: dict) -> None:
+    """One-line error for an architecture this module does not rewrite."""
+    kind = config.get("model_type", "?")
+    if kind not in SUPPORTED:
+        raise InputError(f"AWQ calibration does not cover model_type '{kind}'",
+                         f"it rewrites the RMSNorm / linear layout of {', '.join(SUPPORTED)} decoders",
+                         "Pass --no-awq (plain round-to-nearest int4)")
+
+
+def awq_folder(src: Path, dst: Path, prompt_ids: list[list[int]], block: int = 32, bits: int = 4,
+               clip: bool = True, gptq: bool = False, grams: Path | None = None) -> AwqStats:
+    """Fit AWQ scales on ``prompt_ids``, then clips (or GPTQ rounding), and save the rewritten fp32 model (+ tokenizer
+    files) to ``dst``. ``grams``: a file keeping the calibration statistics, so a second block size skips the pass."""
+    torch = require("torch")
+    from .validate import load_causal_lm  # noqa: PLC0415
+
+    started = time.perf_counter()
+    model, _ = load_causal_lm(src)
+    check_awq(model.config.to_dict())
+    if model.config.hidden_size % block or model.config.intermediate_size % block:
+        raise InputError(f"Block size {block} does not divide the hidden size {model.config.hidden_size} and the "
+                         f"MLP size {model.config.intermediate_size}", "AWQ fits whole blocks",
+                         "Pass a block size that divides both (16 or 32)")
+    stats = AwqStats(gptq=gptq, prompts=len(prompt_ids), block=block)
+    layers = model.model.layers
+    if grams is not None and grams.is_file():
+        stats.tokens, sums = torch.load(grams)
+    else:
+        with progress.stage("awq: calibrate", f"{len(prompt_ids)} prompts through {len(layers)} layers"):
+            sums = _collect(model, layers, prompt_ids, stats)
+        if grams is not None:
+            torch.save((stats.tokens, sums), grams)
+    rounding = "gptq rounding" if gptq else "clips"
+    with torch.no_grad(), progress.stage("awq: fit", f"scales and {rounding}, block {block}"):
+        for i, layer in enumerate(progress.bar(layers, total=len(layers), desc="awq layers")):
+            for prev, linears, key in _groups(layer):
+                gram, xmean = sums[(i, key)]
+                _fit_group(prev, linears, gram, xmean, block, bits, clip, gptq, stats)
+    stats.mean_alpha = sum(stats.alphas) / max(len(stats.alphas), 1)
+    dst.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(dst))
+    for f in src.iterdir():
+        if f.is_file() and not (dst / f.name).exists() and f.suffix != ".safetensors" and ".bin" not in f.name:
+            shutil.copyfile(f, dst / f.name)
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+def _groups(layer):
+    """(producer, linears that read its output, capture key) for one decoder layer."""
+    attn, mlp = layer.self_attn, layer.mlp
+    out = [(layer.input_layernorm, [attn.q_proj, attn.k_proj, attn.v_proj], "qkv"),
+           (layer.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj], "gate_up"),
+           (mlp.up_proj, [mlp.down_proj], "down")]
+    if attn.v_proj.weight.shape[0] == attn.o_proj.weight.shape[1]:  # grouped-query attention repeats v: no 1:1 map
+        out.append((attn.v_proj, [attn.o_proj], "o"))
+    return out
+
+
+def _collect(model, layers, prompt_ids: list[list[int]], stats: AwqStats, batch: int = 8) -> dict:
+    """``X^T X`` and mean |x| of each group's input, accumulated over the calibration tokens (float64). Prompts run
+    in batches of similar length, right-padded; the padding positions are left out of the sums."""
+    torch = require("torch")
+    sums: dict = {}
+    keep: list = [None]  # the current batch's real-token mask, flattened
+
+    def hook(key):
+        def record(_module, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1])[keep[0]].double()
+            gram, absum = sums.get(key, (0.0, 0.0))
+            sums[key] = (gram + x.T @ x, absum + x.abs().sum(0))
+        return record
+
+    handles = []
+    for i, layer in enumerate(layers):
+        for _prev, linears, key in _groups(layer):
+            handles.append(linears[0].register_forward_pre_hook(hook((i, key))))
+    ordered = sorted(prompt_ids, key=len)
+    batches = [ordered[i:i + batch] for i in range(0, len(ordered), batch)]
+    try:
+        with torch.no_grad():
+            for group in progress.bar(batches, total=len(batches), desc="awq calibration batches"):
+                width = max(map(len, group))
+                ids = torch.tensor([p + [0] * (width - len(p)) for p in group])
+                mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in group])
+                keep[0] = mask.reshape(-1).bool()
+                model(ids, attention_mask=mask, use_cache=False)
+                stats.tokens += int(mask.sum())
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: ((g / stats.tokens).float(), (a / stats.tokens).float()) for k, (g, a) in sums.items()}
+
+
+def _error(w, q, gram) -> float:
+    d = q - w
+    return float(((d @ gram) * d).sum())
+
+
+def _fit_group(prev, linears, gram, xmean, block: int, bits: int, clip: bool, gptq: bool, stats: AwqStats) -> None:
+    torch = require("torch")
+    weight = torch.cat([lin.weight for lin in linears], 0)
+    best = (_error(weight, quantize_dequantize(weight, block, bits), gram), 0.0, None)
+    stats.error_rtn += best[0]
+    for alpha in ALPHAS[1:]:
+        s = xmean.clamp(min=1e-5) ** alpha
+        s = s / (s.max() * s.min()).sqrt()
+        err = _error(weight, quantize_dequantize(weight * s, block, bits) / s, gram)
+        if err < best[0]:
+            best = (err, alpha, s)
+    stats.groups += 1
+    stats.alphas.append(best[1])
+    if best[2] is not None:
+        s = best[2]
+        stats.scaled_groups += 1
+        for lin in linears:
+            lin.weight.mul_(s)
+        if isinstance(prev, torch.nn.Linear):
+            prev.weight.div_(s[:, None])
+            if prev.bias is not None:
+                prev.bias.div_(s)
+        else:
+            prev.weight.div_(s)
+        gram = gram / (s[:, None] * s[None, :])  # the scaled linears now read x / s
+    scaled = torch.cat([lin.weight for lin in linears], 0)  # before clipping: the function to preserve
+    fitted = scaled
+    if gptq:
+        fitted = gptq_weights(scaled, gram, block, bits)
+    elif clip:
+        ranges = _expand(clip_ranges(scaled, gram, block, bits), block)
+        fitted = torch.maximum(torch.minimum(scaled, ranges), -ranges)
+    if fitted is not scaled:
+        start = 0
+        for lin in linears:
+            rows = lin.weight.shape[0]
+            lin.weight.data.copy_(fitted[start:start + rows])
+            start += rows
+    # in the scaled space (inputs x / s, Gram G / ss^T) the error equals that of (q / s) against W in x-space
+    stats.error_awq += _error(scaled, quantize_dequantize(fitted, block, bits), gram)
+
+
+def _expand(ranges, block: int):
+    """Per-(row, block) values repeated over the block's columns."""
+    return ranges.repeat_interleave(block, dim=1)
+
+
+def clip_ranges(w, gram, block: int, bits: int):
+    """For each (row, block) of ``w`` the shrink of its absmax (1.0 .. 0.5) whose clipped rounding minimises
+    ``dW_b G_b dW_b^T``: the block ranges, [out, in / block]."""
+    torch = require("torch")
+    out_f, in_f = w.shape
+    nb = in_f // block
+    wb = w.reshape(out_f, nb, block)
+    gb = torch.stack([gram[i * block:(i + 1) * block, i * block:(i + 1) * block] for i in range(nb)])
+    amax = wb.abs().amax(-1)
+    best_err = torch.full((out_f, nb), float("inf"))
+    best_c = amax.clone()
+    for shrink in SHRINKS:
+        c = (amax * shrink)[..., None]
+        q = quantize_dequantize(torch.maximum(torch.minimum(wb, c), -c).reshape(out_f, in_f), block, bits)
+        d = q.reshape(out_f, nb, block) - wb
+        err = torch.einsum("obk,bkl,obl->ob", d, gb, d)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_c = torch.where(better, c[..., 0], best_c)
+    return best_c
+
+
+def gptq_weights(w, gram, block: int, bits: int, ranges=None, damp: float = 0.01):
+    """GPTQ (Frantar et al. 2022): quantize input columns in order, each column's rounding error spread over the
+    columns not yet quantized through the inverse Hessian ``(X^T X + damp)^-1``; scales per (row, block) from
+    ``ranges`` (default: the block's absmax when its turn comes, as GPTQ does; measured slightly better than the
+    RTN-optimal clip ranges on correlated inputs). Returned de-quantized and exactly re-quantizable by round-to-nearest: each block's largest-magnitude
+    weight (when the block starts) is put at the grid's -8 end, so MLAS's absmax scale of the result is the scale
+    used here and every other value rounds to itself."""
+    torch = require("torch")
+    out_f, in_f = w.shape
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    w = w.clone()
+    h = gram.double().clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += damp * torch.diag(h).mean() * torch.eye(in_f, dtype=h.dtype)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
+    out = torch.zeros_like(w)
+    rows = torch.arange(out_f)
+    for b0 in range(0, in_f, block):
+        b1 = min(b0 + block, in_f)
+        peak_at = w[:, b0:b1].abs().argmax(1)
+        peak = w[rows, b0 + peak_at]
+        span = peak.abs() if ranges is None else ranges[:, b0 // block]
+        scale = torch.where(peak < 0, -1.0, 1.0) * span / lo
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+        errors = torch.zeros(out_f, b1 - b0)
+        for j in range(b0, b1):
+            q = torch.clamp(torch.round(w[:, j] / scale), lo, hi)
+            q = torch.where(peak_at == j - b0, float(lo), q)
+            out[:, j] = q * scale
+            err = (w[:, j] - out[:, j]) / hinv[j, j]
+            w[:, j:b1] -= err[:, None] * hinv[j, j:b1][None, :]
+            errors[:, j - b0] = err
+        w[:, b1:] -= errors @ hinv[b0:b1, b1:]
+    return out
