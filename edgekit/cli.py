@@ -463,7 +463,10 @@ def _is_causal_lm(model) -> bool:
 def _optimize_lm(model, data, out, options, force) -> None:
     """``optimize`` on a causal LM: edgekit.llm's pipeline (int4 export, generated-answer gate, TTFT/tokens/s)."""
     from .errors import InputError
+    from .llm.bench import LMBenchOptions
     from .llm.cli_optimize import run
+    from .llm.gate import LMGateOptions
+    from .llm.pipeline import LMOptimizeOptions
 
     target = options.target if options.target == "tensorrt-rtx" else "cpu"
     if options.target == "tensorrt":
@@ -473,9 +476,12 @@ def _optimize_lm(model, data, out, options, force) -> None:
         raise InputError("--precision fp32 is not offered for causal-LM engines", None,
                          "Pass --precision fp16, or leave it out for int4 weight-only")
     precision = "fp16" if target == "tensorrt-rtx" and options.precision == "fp16" else "int4"
-    run(str(model), str(data), Path(out), precision=precision, rows=options.data.max_samples or 200,
-        threads=options.bench.threads or 2, max_accuracy_drop=options.gate.max_accuracy_drop * 100, force=force,
-        target=target, compute_capabilities=list(options.build.compute_capabilities))
+    run(str(model), str(data), Path(out), LMOptimizeOptions(
+        precision=precision, target=target, threads=options.bench.threads or 2,
+        compute_capabilities=list(options.build.compute_capabilities),
+        gate=LMGateOptions(rows=options.data.max_samples or 200,
+                           max_accuracy_drop=options.gate.max_accuracy_drop * 100),
+        bench=LMBenchOptions(threads=options.bench.threads or 2)), force)
 
 
 def _cached_note(report: dict) -> str:

@@ -39,6 +39,8 @@ SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
 #: alpha grid of the scale search, block shrink grid of the clip search
 ALPHAS = tuple(i / 20 for i in range(20))
 SHRINKS = tuple(1.0 - i / 20 for i in range(11))
+#: the downstream quantizers emulated: ONNX Runtime's MatMulNBits, edgekit's TensorRT-RTX Q/DQ (rtx_graph)
+GRIDS = ("mlas", "trt")
 
 
 @dataclass
@@ -47,6 +49,7 @@ class AwqStats:
 
     block: int = 32
     gptq: bool = False
+    grid: str = "mlas"
     tokens: int = 0
     prompts: int = 0
     groups: int = 0
@@ -60,26 +63,44 @@ class AwqStats:
     def row(self) -> dict:
         ratio = self.error_awq / self.error_rtn if self.error_rtn else 1.0
         method = "awq scales + gptq rounding" if self.gptq else "awq scales + clip search"
-        return {"method": f"{method} on calibration prompts", "block_size": self.block,
+        return {"method": f"{method} on calibration prompts", "block_size": self.block, "grid": self.grid,
                 "prompts": self.prompts, "tokens": self.tokens, "groups": self.groups,
                 "scaled_groups": self.scaled_groups, "mean_alpha": round(self.mean_alpha, 3),
                 "output_error_vs_rtn": round(ratio, 4), "seconds": round(self.seconds, 1)}
 
 
-def quantize_dequantize(w, block: int, bits: int = 4):
-    """Symmetric blockwise round-trip along the input dimension, as ONNX Runtime's MLAS does it."""
+def quantize_dequantize(w, block: int, bits: int = 4, grid: str = "mlas"):
+    """Symmetric blockwise round-trip along the input dimension, as the downstream quantizer does it: ``mlas`` is
+    ONNX Runtime's MatMulNBits (the block's largest-magnitude value maps to -8, codes -8..7, fp32 scales);
+    ``trt`` is edgekit's TensorRT-RTX Q/DQ (:func:`edgekit.llm.rtx_graph.quantize_blocks` without its search:
+    scale = fp16(absmax / 7), codes -8..7)."""
     torch = require("torch")
     out_f, in_f = w.shape
     pad = (-in_f) % block
     x = torch.nn.functional.pad(w, (0, pad)) if pad else w
     x = x.reshape(out_f, -1, block)
-    idx = x.abs().argmax(-1, keepdim=True)
-    peak = torch.gather(x, -1, idx)
     lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    scale = peak / lo
+    if grid == "trt":
+        scale = (x.abs().amax(-1, keepdim=True) / hi).half().float()
+    else:
+        peak = torch.gather(x, -1, x.abs().argmax(-1, keepdim=True))
+        scale = peak / lo
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
     q = torch.clamp(torch.round(x / scale), lo, hi) * scale
     return q.reshape(out_f, -1)[:, :in_f]
+
+
+def calibration_ids(folder: Path, prompts: tuple[str, ...] | list[str]) -> list[list[int]]:
+    """Token ids of each calibration prompt as a user message through the folder's chat template."""
+    from .validate import encode_prompts  # noqa: PLC0415
+
+    return encode_prompts(require("transformers").AutoTokenizer.from_pretrained(str(folder)), prompts)
+
+
+def auto_block(config: dict) -> int:
+    """The largest of 128/64/32/16 dividing the hidden and MLP sizes (every weight's input rows)."""
+    sizes = [config.get("hidden_size", 0), config.get("intermediate_size", 0)]
+    return next((b for b in (128, 64, 32, 16) if all(n and n % b == 0 for n in sizes)), 16)
 
 
 def check_awq(config: dict) -> None:
@@ -92,20 +113,22 @@ def check_awq(config: dict) -> None:
 
 
 def awq_folder(src: Path, dst: Path, prompt_ids: list[list[int]], block: int = 32, bits: int = 4,
-               clip: bool = True, gptq: bool = False, grams: Path | None = None) -> AwqStats:
+               clip: bool = True, gptq: bool = False, grams: Path | None = None, grid: str = "mlas",
+               threads: int | None = None) -> AwqStats:
     """Fit AWQ scales on ``prompt_ids``, then clips (or GPTQ rounding), and save the rewritten fp32 model (+ tokenizer
-    files) to ``dst``. ``grams``: a file keeping the calibration statistics, so a second block size skips the pass."""
+    files) to ``dst``. ``grams``: a file keeping the calibration statistics, so a second block size skips the pass.
+    ``threads``: PyTorch's intra-op threads for the fit (as the rest of the command uses)."""
     torch = require("torch")
+    if threads:
+        torch.set_num_threads(int(threads))
     from .validate import load_causal_lm  # noqa: PLC0415
 
     started = time.perf_counter()
     model, _ = load_causal_lm(src)
     check_awq(model.config.to_dict())
-    if model.config.hidden_size % block or model.config.intermediate_size % block:
-        raise InputError(f"Block size {block} does not divide the hidden size {model.config.hidden_size} and the "
-                         f"MLP size {model.config.intermediate_size}", "AWQ fits whole blocks",
-                         "Pass a block size that divides both (16 or 32)")
-    stats = AwqStats(gptq=gptq, prompts=len(prompt_ids), block=block)
+    if grid not in GRIDS:
+        raise InputError(f"Unknown rounding grid '{grid}'", f"expected one of {', '.join(GRIDS)}", "Pass mlas or trt")
+    stats = AwqStats(gptq=gptq, prompts=len(prompt_ids), block=block, grid=grid)
     layers = model.model.layers
     if grams is not None and grams.is_file():
         stats.tokens, sums = torch.load(grams)
@@ -119,7 +142,7 @@ def awq_folder(src: Path, dst: Path, prompt_ids: list[list[int]], block: int = 3
         for i, layer in enumerate(progress.bar(layers, total=len(layers), desc="awq layers")):
             for prev, linears, key in _groups(layer):
                 gram, xmean = sums[(i, key)]
-                _fit_group(prev, linears, gram, xmean, block, bits, clip, gptq, stats)
+                _fit_group(prev, linears, gram, xmean, (block, bits, grid), clip, gptq, stats)
     stats.mean_alpha = sum(stats.alphas) / max(len(stats.alphas), 1)
     dst.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(dst))
@@ -181,15 +204,17 @@ def _error(w, q, gram) -> float:
     return float(((d @ gram) * d).sum())
 
 
-def _fit_group(prev, linears, gram, xmean, block: int, bits: int, clip: bool, gptq: bool, stats: AwqStats) -> None:
+def _fit_group(prev, linears, gram, xmean, spec: tuple, clip: bool, gptq: bool, stats: AwqStats) -> None:
+    """Scale search, then GPTQ or clipping, for the linears reading one input; ``spec`` = (block, bits, grid)."""
     torch = require("torch")
+    block, bits, grid = spec
     weight = torch.cat([lin.weight for lin in linears], 0)
-    best = (_error(weight, quantize_dequantize(weight, block, bits), gram), 0.0, None)
+    best = (_error(weight, quantize_dequantize(weight, block, bits, grid), gram), 0.0, None)
     stats.error_rtn += best[0]
     for alpha in ALPHAS[1:]:
         s = xmean.clamp(min=1e-5) ** alpha
         s = s / (s.max() * s.min()).sqrt()
-        err = _error(weight, quantize_dequantize(weight * s, block, bits) / s, gram)
+        err = _error(weight, quantize_dequantize(weight * s, block, bits, grid) / s, gram)
         if err < best[0]:
             best = (err, alpha, s)
     stats.groups += 1
@@ -209,9 +234,9 @@ def _fit_group(prev, linears, gram, xmean, block: int, bits: int, clip: bool, gp
     scaled = torch.cat([lin.weight for lin in linears], 0)  # before clipping: the function to preserve
     fitted = scaled
     if gptq:
-        fitted = gptq_weights(scaled, gram, block, bits)
-    elif clip:
-        ranges = _expand(clip_ranges(scaled, gram, block, bits), block)
+        fitted = gptq_weights(scaled, gram, block, bits, grid=grid)
+    elif clip and scaled.shape[1] % block == 0:  # a last partial block (K < block) is left to plain rounding
+        ranges = _expand(clip_ranges(scaled, gram, block, bits, grid), block)
         fitted = torch.maximum(torch.minimum(scaled, ranges), -ranges)
     if fitted is not scaled:
         start = 0
@@ -220,7 +245,7 @@ def _fit_group(prev, linears, gram, xmean, block: int, bits: int, clip: bool, gp
             lin.weight.data.copy_(fitted[start:start + rows])
             start += rows
     # in the scaled space (inputs x / s, Gram G / ss^T) the error equals that of (q / s) against W in x-space
-    stats.error_awq += _error(scaled, quantize_dequantize(fitted, block, bits), gram)
+    stats.error_awq += _error(scaled, quantize_dequantize(fitted, block, bits, grid), gram)
 
 
 def _expand(ranges, block: int):
@@ -228,7 +253,7 @@ def _expand(ranges, block: int):
     return ranges.repeat_interleave(block, dim=1)
 
 
-def clip_ranges(w, gram, block: int, bits: int):
+def clip_ranges(w, gram, block: int, bits: int, grid: str = "mlas"):
     """For each (row, block) of ``w`` the shrink of its absmax (1.0 .. 0.5) whose clipped rounding minimises
     ``dW_b G_b dW_b^T``: the block ranges, [out, in / block]."""
     torch = require("torch")
@@ -241,7 +266,7 @@ def clip_ranges(w, gram, block: int, bits: int):
     best_c = amax.clone()
     for shrink in SHRINKS:
         c = (amax * shrink)[..., None]
-        q = quantize_dequantize(torch.maximum(torch.minimum(wb, c), -c).reshape(out_f, in_f), block, bits)
+        q = quantize_dequantize(torch.maximum(torch.minimum(wb, c), -c).reshape(out_f, in_f), block, bits, grid)
         d = q.reshape(out_f, nb, block) - wb
         err = torch.einsum("obk,bkl,obl->ob", d, gb, d)
         better = err < best_err
@@ -250,13 +275,14 @@ def clip_ranges(w, gram, block: int, bits: int):
     return best_c
 
 
-def gptq_weights(w, gram, block: int, bits: int, ranges=None, damp: float = 0.01):
+def gptq_weights(w, gram, block: int, bits: int, ranges=None, damp: float = 0.01, grid: str = "mlas"):
     """GPTQ (Frantar et al. 2022): quantize input columns in order, each column's rounding error spread over the
     columns not yet quantized through the inverse Hessian ``(X^T X + damp)^-1``; scales per (row, block) from
     ``ranges`` (default: the block's absmax when its turn comes, as GPTQ does; measured slightly better than the
-    RTN-optimal clip ranges on correlated inputs). Returned de-quantized and exactly re-quantizable by round-to-nearest: each block's largest-magnitude
-    weight (when the block starts) is put at the grid's -8 end, so MLAS's absmax scale of the result is the scale
-    used here and every other value rounds to itself."""
+    RTN-optimal clip ranges on correlated inputs). Returned de-quantized and exactly re-quantizable by
+    round-to-nearest: each block's largest-magnitude weight (when the block starts) is put at the grid's end (-8
+    for ``mlas``; +-7 for ``trt``, whose other codes then stay in -7..7), so the downstream quantizer's absmax scale
+    of the result is the scale used here and every other value rounds to itself."""
     torch = require("torch")
     out_f, in_f = w.shape
     lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
@@ -274,12 +300,15 @@ def gptq_weights(w, gram, block: int, bits: int, ranges=None, damp: float = 0.01
         peak_at = w[:, b0:b1].abs().argmax(1)
         peak = w[rows, b0 + peak_at]
         span = peak.abs() if ranges is None else ranges[:, b0 // block]
-        scale = torch.where(peak < 0, -1.0, 1.0) * span / lo
+        if grid == "trt":  # positive fp16 scales, the peak at +-7, every other code within -7..7
+            scale, low, end = (span / hi).half().float(), -hi, torch.where(peak < 0, -float(hi), float(hi))
+        else:  # the peak's sign picks the scale's, the peak sits at -8
+            scale, low, end = torch.where(peak < 0, -1.0, 1.0) * span / lo, lo, torch.full_like(peak, float(lo))
         scale = torch.where(scale == 0, torch.ones_like(scale), scale)
         errors = torch.zeros(out_f, b1 - b0)
         for j in range(b0, b1):
-            q = torch.clamp(torch.round(w[:, j] / scale), lo, hi)
-            q = torch.where(peak_at == j - b0, float(lo), q)
+            q = torch.clamp(torch.round(w[:, j] / scale), low, hi)
+            q = torch.where(peak_at == j - b0, end, q)
             out[:, j] = q * scale
             err = (w[:, j] - out[:, j]) / hinv[j, j]
             w[:, j:b1] -= err[:, None] * hinv[j, j:b1][None, :]

@@ -68,8 +68,8 @@ def export_lm_cmd(model, out, route, validation_tokens, atol, prompts, cache_dir
 @click.option("--route", type=click.Choice(["auto", "builder", "dynamo"]), default="auto", show_default=True)
 @click.option("--prompt", "prompts", multiple=True, help="Measurement prompt (repeatable; default: 10 built-in).")
 @click.option("--tokens", default=16, show_default=True, type=int, help="Greedy tokens compared per prompt.")
-@click.option("--awq", is_flag=True, help="int4: fit activation-aware scales and clips (AWQ) on calibration prompts "
-                                          "before rounding (Llama, Mistral, Qwen).")
+@click.option("--awq", is_flag=True, help="int4: fit activation-aware scales (AWQ) and the rounding (GPTQ) on "
+                                          "calibration prompts first (Llama, Mistral, Qwen).")
 @click.option("--gptq/--no-gptq", default=True, show_default=True,
               help="With --awq: GPTQ rounding (errors spread through the inverse Hessian) instead of clipping.")
 @click.option("--calibration-data", default=None, help="Rows (.tsv/.csv/.jsonl text column) put through --template "

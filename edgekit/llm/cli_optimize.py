@@ -12,28 +12,13 @@ from pathlib import Path
 import click
 
 
-def run(model: str, data: str, out: Path, precision: str = "int4", rows: int | None = 200, threads: int = 2,
-        engine: str = "auto", template: str | None = None, held_out: str | None = None,
-        max_accuracy_drop: float = 1.0, min_agreement: float = 0.9, max_ppl_increase: float = 0.10,
-        rounds: int = 5, skip_bench: bool = False, artifact: str | None = None, force: bool = False,
-        target: str = "cpu", compute_capabilities: list[str] | None = None, block_size: int = 0,
-        keep_lm_head: bool = False, fallback: bool = True) -> dict:
-    """Build the options and run optimize_lm; echo one summary line."""
-    from .bench import LMBenchOptions
-    from .gate import LMGateOptions
-    from .pipeline import LMOptimizeOptions, optimize_lm
-    from .prompts import DEFAULT_TEMPLATE
+def run(model: str, data: str, out: Path, options, force: bool = False) -> dict:
+    """Run optimize_lm with ``options`` (an LMOptimizeOptions); echo one summary line."""
+    from .pipeline import optimize_lm
 
-    gate = LMGateOptions(rows=rows, template=template or DEFAULT_TEMPLATE, max_accuracy_drop=max_accuracy_drop,
-                         min_agreement=min_agreement, max_ppl_increase=max_ppl_increase)
-    options = LMOptimizeOptions(precision=precision, threads=threads, engine=engine, held_out=held_out,
-                                skip_bench=skip_bench, artifact=artifact, gate=gate, target=target,
-                                compute_capabilities=list(compute_capabilities or []), block_size=block_size,
-                                keep_lm_head=keep_lm_head, fallback=fallback,
-                                bench=LMBenchOptions(rounds=rounds, threads=threads))
     report = optimize_lm(model, data, out, options, force=force)
     acc = report["llm"]["gate"]["accuracy"]
-    click.echo(f"Optimized {model} -> {out} ({precision}): accuracy {acc['original']['accuracy']:.4f} -> "
+    click.echo(f"Optimized {model} -> {out} ({options.precision}): accuracy {acc['original']['accuracy']:.4f} -> "
                f"{acc['artifact']['accuracy']:.4f}{_engine_note(report)}; report in {Path(out) / 'report.md'}")
     return report
 
@@ -70,15 +55,34 @@ def _engine_note(report: dict) -> str:
 @click.option("--skip-bench", is_flag=True)
 @click.option("--fallback/--no-fallback", default=True, show_default=True,
               help="cpu int4: when the gate fails, quantize again keeping more at higher precision and re-gate.")
+@click.option("--awq/--no-awq", default=True, show_default=True,
+              help="int4 (cpu, tensorrt-rtx): fit activation-aware scales (AWQ) and GPTQ rounding on calibration "
+                   "prompts of the task first (Llama, Mistral, Qwen; other architectures: plain rounding).")
+@click.option("--calibration-data", default=None,
+              help="Labeled or plain rows for the AWQ fit, put through --template (default: the --data rows the "
+                   "gate does not score).")
+@click.option("--calibration-rows", type=int, default=128, show_default=True, help="Rows used for the AWQ fit.")
 @click.option("--artifact", default=None, help="Gate and bench this existing artifact instead of rebuilding.")
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT that edgekit did not write.")
 def optimize_lm_cmd(model, data, out, precision, target, ccs, block_size, keep_lm_head, rows, threads, engine,
                     template, held_out, max_accuracy_drop, min_agreement, max_ppl_increase, rounds, skip_bench,
-                    fallback, artifact, force):
+                    fallback, awq, calibration_data, calibration_rows, artifact, force):
     """Optimize a causal LM (HF folder, .gguf, pkg:NAME): int4/int8, gated on generated answers, benchmarked."""
-    run(model, data, out, precision, rows or None, threads, engine, template, held_out, max_accuracy_drop,
-        min_agreement, max_ppl_increase, rounds, skip_bench, artifact, force, target,
-        [c.strip() for c in (ccs or "").split(",") if c.strip()], block_size, keep_lm_head, fallback)
+    from .bench import LMBenchOptions
+    from .gate import LMGateOptions
+    from .pipeline import LMOptimizeOptions
+    from .prompts import DEFAULT_TEMPLATE
+
+    gate = LMGateOptions(rows=rows or None, template=template or DEFAULT_TEMPLATE,
+                         max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement,
+                         max_ppl_increase=max_ppl_increase)
+    options = LMOptimizeOptions(precision=precision, target=target, block_size=block_size, keep_lm_head=keep_lm_head,
+                                compute_capabilities=[c.strip() for c in (ccs or "").split(",") if c.strip()],
+                                threads=threads, engine=engine, held_out=held_out, skip_bench=skip_bench,
+                                fallback=fallback, awq=awq, calibration_data=calibration_data,
+                                calibration_rows=calibration_rows, artifact=artifact, gate=gate,
+                                bench=LMBenchOptions(rounds=rounds, threads=threads))
+    run(model, data, out, options, force)
 
 
 def register(group: click.Group) -> None:

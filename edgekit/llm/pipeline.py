@@ -21,6 +21,7 @@ from ..errors import DataError, GateFailedError, InputError
 from .bench import ArtifactRunner, LMBenchOptions, TorchRunner, bench_prompt, peak_rss_mb, run_bench
 from .gate import LMGateOptions, run_gate
 from .prompts import template
+from .validate import PROMPTS
 
 PRECISIONS = {"cpu": ("int4", "int8"), "tensorrt-rtx": ("int4", "fp16")}
 NO_GPU_LATENCY = "not measured (no GPU)"
@@ -47,6 +48,12 @@ class LMOptimizeOptions:
     fallback: bool = field(default=True, metadata={"help": "cpu int4: when the gate fails, quantize again with more "
                                                            "kept at higher precision (int8 lm_head, k-quant mixed, "
                                                            "fp32 lm_head) and gate that, until one passes"})
+    awq: bool = field(default=True, metadata={"help": "int4 (cpu, tensorrt-rtx): fit AWQ scales and GPTQ rounding "
+                                                      "on the task's calibration prompts first (Llama, Mistral, "
+                                                      "Qwen; others: plain rounding)"})
+    calibration_data: str | None = field(default=None, metadata={"help": "rows for the AWQ fit (default: the "
+                                                                         "--data rows the gate does not score)"})
+    calibration_rows: int = field(default=128, metadata={"help": "rows used for the AWQ fit"})
     artifact: str | None = field(default=None, metadata={"help": "gate and bench this existing text-generation "
                                                                  "artifact instead of exporting+quantizing again"})
     gate: LMGateOptions = field(default_factory=LMGateOptions)
@@ -69,23 +76,24 @@ def optimize_lm(model: str | Path, data: str | Path, out: str | Path, options: L
     stages: list[dict] = []
     with _stage(stages, "source", str(model)):
         source = resolve_source(model, options.cache_dir)
+    rtx_fit = None
     with atomic_dir(out, force) as tmp:
         if options.artifact:
             with _stage(stages, "artifact", f"given: {options.artifact}"):
                 _copy_given(Path(options.artifact), tmp)
         elif options.target == "tensorrt-rtx":
-            _rtx_artifact(source.folder, tmp, options, stages)
+            rtx_fit = _rtx_artifact(source.folder, tmp, options, stages, texts)
         else:
-            from .quantize import LMQuantizeOptions, quantize_lm  # noqa: PLC0415  (export + quantize)
+            from .quantize import quantize_lm  # noqa: PLC0415  (export + quantize)
 
             with _stage(stages, "export+quantize", f"{options.precision} weight-only, KV cache"):
-                quantize_lm(source.folder, tmp / "artifact", LMQuantizeOptions(
-                    precision=options.precision, threads=options.threads, cache_dir=options.cache_dir))
+                quantize_lm(source.folder, tmp / "artifact", quantize_options(source.folder, options, texts))
                 _move_up(tmp / "artifact", tmp)
         gate, bench, trials = _gate_and_bench(source.folder, tmp, texts, labels, held_out, options, stages)
         lineage = read_manifest(tmp)  # after a fallback: the quantization that was kept
         report = _report(model, data, out, options, source.folder, tmp, lineage, gate, bench, stages)
         report["llm"]["fallback"] = trials
+        report["llm"]["awq"] = rtx_fit or (report["llm"]["quantization"] or {}).get("awq")
         report["seconds_total"] = round(time.perf_counter() - started, 1)
         (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         (tmp / "report.md").write_text(markdown(report))
@@ -104,6 +112,28 @@ def optimize_lm(model: str | Path, data: str | Path, out: str | Path, options: L
     return report
 
 
+def quantize_options(hf: Path, options: LMOptimizeOptions, texts: list[str], **kw):
+    """quantize-lm's options for this run: AWQ on the task's calibration prompts where it applies."""
+    from .awq import SUPPORTED  # noqa: PLC0415
+    from .quantize import LMQuantizeOptions  # noqa: PLC0415
+
+    kind = json.loads((hf / "config.json").read_text()).get("model_type")
+    awq = options.awq and options.precision == "int4" and kind in SUPPORTED
+    return LMQuantizeOptions(precision=options.precision, threads=options.threads, cache_dir=options.cache_dir,
+                             awq=awq, calibration=calibration_prompts(options, texts) if awq else (), **kw)
+
+
+def calibration_prompts(options: LMOptimizeOptions, texts: list[str]) -> tuple[str, ...]:
+    """The AWQ fit's prompts: ``calibration_data`` rows, else the gate data's rows past those the gate scores (never
+    a scored row), through the gate's template. Empty (quantize-lm then uses its built-in prompts) when none is left."""
+    if options.calibration_data:
+        rows = load_dataset(options.calibration_data).texts
+    else:
+        rows = texts[options.gate.rows:] if options.gate.rows is not None else []
+    prompt = template(options.gate.template)
+    return tuple(map(prompt.question, rows[:options.calibration_rows]))
+
+
 def _check_target(options: LMOptimizeOptions) -> None:
     allowed = PRECISIONS.get(options.target)
     if allowed is None:
@@ -114,16 +144,31 @@ def _check_target(options: LMOptimizeOptions) -> None:
                          f"Choose one of: {', '.join(allowed)}")
 
 
-def _rtx_artifact(hf: Path, tmp: Path, options: LMOptimizeOptions, stages: list) -> None:
-    """The decoder ONNX (fp16 / int4) and its TensorRT-RTX engine, built here without a GPU."""
+def _rtx_artifact(hf: Path, tmp: Path, options: LMOptimizeOptions, stages: list, texts: list[str]) -> dict | None:
+    """The decoder ONNX (fp16 / int4) and its TensorRT-RTX engine, built here without a GPU. int4 of a Llama-style
+    model is fitted first (AWQ scales + GPTQ rounding on the task's calibration prompts, on the grid of the Q/DQ
+    quantizer, which then reproduces it); the fit's figures are returned for the report."""
+    from .awq import SUPPORTED, auto_block, awq_folder, calibration_ids  # noqa: PLC0415
     from .rtx_engine import LMEngineOptions, build_lm_engine  # noqa: PLC0415
 
+    config = json.loads((hf / "config.json").read_text())
+    block, source, fit = options.block_size, hf, None
+    if options.awq and options.precision == "int4" and config.get("model_type") in SUPPORTED:
+        block = block or auto_block(config)
+        prompts = calibration_prompts(options, texts)
+        with _stage(stages, "awq", f"scales + GPTQ rounding on {len(prompts) or 'built-in'} prompts, block {block}"):
+            source = tmp / ".awq-hf"
+            fit = awq_folder(hf, source, calibration_ids(hf, prompts or PROMPTS), block, gptq=True, grid="trt",
+                             threads=options.threads).row()
     ccs = ", ".join(options.compute_capabilities) or "default targets"
     with _stage(stages, "export+engine", f"TensorRT-RTX {options.precision}, {ccs}"):
-        build_lm_engine(hf, tmp / "artifact", LMEngineOptions(
-            precision=options.precision, cache_dir=options.cache_dir, block_size=options.block_size,
+        build_lm_engine(source, tmp / "artifact", LMEngineOptions(
+            precision=options.precision, cache_dir=options.cache_dir, block_size=block,
             keep_lm_head=options.keep_lm_head, compute_capabilities=list(options.compute_capabilities)))
         _move_up(tmp / "artifact", tmp)
+    if source != hf:
+        shutil.rmtree(source)
+    return fit
 
 
 def _copy_given(src: Path, dst: Path) -> None:
@@ -201,7 +246,7 @@ def _fall_back(original, hf: Path, art: Path, gate: dict, rows: tuple, options: 
     tie) and the gate fails as before.
     """
     from ..errors import EdgekitError  # noqa: PLC0415
-    from .quantize import LMQuantizeOptions, quantize_lm  # noqa: PLC0415
+    from .quantize import quantize_lm  # noqa: PLC0415
     from .scorers import ArtifactLM  # noqa: PLC0415
 
     texts, labels, held_out = rows
@@ -214,9 +259,8 @@ def _fall_back(original, hf: Path, art: Path, gate: dict, rows: tuple, options: 
         work = art / f".fallback-{keep}"
         with _stage(stages, "fallback", f"int4 with {keep} kept at higher precision ({failing} failed)"):
             try:
-                quantize_lm(hf, work, LMQuantizeOptions(
-                    precision="int4", block_size=quant["block_size"], accuracy_level=quant["accuracy_level"],
-                    keep_fp=keep, threads=options.threads, cache_dir=options.cache_dir))
+                quantize_lm(hf, work, quantize_options(hf, options, texts, block_size=quant["block_size"],
+                                                       accuracy_level=quant["accuracy_level"], keep_fp=keep))
             except EdgekitError as exc:
                 trials.append({"keep_fp": keep, "error": exc.message})
                 shutil.rmtree(work, ignore_errors=True)

@@ -83,8 +83,8 @@ class LMQuantizeOptions:
                                                                     "agreement by this much"})
     route: str = field(default="auto", metadata={"help": "auto, builder (onnxruntime-genai) or dynamo"})
     prompts: tuple[str, ...] = field(default=(), metadata={"help": "measurement prompts (default: built-in)"})
-    awq: bool = field(default=False, metadata={"help": "int4: fit activation-aware scales and clips (AWQ) on the "
-                                                       "calibration prompts before quantizing (Llama, Mistral, Qwen)"})
+    awq: bool = field(default=False, metadata={"help": "int4: fit activation-aware scales (AWQ) and the rounding "
+                                                       "on the calibration prompts first (Llama, Mistral, Qwen)"})
     gptq: bool = field(default=True, metadata={"help": "with awq: GPTQ rounding (each column's error spread over "
                                                        "the rest through the inverse Hessian) instead of clipping"})
     calibration: tuple[str, ...] = field(default=(), metadata={"help": "AWQ calibration prompts (default: the "
@@ -273,12 +273,12 @@ def _awq(folder: Path, options: LMQuantizeOptions, work: Path, block: int) -> Pa
     fitted = work / f"awq-b{block}"
     if fitted.is_dir():
         return fitted
-    from .awq import awq_folder  # noqa: PLC0415  (torch)
+    from .awq import awq_folder, calibration_ids  # noqa: PLC0415  (torch)
 
     work.mkdir(parents=True, exist_ok=True)
-    tokenizer = require("transformers").AutoTokenizer.from_pretrained(str(folder))
-    ids = encode_prompts(tokenizer, tuple(options.calibration) or tuple(options.prompts) or PROMPTS)
-    stats = awq_folder(folder, fitted, ids, block, gptq=options.gptq, grams=work / "awq-grams.pt")
+    ids = calibration_ids(folder, tuple(options.calibration) or tuple(options.prompts) or PROMPTS)
+    stats = awq_folder(folder, fitted, ids, block, gptq=options.gptq, grams=work / "awq-grams.pt",
+                       threads=options.threads)
     record = work / "awq.json"
     rows = json.loads(record.read_text()) if record.is_file() else []
     record.write_text(json.dumps([*rows, stats.row()]))

@@ -174,3 +174,22 @@ def test_awq_needs_int4_and_a_supported_architecture(tmp_path):
     with pytest.raises(InputError, match="does not cover model_type 'gpt2'"):
         quantize_lm(src, tmp_path / "o2", LMQuantizeOptions(awq=True, cache_dir=str(tmp_path / "cache")))
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_gptq_on_the_tensorrt_grid_is_what_the_rtx_quantizer_gives_back():
+    """``grid="trt"``: edgekit's TensorRT-RTX Q/DQ (fp16 weights, fp16 absmax/7 scales, its clip search on) returns
+    the fitted weights: the same codes, scales within fp16 rounding."""
+    import torch
+
+    from edgekit.llm.awq import _error, gptq_weights, quantize_dequantize
+    from edgekit.llm.rtx_graph import dequantize_blocks, quantize_blocks
+
+    torch.manual_seed(1)
+    w = torch.randn(40, 128) * 0.05
+    x = torch.randn(1500, 12) @ torch.randn(12, 128) + 0.3 * torch.randn(1500, 128)
+    gram = x.T @ x / len(x)
+    fitted = gptq_weights(w, gram, 32, 4, grid="trt")
+    onnx_weight = fitted.T.half().float().numpy()  # the fp16 ONNX's [K, N] MatMul weight
+    q, scale = quantize_blocks(onnx_weight, 32)
+    np.testing.assert_allclose(dequantize_blocks(q, scale, 32), fitted.T.numpy(), rtol=2e-3, atol=1e-7)
+    assert _error(w, fitted, gram) < 0.5 * _error(w, quantize_dequantize(w, 32, grid="trt"), gram)

@@ -295,5 +295,6 @@ def test_optimize_target_tensorrt_rtx_gates_the_engine_onnx(src, tmp_path):
     assert opt["backend"] == "tensorrt-rtx" and opt["precision"] == "int4" and opt["compute_capabilities"] == ["8.6"]
     assert opt["int4_weight_matmuls"] == 15 and opt["engine_mb"] > 0 and report["passed"]
     assert opt["latency"].startswith("not measured") and report["llm"]["bench"] is None
+    assert report["llm"]["awq"]["grid"] == "trt" and report["llm"]["awq"]["method"].startswith("awq scales + gptq")
     assert (out / "model.engine").is_file() and (out / "model.onnx").is_file()
     assert "TensorRT-RTX engine" in r.output and "latency not measured" in r.output

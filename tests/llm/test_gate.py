@@ -151,7 +151,7 @@ def test_optimize_lm_falls_back_to_more_precision_while_the_gate_fails(tiny, tmp
     (tmp_path / "train.tsv").write_text("label\tsentence\n" + "1\tthe film was great and the plot was fun\n" * 20)
     out = tmp_path / "opt"
     with pytest.raises(GateFailedError):
-        optimize_lm(hf, data, out, LMOptimizeOptions(threads=1, skip_bench=True, gate=LMGateOptions(
+        optimize_lm(hf, data, out, LMOptimizeOptions(threads=1, skip_bench=True, awq=False, gate=LMGateOptions(
             rows=2, agreement_prompts=2, ppl_tokens=64, ppl_window=16, min_agreement=1.01)))
     report = json.loads((out / "report.json").read_text())
     trials = report["llm"]["fallback"]
@@ -165,3 +165,17 @@ def test_optimize_lm_falls_back_to_more_precision_while_the_gate_fails(tiny, tmp
     assert report["llm"]["quantization"]["keep_fp"] == kept[0]["keep_fp"]
     assert not [p for p in out.iterdir() if p.name.startswith(".fallback")]
     assert "Fallback trial keep_fp=" in (out / "report.md").read_text()
+
+
+def test_awq_calibration_prompts_are_never_scored_rows(tmp_path):
+    from edgekit.llm.pipeline import LMOptimizeOptions, calibration_prompts
+
+    texts = [f"review {i}" for i in range(10)]
+    options = LMOptimizeOptions(calibration_rows=3, gate=LMGateOptions(rows=6, template="Review: {text}"))
+    assert calibration_prompts(options, texts) == ("Review: review 6", "Review: review 7", "Review: review 8")
+    options.gate.rows = None  # every row scored: nothing left (quantize-lm then uses its built-in prompts)
+    assert calibration_prompts(options, texts) == ()
+    own = tmp_path / "calib.tsv"
+    own.write_text("label\tsentence\n1\tfine film\n0\tdull plot\n")
+    options.calibration_data = str(own)
+    assert calibration_prompts(options, texts) == ("Review: fine film", "Review: dull plot")
