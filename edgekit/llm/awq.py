@@ -25,12 +25,17 @@ largest-magnitude value of a block maps to -8), which the builder uses; it was c
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import progress
+from ..artifact import sha256_folder, versions
+from ..cache import StepCache
 from ..deps import require
 from ..errors import InputError
 
@@ -97,6 +102,15 @@ def calibration_ids(folder: Path, prompts: tuple[str, ...] | list[str]) -> list[
     return encode_prompts(require("transformers").AutoTokenizer.from_pretrained(str(folder)), prompts)
 
 
+def grams_file(folder: Path, ids: list[list[int]], cache_dir: str | None) -> Path:
+    """Where the calibration statistics of these weights and prompts are kept (the step cache): a second block
+    size, the gate's fallback trials and a second run skip the calibration pass."""
+    payload = json.dumps([sha256_folder(folder), ids, versions()])
+    path = StepCache(cache_dir).root / "awq-grams" / f"{hashlib.sha256(payload.encode()).hexdigest()[:40]}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def auto_block(config: dict) -> int:
     """The largest of 128/64/32/16 dividing the hidden and MLP sizes (every weight's input rows)."""
     sizes = [config.get("hidden_size", 0), config.get("intermediate_size", 0)]
@@ -135,8 +149,10 @@ def awq_folder(src: Path, dst: Path, prompt_ids: list[list[int]], block: int = 3
     else:
         with progress.stage("awq: calibrate", f"{len(prompt_ids)} prompts through {len(layers)} layers"):
             sums = _collect(model, layers, prompt_ids, stats)
-        if grams is not None:
-            torch.save((stats.tokens, sums), grams)
+        if grams is not None:  # written whole or not at all: a concurrent reader never sees half a file
+            partial = grams.with_name(f"{grams.name}.tmp-{os.getpid()}")
+            torch.save((stats.tokens, sums), partial)
+            os.replace(partial, grams)
     rounding = "gptq rounding" if gptq else "clips"
     with torch.no_grad(), progress.stage("awq: fit", f"scales and {rounding}, block {block}"):
         for i, layer in enumerate(progress.bar(layers, total=len(layers), desc="awq layers")):
@@ -173,9 +189,9 @@ def _collect(model, layers, prompt_ids: list[list[int]], stats: AwqStats, batch:
 
     def hook(key):
         def record(_module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1])[keep[0]].double()
-            gram, absum = sums.get(key, (0.0, 0.0))
-            sums[key] = (gram + x.T @ x, absum + x.abs().sum(0))
+            x = args[0].detach().reshape(-1, args[0].shape[-1])[keep[0]].float()
+            gram, absum = sums.get(key, (0.0, 0.0))  # one batch's product in fp32, the running sums in fp64
+            sums[key] = (gram + (x.T @ x).double(), absum + x.abs().sum(0).double())
         return record
 
     handles = []

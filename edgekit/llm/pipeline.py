@@ -148,7 +148,7 @@ def _rtx_artifact(hf: Path, tmp: Path, options: LMOptimizeOptions, stages: list,
     """The decoder ONNX (fp16 / int4) and its TensorRT-RTX engine, built here without a GPU. int4 of a Llama-style
     model is fitted first (AWQ scales + GPTQ rounding on the task's calibration prompts, on the grid of the Q/DQ
     quantizer, which then reproduces it); the fit's figures are returned for the report."""
-    from .awq import SUPPORTED, auto_block, awq_folder, calibration_ids  # noqa: PLC0415
+    from .awq import SUPPORTED, auto_block, awq_folder, calibration_ids, grams_file  # noqa: PLC0415
     from .rtx_engine import LMEngineOptions, build_lm_engine  # noqa: PLC0415
 
     config = json.loads((hf / "config.json").read_text())
@@ -158,8 +158,9 @@ def _rtx_artifact(hf: Path, tmp: Path, options: LMOptimizeOptions, stages: list,
         prompts = calibration_prompts(options, texts)
         with _stage(stages, "awq", f"scales + GPTQ rounding on {len(prompts) or 'built-in'} prompts, block {block}"):
             source = tmp / ".awq-hf"
-            fit = awq_folder(hf, source, calibration_ids(hf, prompts or PROMPTS), block, gptq=True, grid="trt",
-                             threads=options.threads).row()
+            ids = calibration_ids(hf, prompts or PROMPTS)
+            fit = awq_folder(hf, source, ids, block, gptq=True, grid="trt", threads=options.threads,
+                             grams=grams_file(hf, ids, options.cache_dir)).row()
     ccs = ", ".join(options.compute_capabilities) or "default targets"
     with _stage(stages, "export+engine", f"TensorRT-RTX {options.precision}, {ccs}"):
         build_lm_engine(source, tmp / "artifact", LMEngineOptions(

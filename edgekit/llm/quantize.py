@@ -273,11 +273,11 @@ def _awq(folder: Path, options: LMQuantizeOptions, work: Path, block: int) -> Pa
     fitted = work / f"awq-b{block}"
     if fitted.is_dir():
         return fitted
-    from .awq import awq_folder, calibration_ids  # noqa: PLC0415  (torch)
+    from .awq import awq_folder, calibration_ids, grams_file  # noqa: PLC0415  (torch)
 
     work.mkdir(parents=True, exist_ok=True)
     ids = calibration_ids(folder, tuple(options.calibration) or tuple(options.prompts) or PROMPTS)
-    stats = awq_folder(folder, fitted, ids, block, gptq=options.gptq, grams=work / "awq-grams.pt",
+    stats = awq_folder(folder, fitted, ids, block, gptq=options.gptq, grams=grams_file(folder, ids, options.cache_dir),
                        threads=options.threads)
     record = work / "awq.json"
     rows = json.loads(record.read_text()) if record.is_file() else []
