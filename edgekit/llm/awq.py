@@ -64,32 +64,38 @@ class AwqStats:
     error_awq: float = 0.0
     seconds: float = 0.0
     alphas: list = field(default_factory=list)
+    kept: dict = field(default_factory=dict)  # linear name -> its relative int4 output error (left unrounded)
 
     def row(self) -> dict:
         ratio = self.error_awq / self.error_rtn if self.error_rtn else 1.0
         method = "awq scales + gptq rounding" if self.gptq else "awq scales + clip search"
-        return {"method": f"{method} on calibration prompts", "block_size": self.block, "grid": self.grid,
-                "prompts": self.prompts, "tokens": self.tokens, "groups": self.groups,
-                "scaled_groups": self.scaled_groups, "mean_alpha": round(self.mean_alpha, 3),
-                "output_error_vs_rtn": round(ratio, 4), "seconds": round(self.seconds, 1)}
+        row = {"method": f"{method} on calibration prompts", "block_size": self.block, "grid": self.grid,
+               "prompts": self.prompts, "tokens": self.tokens, "groups": self.groups,
+               "scaled_groups": self.scaled_groups, "mean_alpha": round(self.mean_alpha, 3),
+               "output_error_vs_rtn": round(ratio, 4), "seconds": round(self.seconds, 1)}
+        if self.kept:
+            row["kept_unrounded"] = {k: round(v, 5) for k, v in self.kept.items()}
+        return row
 
 
 def quantize_dequantize(w, block: int, bits: int = 4, grid: str = "mlas"):
     """Symmetric blockwise round-trip along the input dimension, as the downstream quantizer does it: ``mlas`` is
     ONNX Runtime's MatMulNBits (the block's largest-magnitude value maps to -8, codes -8..7, fp32 scales);
-    ``trt`` is edgekit's TensorRT-RTX Q/DQ (:func:`edgekit.llm.rtx_graph.quantize_blocks` without its search:
-    scale = fp16(absmax / 7), codes -8..7)."""
+    ``trt`` is edgekit's TensorRT-RTX Q/DQ (:func:`edgekit.llm.rtx_graph.quantize_blocks`: positive fp16 scales,
+    codes -8..7, no zero point): a block whose largest-magnitude value is negative puts it on -8 (scale absmax / 8,
+    one of that search's candidates), a positive one on +7 (absmax / 7)."""
     torch = require("torch")
     out_f, in_f = w.shape
     pad = (-in_f) % block
     x = torch.nn.functional.pad(w, (0, pad)) if pad else w
     x = x.reshape(out_f, -1, block)
     lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    if grid == "trt":
-        scale = (x.abs().amax(-1, keepdim=True) / hi).half().float()
+    if grid == "trt":  # positive scales: a negative peak on -8 (all 16 levels), a positive one (or a tie) on +7
+        top, bottom = x.amax(-1, keepdim=True), -x.amin(-1, keepdim=True)
+        neg = bottom > top
+        scale = (torch.where(neg, bottom, top) / torch.where(neg, float(-lo), float(hi))).half().float()
     else:
-        peak = torch.gather(x, -1, x.abs().argmax(-1, keepdim=True))
-        scale = peak / lo
+        scale = torch.gather(x, -1, x.abs().argmax(-1, keepdim=True)) / lo
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
     q = torch.clamp(torch.round(x / scale), lo, hi) * scale
     return q.reshape(out_f, -1)[:, :in_f]
@@ -128,10 +134,12 @@ def check_awq(config: dict) -> None:
 
 def awq_folder(src: Path, dst: Path, prompt_ids: list[list[int]], block: int = 32, bits: int = 4,
                clip: bool = True, gptq: bool = False, grams: Path | None = None, grid: str = "mlas",
-               threads: int | None = None) -> AwqStats:
+               threads: int | None = None, keep: int = 0) -> AwqStats:
     """Fit AWQ scales on ``prompt_ids``, then clips (or GPTQ rounding), and save the rewritten fp32 model (+ tokenizer
     files) to ``dst``. ``grams``: a file keeping the calibration statistics, so a second block size skips the pass.
-    ``threads``: PyTorch's intra-op threads for the fit (as the rest of the command uses)."""
+    ``threads``: PyTorch's intra-op threads for the fit (as the rest of the command uses). ``keep``: that many
+    linears, those whose plain int4 rounding changes their calibration output most (relative), are scaled but left
+    unrounded (``stats.kept``), for a downstream quantizer told to leave them at higher precision."""
     torch = require("torch")
     if threads:
         torch.set_num_threads(int(threads))
@@ -154,11 +162,15 @@ def awq_folder(src: Path, dst: Path, prompt_ids: list[list[int]], block: int = 3
             torch.save((stats.tokens, sums), partial)
             os.replace(partial, grams)
     rounding = "gptq rounding" if gptq else "clips"
+    with torch.no_grad():
+        kept = sensitive_linears(model, sums, keep, (block, bits, grid)) if keep > 0 else {}
+    stats.kept = {name: err for name, (_lin, err) in kept.items()}
+    skip = {id(lin) for lin, _err in kept.values()}
     with torch.no_grad(), progress.stage("awq: fit", f"scales and {rounding}, block {block}"):
         for i, layer in enumerate(progress.bar(layers, total=len(layers), desc="awq layers")):
             for prev, linears, key in _groups(layer):
                 gram, xmean = sums[(i, key)]
-                _fit_group(prev, linears, gram, xmean, (block, bits, grid), clip, gptq, stats)
+                _fit_group(prev, linears, gram, xmean, (block, bits, grid), clip, gptq, stats, skip)
     stats.mean_alpha = sum(stats.alphas) / max(len(stats.alphas), 1)
     dst.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(dst))
@@ -215,13 +227,32 @@ def _collect(model, layers, prompt_ids: list[list[int]], stats: AwqStats, batch:
     return {k: ((g / stats.tokens).float(), (a / stats.tokens).float()) for k, (g, a) in sums.items()}
 
 
+def sensitive_linears(model, sums: dict, n: int, spec: tuple) -> dict:
+    """The ``n`` linears (of those the fit covers) whose plain int4 rounding on the grid ``spec`` = (block, bits,
+    grid) changes their calibration output most, relative to the output: ``tr(dW G dW^T) / tr(W G W^T)``, name ->
+    (module, error). The idea of llama.cpp's k-quant mixes (more bits where rounding hurts), chosen by measurement."""
+    names = {id(m): name for name, m in model.named_modules()}
+    scored = []
+    for i, layer in enumerate(model.model.layers):
+        for _prev, linears, key in _groups(layer):
+            gram = sums[(i, key)][0]
+            for lin in linears:
+                w = lin.weight
+                err = _error(w, quantize_dequantize(w, *spec), gram) / max(_error(w, 0 * w, gram), 1e-30)
+                scored.append((err, names[id(lin)], lin))
+    scored.sort(key=lambda t: -t[0])
+    return {name: (lin, err) for err, name, lin in scored[:n]}
+
+
 def _error(w, q, gram) -> float:
     d = q - w
     return float(((d @ gram) * d).sum())
 
 
-def _fit_group(prev, linears, gram, xmean, spec: tuple, clip: bool, gptq: bool, stats: AwqStats) -> None:
-    """Scale search, then GPTQ or clipping, for the linears reading one input; ``spec`` = (block, bits, grid)."""
+def _fit_group(prev, linears, gram, xmean, spec: tuple, clip: bool, gptq: bool, stats: AwqStats,
+               skip: set = frozenset()) -> None:
+    """Scale search, then GPTQ or clipping, for the linears reading one input; ``spec`` = (block, bits, grid).
+    Linears in ``skip`` (ids) are scaled with their group but keep their unrounded weights."""
     torch = require("torch")
     block, bits, grid = spec
     weight = torch.cat([lin.weight for lin in linears], 0)
@@ -255,13 +286,24 @@ def _fit_group(prev, linears, gram, xmean, spec: tuple, clip: bool, gptq: bool, 
         ranges = _expand(clip_ranges(scaled, gram, block, bits, grid), block)
         fitted = torch.maximum(torch.minimum(scaled, ranges), -ranges)
     if fitted is not scaled:
-        start = 0
+        fitted, start = fitted.clone(), 0
         for lin in linears:
             rows = lin.weight.shape[0]
-            lin.weight.data.copy_(fitted[start:start + rows])
+            if id(lin) in skip:
+                fitted[start:start + rows] = scaled[start:start + rows]
+            else:
+                lin.weight.data.copy_(fitted[start:start + rows])
             start += rows
-    # in the scaled space (inputs x / s, Gram G / ss^T) the error equals that of (q / s) against W in x-space
-    stats.error_awq += _error(scaled, quantize_dequantize(fitted, block, bits, grid), gram)
+    # in the scaled space (inputs x / s, Gram G / ss^T) the error equals that of (q / s) against W in x-space;
+    # the linears left unrounded count with no error (the downstream quantizer keeps them at higher precision)
+    rounded = quantize_dequantize(fitted, block, bits, grid)
+    start = 0
+    for lin in linears:
+        rows = lin.weight.shape[0]
+        if id(lin) in skip:
+            rounded[start:start + rows] = scaled[start:start + rows]
+        start += rows
+    stats.error_awq += _error(scaled, rounded, gram)
 
 
 def _expand(ranges, block: int):
@@ -297,8 +339,8 @@ def gptq_weights(w, gram, block: int, bits: int, ranges=None, damp: float = 0.01
     ``ranges`` (default: the block's absmax when its turn comes, as GPTQ does; measured slightly better than the
     RTN-optimal clip ranges on correlated inputs). Returned de-quantized and exactly re-quantizable by
     round-to-nearest: each block's largest-magnitude weight (when the block starts) is put at the grid's end (-8
-    for ``mlas``; +-7 for ``trt``, whose other codes then stay in -7..7), so the downstream quantizer's absmax scale
-    of the result is the scale used here and every other value rounds to itself."""
+    for ``mlas``; for ``trt`` -8 when negative, else +7 with the other codes in -7..7), so the downstream
+    quantizer's scale of the result is the scale used here and every other value rounds to itself."""
     torch = require("torch")
     out_f, in_f = w.shape
     lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
@@ -316,14 +358,17 @@ def gptq_weights(w, gram, block: int, bits: int, ranges=None, damp: float = 0.01
         peak_at = w[:, b0:b1].abs().argmax(1)
         peak = w[rows, b0 + peak_at]
         span = peak.abs() if ranges is None else ranges[:, b0 // block]
-        if grid == "trt":  # positive fp16 scales, the peak at +-7, every other code within -7..7
-            scale, low, end = (span / hi).half().float(), -hi, torch.where(peak < 0, -float(hi), float(hi))
+        if grid == "trt":  # positive fp16 scales: a negative peak at -8 (others -8..7), a positive one at +7
+            neg = peak < 0  # (others -7..7, so the block's absmax stays the peak's)
+            scale = (span / torch.where(neg, float(-lo), float(hi))).half().float()
+            low, end = torch.where(neg, float(lo), float(-hi)), torch.where(neg, float(lo), float(hi))
         else:  # the peak's sign picks the scale's, the peak sits at -8
-            scale, low, end = torch.where(peak < 0, -1.0, 1.0) * span / lo, lo, torch.full_like(peak, float(lo))
+            scale, end = torch.where(peak < 0, -1.0, 1.0) * span / lo, torch.full_like(peak, float(lo))
+            low = end
         scale = torch.where(scale == 0, torch.ones_like(scale), scale)
         errors = torch.zeros(out_f, b1 - b0)
         for j in range(b0, b1):
-            q = torch.clamp(torch.round(w[:, j] / scale), low, hi)
+            q = torch.maximum(torch.round(w[:, j] / scale).clamp(max=hi), low)
             q = torch.where(peak_at == j - b0, end, q)
             out[:, j] = q * scale
             err = (w[:, j] - out[:, j]) / hinv[j, j]

@@ -42,7 +42,13 @@ def _engine_note(report: dict) -> str:
 @click.option("--block-size", type=int, default=0, show_default=True,
               help="tensorrt-rtx int4: input rows per scale (0: the largest of 128/64/32/16 that fits).")
 @click.option("--keep-lm-head", is_flag=True, help="tensorrt-rtx int4: keep the LM head in fp16.")
+@click.option("--keep-sensitive", type=click.IntRange(min=0), default=0, show_default=True,
+              help="tensorrt-rtx int4: leave the N weight MatMuls whose int4 rounding changes their output most "
+                   "(relative, on the calibration prompts) in fp16.")
 @click.option("--rows", type=int, default=200, show_default=True, help="Labeled rows scored (0 = all).")
+@click.option("--answer-tokens", type=click.IntRange(min=1), default=16, show_default=True,
+              help="New tokens generated per answer (EOS ends it sooner); the first label word among the first 10 "
+                   "words is the prediction, so a model that answers in a sentence needs room for it.")
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--engine", type=click.Choice(["auto", "ort", "genai"]), default="auto", show_default=True)
 @click.option("--template", default=None, help="Prompt template name (oneword, classify, review_first) or text "
@@ -64,19 +70,21 @@ def _engine_note(report: dict) -> str:
 @click.option("--calibration-rows", type=int, default=128, show_default=True, help="Rows used for the AWQ fit.")
 @click.option("--artifact", default=None, help="Gate and bench this existing artifact instead of rebuilding.")
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT that edgekit did not write.")
-def optimize_lm_cmd(model, data, out, precision, target, ccs, block_size, keep_lm_head, rows, threads, engine,
-                    template, held_out, max_accuracy_drop, min_agreement, max_ppl_increase, rounds, skip_bench,
-                    fallback, awq, calibration_data, calibration_rows, artifact, force):
+def optimize_lm_cmd(model, data, out, precision, target, ccs, block_size, keep_lm_head, keep_sensitive, rows,
+                    answer_tokens, threads, engine, template, held_out, max_accuracy_drop, min_agreement,
+                    max_ppl_increase, rounds, skip_bench, fallback, awq, calibration_data, calibration_rows, artifact,
+                    force):
     """Optimize a causal LM (HF folder, .gguf, pkg:NAME): int4/int8, gated on generated answers, benchmarked."""
     from .bench import LMBenchOptions
     from .gate import LMGateOptions
     from .pipeline import LMOptimizeOptions
     from .prompts import DEFAULT_TEMPLATE
 
-    gate = LMGateOptions(rows=rows or None, template=template or DEFAULT_TEMPLATE,
+    gate = LMGateOptions(rows=rows or None, template=template or DEFAULT_TEMPLATE, answer_tokens=answer_tokens,
                          max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement,
                          max_ppl_increase=max_ppl_increase)
     options = LMOptimizeOptions(precision=precision, target=target, block_size=block_size, keep_lm_head=keep_lm_head,
+                                keep_sensitive=keep_sensitive,
                                 compute_capabilities=[c.strip() for c in (ccs or "").split(",") if c.strip()],
                                 threads=threads, engine=engine, held_out=held_out, skip_bench=skip_bench,
                                 fallback=fallback, awq=awq, calibration_data=calibration_data,

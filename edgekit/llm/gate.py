@@ -30,7 +30,7 @@ class LMGateOptions:
 
     rows: int | None = field(default=200, metadata={"help": "labeled rows scored (None = all)"})
     template: str = field(default=DEFAULT_TEMPLATE, metadata={"help": "prompt template name or text with {text}"})
-    answer_tokens: int = field(default=8, metadata={"help": "new tokens generated per answer"})
+    answer_tokens: int = field(default=16, metadata={"help": "new tokens generated per answer (EOS ends it sooner)"})
     max_accuracy_drop: float = field(default=1.0, metadata={"help": "allowed accuracy drop, points"})
     agreement_prompts: int = field(default=16, metadata={"help": "prompts for greedy-token agreement"})
     agreement_tokens: int = field(default=16, metadata={"help": "greedy tokens compared per prompt"})

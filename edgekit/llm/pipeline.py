@@ -39,6 +39,8 @@ class LMOptimizeOptions:
     compute_capabilities: list[str] = field(default_factory=list, metadata={"help": "tensorrt-rtx targets"})
     block_size: int = field(default=0, metadata={"help": "tensorrt-rtx int4: input rows per scale (0 = auto)"})
     keep_lm_head: bool = field(default=False, metadata={"help": "tensorrt-rtx int4: keep the LM head in fp16"})
+    keep_sensitive: int = field(default=0, metadata={"help": "tensorrt-rtx int4: weight MatMuls left in fp16, those "
+                                                             "int4 rounding changes most on the calibration prompts"})
     threads: int = field(default=2, metadata={"help": "threads for the gate and the bench (both sides)"})
     engine: str = field(default="auto", metadata={"help": "generation engine: auto, ort or genai"})
     held_out: str | None = field(default=None, metadata={"help": "held-out text for perplexity (.txt or .tsv); "
@@ -142,6 +144,10 @@ def _check_target(options: LMOptimizeOptions) -> None:
     if options.precision not in allowed:
         raise InputError(f"Unknown precision '{options.precision}' for a causal LM on {options.target}", None,
                          f"Choose one of: {', '.join(allowed)}")
+    if options.keep_sensitive and (options.target, options.precision) != ("tensorrt-rtx", "int4"):
+        raise InputError("--keep-sensitive applies to --target tensorrt-rtx --precision int4 only",
+                         f"this run is {options.target} {options.precision}; on the CPU the gate's fallback keeps "
+                         "layers at higher precision (k-quant mixed)", "Drop --keep-sensitive")
 
 
 def _rtx_artifact(hf: Path, tmp: Path, options: LMOptimizeOptions, stages: list, texts: list[str]) -> dict | None:
@@ -160,12 +166,14 @@ def _rtx_artifact(hf: Path, tmp: Path, options: LMOptimizeOptions, stages: list,
             source = tmp / ".awq-hf"
             ids = calibration_ids(hf, prompts or PROMPTS)
             fit = awq_folder(hf, source, ids, block, gptq=True, grid="trt", threads=options.threads,
-                             grams=grams_file(hf, ids, options.cache_dir)).row()
+                             grams=grams_file(hf, ids, options.cache_dir), keep=options.keep_sensitive).row()
+    kept = tuple((fit or {}).get("kept_unrounded") or ())  # the fit chose them: the Q/DQ rewrite leaves them fp16
     ccs = ", ".join(options.compute_capabilities) or "default targets"
     with _stage(stages, "export+engine", f"TensorRT-RTX {options.precision}, {ccs}"):
         build_lm_engine(source, tmp / "artifact", LMEngineOptions(
             precision=options.precision, cache_dir=options.cache_dir, block_size=block,
-            keep_lm_head=options.keep_lm_head, compute_capabilities=list(options.compute_capabilities)))
+            keep_lm_head=options.keep_lm_head, keep_sensitive=0 if fit else options.keep_sensitive,
+            keep_weights=kept, compute_capabilities=list(options.compute_capabilities)))
         _move_up(tmp / "artifact", tmp)
     if source != hf:
         shutil.rmtree(source)

@@ -56,12 +56,13 @@ class LMEngineOptions:
     block_size: int = 0  # 0: the largest of 128/64/32/16 dividing every weight's rows
     keep_lm_head: bool = False
     keep_sensitive: int = 0
+    keep_weights: tuple[str, ...] = ()  # module names kept fp16 (an AWQ fit's unrounded linears)
     workspace_mib: int | None = None
     cache_dir: str | None = None
 
     def onnx_options(self) -> RtxOnnxOptions:
         return RtxOnnxOptions(precision=self.precision, block_size=self.block_size, keep_lm_head=self.keep_lm_head,
-                              keep_sensitive=self.keep_sensitive,
+                              keep_sensitive=self.keep_sensitive, keep_weights=tuple(self.keep_weights),
                               cache_dir=self.cache_dir)
 
 

@@ -129,7 +129,8 @@ CLIP_RATIOS = (1.0, 0.95, 0.9, 0.875, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
 
 
 def quantize_int4(model, block_size: int, skip_columns: int | None = None,
-                  importance: dict[str, np.ndarray] | None = None, keep_sensitive: int = 0) -> dict:
+                  importance: dict[str, np.ndarray] | None = None, keep_sensitive: int = 0,
+                  keep_weights: tuple[str, ...] = ()) -> dict:
     """Put int4 block DQ in front of every 2-D weight MatMul of ``model`` (fp16, in place); the counts.
 
     ``skip_columns``: leave MatMuls with that many output columns (the vocab: ``lm_head``) in fp16.
@@ -137,6 +138,9 @@ def quantize_int4(model, block_size: int, skip_columns: int | None = None,
     (:func:`input_importance`); the scale search then minimises the error of the MatMul's output, not of the weight.
     ``keep_sensitive``: leave that many MatMuls in fp16, those whose int4 weights change their output most
     (relative, importance-weighted squared error; the idea of llama.cpp's k-quant mixes, chosen by measurement).
+    ``keep_weights``: module names (``model.layers.3.self_attn.v_proj``) whose MatMuls stay fp16 — those an AWQ
+    fit left unrounded (:func:`edgekit.llm.awq.sensitive_linears`); matched on the module path the exporter
+    recorded on the MatMul (or the weight initializer's name).
     """
     block_size = block_size or auto_block_size(model.graph)
     if block_size not in BLOCK_SIZES:
@@ -161,6 +165,12 @@ def quantize_int4(model, block_size: int, skip_columns: int | None = None,
                          "why": "lm_head kept fp16" if array.shape[1] == skip_columns else "rows not a block multiple"})
             continue
         owner[node.input[1]] = node.name
+        scopes = _scopes(node)
+        if keep_weights and _named([weight.name] + [f"{m}.weight" for m in scopes], keep_weights):
+            kept.append({"node": node.name, "shape": list(array.shape), "module": scopes[-2] if len(scopes) > 1
+                         else weight.name,
+                         "why": "kept fp16: left unrounded by the AWQ fit (sensitive)"})
+            continue
         imp = (importance or {}).get(node.name)
         q, scale = quantize_blocks(array, block_size, importance=imp)
         rows = np.ones(array.shape[0]) if imp is None else np.asarray(imp, np.float64)
@@ -234,6 +244,26 @@ def input_importance(model, prompts: list[list[int]], work: Path) -> dict[str, n
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {node: sums[a] / max(count, 1) for a, nodes in readers.items() for node in nodes}
+
+
+def _named(weights: list[str], modules: tuple[str, ...]) -> bool:
+    """True when one of ``weights`` is the weight of one of ``modules`` (``model.model.layers.1.mlp.down_proj.weight``
+    for ``model.layers.1.mlp.down_proj``; never ``layers.11`` for ``layers.1``)."""
+    return any(w == f"{m}.weight" or w.endswith(f".{m}.weight") for w in weights for m in modules)
+
+
+def _scopes(node) -> list[str]:
+    """The module paths the dynamo exporter recorded on ``node`` (its ``pkg.torch.onnx.name_scopes``, outermost
+    first): the weight initializers themselves are renamed (``val_83``) when the exporter folds their transpose."""
+    import ast  # noqa: PLC0415
+
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                return [str(s) for s in ast.literal_eval(prop.value)]
+            except (ValueError, SyntaxError):
+                return []
+    return []
 
 
 def auto_block_size(graph) -> int:

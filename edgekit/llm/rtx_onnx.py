@@ -40,6 +40,8 @@ class RtxOnnxOptions:
                                                          "largest of 128/64/32/16 dividing every weight's rows)"})
     keep_lm_head: bool = field(default=False, metadata={"help": "int4: keep lm_head in fp16"})
     keep_sensitive: int = field(default=0, metadata={"help": "int4: MatMuls left in fp16, those int4 changes most"})
+    keep_weights: tuple[str, ...] = field(default=(), metadata={"help": "int4: modules whose MatMuls stay fp16 "
+                                                                         "(those an AWQ fit left unrounded)"})
     calibrate: bool = field(default=True, metadata={"help": "int4: weight each scale search by the input channels' "
                                                             "mean square on the calibration prompts"})
     validation_tokens: int = field(default=8, metadata={"help": "greedy tokens compared with PyTorch per prompt"})
@@ -126,7 +128,8 @@ def _int4(model, hf: Path, folder: Path, options: RtxOnnxOptions) -> dict:
         importance = input_importance(model, encode_prompts(tokenizer, tuple(options.prompts) or PROMPTS),
                                       folder / ".probe")
     return quantize_int4(model, options.block_size, skip_columns=dims(hf)["vocab"] if options.keep_lm_head else None,
-                         importance=importance, keep_sensitive=options.keep_sensitive)
+                         importance=importance, keep_sensitive=options.keep_sensitive,
+                         keep_weights=tuple(options.keep_weights))
 
 
 def _save(model, folder: Path) -> None:

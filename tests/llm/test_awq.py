@@ -164,6 +164,28 @@ def test_quantize_lm_with_awq_fits_once_per_block_and_records_it(tmp_path, capsy
     assert not (art.path / ".candidates").exists()
 
 
+def test_keep_leaves_the_most_sensitive_linears_unrounded(tmp_path):
+    """``keep=N``: the N linears whose rounding hurts their output most are scaled but not rounded (a downstream
+    quantizer keeps them fp16); every other linear still rounds to itself on the grid."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgekit.llm.awq import awq_folder, quantize_dequantize
+
+    src = build_tiny_lm(tmp_path / "llama", "llama", hidden=64)
+    stats = awq_folder(src, tmp_path / "fitted", _ids(src), block=32, gptq=True, grid="trt", keep=3)
+    assert len(stats.kept) == 3 and list(stats.kept.values()) == sorted(stats.kept.values(), reverse=True)
+    assert stats.row()["kept_unrounded"].keys() == stats.kept.keys()
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "fitted"), dtype=torch.float32)
+    off_grid = set()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and name != "lm_head" and not name.endswith("o_proj"):
+            w = module.weight.detach()
+            if not torch.allclose(quantize_dequantize(w, 32, grid="trt"), w, rtol=2e-3, atol=1e-7):
+                off_grid.add(name)
+    assert off_grid == set(stats.kept)
+
+
 def test_awq_needs_int4_and_a_supported_architecture(tmp_path):
     from edgekit.errors import InputError
     from edgekit.llm.quantize import LMQuantizeOptions, quantize_lm
@@ -177,8 +199,8 @@ def test_awq_needs_int4_and_a_supported_architecture(tmp_path):
 
 
 def test_gptq_on_the_tensorrt_grid_is_what_the_rtx_quantizer_gives_back():
-    """``grid="trt"``: edgekit's TensorRT-RTX Q/DQ (fp16 weights, fp16 absmax/7 scales, its clip search on) returns
-    the fitted weights: the same codes, scales within fp16 rounding."""
+    """``grid="trt"``: edgekit's TensorRT-RTX Q/DQ (fp16 weights, positive fp16 scales, its clip search on) returns
+    the fitted weights: the same codes (a negative peak on -8, a positive one on +7), scales within fp16 rounding."""
     import torch
 
     from edgekit.llm.awq import _error, gptq_weights, quantize_dequantize
@@ -192,4 +214,8 @@ def test_gptq_on_the_tensorrt_grid_is_what_the_rtx_quantizer_gives_back():
     onnx_weight = fitted.T.half().float().numpy()  # the fp16 ONNX's [K, N] MatMul weight
     q, scale = quantize_blocks(onnx_weight, 32)
     np.testing.assert_allclose(dequantize_blocks(q, scale, 32), fitted.T.numpy(), rtol=2e-3, atol=1e-7)
+    blocks, codes = fitted.T.numpy().reshape(4, 32, 40), q.reshape(4, 32, 40)
+    negative = -blocks.min(1) > blocks.max(1)  # the block's peak is negative: on -8, all 16 levels used
+    assert (codes.min(1)[negative] == -8).all() and (codes.max(1)[~negative] == 7).all()
+    assert negative.any() and (~negative).any()
     assert _error(w, fitted, gram) < 0.5 * _error(w, quantize_dequantize(w, 32, grid="trt"), gram)

@@ -140,6 +140,24 @@ def test_int4_keep_sensitive_leaves_the_worst_matmuls_fp16(onnx_dirs):
     assert worst >= info["relative_output_error"]["mean"]
 
 
+def test_int4_keep_weights_leaves_the_named_modules_fp16(onnx_dirs):
+    """The AWQ fit's unrounded linears, by module name: layers.1 is not layers.11's prefix, a tied head is not."""
+    import onnx
+
+    from edgekit.llm.rtx_graph import _named, quantize_int4
+
+    assert _named(["model.model.layers.1.mlp.down_proj.weight"], ("model.layers.1.mlp.down_proj",))
+    assert not _named(["model.model.layers.11.mlp.down_proj.weight"], ("model.layers.1.mlp.down_proj",))
+    model = onnx.load(str(onnx_dirs["fp16"] / "model.onnx"))
+    keep = ("model.layers.1.mlp.down_proj", "model.layers.0.self_attn.v_proj")
+    info = quantize_int4(model, BLOCK, keep_weights=keep)
+    kept = sorted(k["module"] for k in info["kept_fp16"] if "module" in k)
+    assert info["quantized_matmuls"] == 13 and kept == ["model.model.layers.0.self_attn.v_proj",
+                                                        "model.model.layers.1.mlp.down_proj"]
+    fp16 = [n for n in model.graph.node if n.op_type == "MatMul" and n.name in {k["node"] for k in info["kept_fp16"]}]
+    assert len(fp16) == 2 and not any("DequantizeLinear" in i for n in fp16 for i in n.input)
+
+
 def test_int4_packing_reads_back_through_onnx():
     import onnx
 
@@ -298,3 +316,35 @@ def test_optimize_target_tensorrt_rtx_gates_the_engine_onnx(src, tmp_path):
     assert report["llm"]["awq"]["grid"] == "trt" and report["llm"]["awq"]["method"].startswith("awq scales + gptq")
     assert (out / "model.engine").is_file() and (out / "model.onnx").is_file()
     assert "TensorRT-RTX engine" in r.output and "latency not measured" in r.output
+
+
+def test_optimize_lm_keep_sensitive_fits_around_the_kept_matmuls(src, tmp_path):
+    """``optimize-lm --target tensorrt-rtx --keep-sensitive 2``: the AWQ fit leaves its two most sensitive linears
+    unrounded and the engine's ONNX has exactly those MatMuls in fp16; on the CPU it is a one-line error."""
+    pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx not installed")
+    import json
+
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    data = tmp_path / "dev.tsv"
+    data.write_text("label\tsentence\n1\tthe film was great\n0\tthe plot was dull\n1\tgood fun\n0\tbad movie\n")
+    (tmp_path / "train.tsv").write_text("label\tsentence\n" + "1\tthe film was great and the plot was fun\n" * 20)
+    args = ["optimize-lm", str(src), "--data", str(data), "--rows", "4", "--answer-tokens", "4", "--skip-bench",
+            "--threads", "1", "--keep-sensitive", "2"]
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "cpu")])
+    assert r.exit_code == 1 and "--keep-sensitive applies to --target tensorrt-rtx" in r.output
+    assert not (tmp_path / "cpu").exists()
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, [*args, "--out", str(out), "--target", "tensorrt-rtx", "--compute-capability", "8.6",
+                                  "--max-accuracy-drop", "100", "--min-agreement", "0", "--max-ppl-increase", "100"])
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "report.json").read_text())
+    kept = report["llm"]["awq"]["kept_unrounded"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    rtx = next(step["rtx"] for step in manifest["lineage"] if "rtx" in step)  # the int4 ONNX's record
+    fp16 = [k["module"] for k in rtx["int4"]["kept_fp16"] if "module" in k]
+    assert len(kept) == 2 and sorted(m.removeprefix("model.") for m in fp16) == sorted(kept)
+    assert report["optimized"]["int4_weight_matmuls"] == 13
+    assert rtx["int4"]["relative_output_error"]["max"] < 1e-6  # the Q/DQ rewrite returned the fitted codes
