@@ -4,7 +4,9 @@ One switch for the whole process: :func:`set_quiet` (the CLI's ``--quiet``)
 silences everything; ``--json`` output is unaffected because nothing here
 writes to stdout. Bars are drawn (tqdm) only when stderr is a terminal; when
 it is not (CI logs, pipes) a loop prints one line when it ends instead, so a
-log never fills with carriage returns. Library callers get the same output;
+log never fills with carriage returns, and a line every ``EDGEKIT_PROGRESS_EVERY``
+seconds (60) while it runs (done / total, elapsed, time left), so a long loop
+is never minutes of silence. Library callers get the same output;
 ``set_quiet(True)`` turns it off for embedding.
 """
 
@@ -19,6 +21,38 @@ from typing import Iterable, Iterator, TypeVar
 T = TypeVar("T")
 
 _state = {"quiet": os.environ.get("EDGEKIT_QUIET", "") not in ("", "0"), "depth": 0}
+
+
+def _every() -> float:
+    try:
+        return max(float(os.environ.get("EDGEKIT_PROGRESS_EVERY", "60")), 0.0)
+    except ValueError:
+        return 60.0
+
+
+class _Heartbeat:
+    """Off a terminal: ``desc: 120/400 its, 4.1 min, about 9.6 min left`` once per ``_every()`` seconds."""
+
+    def __init__(self, desc: str, total: int | None, unit: str):
+        self.desc, self.total, self.unit = desc or "loop", total, unit
+        self.started = self.last = time.perf_counter()
+        self.every = _every()
+
+    def beat(self, count: int) -> None:
+        now = time.perf_counter()
+        if not self.every or now - self.last < self.every or _state["quiet"]:
+            return
+        self.last = now
+        elapsed = now - self.started
+        done = f"{count}/{self.total}" if self.total else str(count)
+        left = ""
+        if self.total and 0 < count < self.total:
+            left = f", about {_minutes(elapsed * (self.total - count) / count)} left"
+        echo(f"           {self.desc}: {done} {_plural(self.unit, count)}, {_minutes(elapsed)}{left}")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def set_quiet(quiet: bool = True) -> None:
@@ -123,9 +157,11 @@ def bar(items: Iterable[T], total: int | None = None, desc: str = "", unit: str 
                             dynamic_ncols=True, mininterval=0.25)
             return
     started, count = time.perf_counter(), 0
+    heart = _Heartbeat(desc, total, unit)
     for item in items:
-        count += 1
         yield item
+        count += 1
+        heart.beat(count)
     if total is None or total >= 8:  # a loop of a handful of items needs no line of its own
         echo(f"           {desc or 'loop'}: {count} {_plural(unit, count)} in {time.perf_counter() - started:.1f} s")
 
@@ -136,6 +172,7 @@ class Counter:
     def __init__(self, total: int | None, desc: str = "", unit: str = "it"):
         self.total, self.desc, self.unit, self.count = total, desc, unit, 0
         self._started = time.perf_counter()
+        self._heart = _Heartbeat(desc, total, unit)
         self._bar = None
         if not _state["quiet"] and _tty():
             try:
@@ -152,6 +189,8 @@ class Counter:
             self._bar.update(n)
             if postfix:
                 self._bar.set_postfix_str(postfix, refresh=False)
+        else:
+            self._heart.beat(self.count)
 
     def close(self) -> None:
         if self._bar is not None:
