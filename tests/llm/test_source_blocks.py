@@ -1,0 +1,115 @@
+"""int4 of a model whose weights are Q4_1 blocks (a de-quantized Q4_1 GGUF) keeps those blocks exactly: the
+recovery is bit for bit or refused, and the rewritten MatMulNBits graph computes the source's logits."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_lm import PROMPTS, build_tiny_lm  # noqa: E402
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="toolchain extra not installed")
+needs_genai = pytest.mark.skipif(importlib.util.find_spec("onnxruntime_genai") is None,
+                                 reason="onnxruntime-genai (edgekit[llm]) not installed: builder route untested")
+
+
+def _q4_1(w: np.ndarray) -> np.ndarray:
+    """llama.cpp's Q4_1 round trip (blocks of 32 along the input: fp16 d = (max - min) / 15 and m = min), as gguf's
+    de-quantizer gives it back in fp32."""
+    n, k = w.shape
+    b = w.reshape(n, k // 32, 32).astype(np.float32)
+    lo = b.min(-1, keepdims=True).astype(np.float16).astype(np.float32)
+    d = ((b.max(-1, keepdims=True) - lo) / 15).astype(np.float16).astype(np.float32)
+    q = np.clip(np.rint((b - lo) / np.where(d == 0, 1, d)), 0, 15).astype(np.float32)
+    q[np.arange(n)[:, None], np.arange(k // 32)[None, :], b.argmin(-1)] = 0  # the block's min sits on code 0
+    return (d * q + lo).reshape(n, k)
+
+
+def _q4_1_model(tmp_path: Path) -> Path:
+    """A tiny Llama whose every linear weight (lm_head included) is Q4_1 blocks."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    src = build_tiny_lm(tmp_path / "fp32", "llama", hidden=64)
+    model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.copy_(torch.from_numpy(_q4_1(module.weight.numpy())))
+    out = tmp_path / "q4_1"
+    model.save_pretrained(str(out))
+    for f in src.iterdir():
+        if f.is_file() and not (out / f.name).exists():
+            (out / f.name).write_bytes(f.read_bytes())
+    return out
+
+
+def test_recovery_is_bit_for_bit_or_refused():
+    from edgekit.llm.source_blocks import recover_q4_1
+
+    w = np.random.default_rng(0).standard_normal((8, 96)).astype(np.float32)
+    assert recover_q4_1(w) is None  # plain fp32 weights are not Q4_1
+    assert recover_q4_1(w[:, :90]) is None  # K not a multiple of 32
+    blocks = _q4_1(w)
+    q, d, m = recover_q4_1(blocks)
+    assert q.dtype == np.uint8 and q.max() <= 15 and d.shape == m.shape == (8, 3)
+    np.testing.assert_array_equal(np.repeat(d, 32, 1) * q + np.repeat(m, 32, 1), blocks)
+    shifted = blocks.copy()
+    shifted[0, 5] += 1e-3  # one weight off its grid: the whole tensor is refused
+    assert recover_q4_1(shifted) is None
+
+
+@needs_genai
+def test_the_int4_graph_computes_the_sources_logits(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgekit.llm.loop import DecoderSession
+    from edgekit.llm.quantize import build_quantized, set_accuracy_level
+    from edgekit.llm.source_blocks import q4_1_weights
+    from edgekit.llm.validate import encode_prompts
+
+    src = _q4_1_model(tmp_path)
+    assert len(q4_1_weights(src)) == 2 * 7 + 1  # 7 linears per layer + lm_head
+    ids = encode_prompts(AutoTokenizer.from_pretrained(str(src)), PROMPTS)[0]
+    model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].numpy()
+    errors = {}
+    for exact in (True, False):
+        out = tmp_path / f"int4-{exact}"
+        build_quantized(src, out, "builder", "int4", 32, "none", source_blocks=exact)
+        set_accuracy_level(out / "model.onnx", 1)  # fp32 activations: the weights are the only difference
+        decoder = DecoderSession(out / "model.onnx", threads=1)
+        seq = np.asarray([ids])
+        logits = decoder.session.run(None, decoder.feeds(seq, np.ones_like(seq), decoder.empty_cache(1)))[0][0]
+        errors[exact] = float(np.abs(logits - ref).max())
+        assert (out / "source_blocks.json").is_file() == exact
+    record = json.loads((tmp_path / "int4-True" / "source_blocks.json").read_text())
+    assert record["matmuls"] == 2 * 5 + 1 and record["left_to_the_builder"] == []  # qkv fused, gate, up, down, o
+    assert errors[True] < 1e-4 and errors[False] > 100 * errors[True], errors  # re-rounding: a second error
+
+
+@needs_genai
+def test_quantize_lm_keeps_the_blocks_and_skips_the_fit(tmp_path, capsys):
+    from edgekit.llm.quantize import LMQuantizeOptions, quantize_lm
+
+    src = _q4_1_model(tmp_path)
+    options = LMQuantizeOptions(precision="int4", accuracy_levels=(1,), keep_fp="none", awq=True,
+                                prompts=tuple(PROMPTS), tokens=8, cache_dir=str(tmp_path / "cache"))
+    art = quantize_lm(src, tmp_path / "int4", options)
+    q = art.manifest["llm"]["quantization"]
+    assert q["block_size"] == 32 and q["awq"] is None and q["source_blocks"]["matmuls"] == 11
+    assert {m["block_size"] for m in q["measurements"]} == {32} and q["chosen"]["greedy_agreement"] == 1.0
+    assert "source weights are Q4_1 blocks" in capsys.readouterr().err
+    assert not (art.path / "source_blocks.json").exists()
+    plain = quantize_lm(src, tmp_path / "plain", LMQuantizeOptions(
+        precision="int4", block_size=32, accuracy_levels=(1,), keep_fp="none", source_blocks=False,
+        prompts=tuple(PROMPTS), tokens=8, cache_dir=str(tmp_path / "cache")))
+    assert plain.manifest["llm"]["quantization"]["source_blocks"] is None
