@@ -285,24 +285,20 @@ def _fit_group(prev, linears, gram, xmean, spec: tuple, clip: bool, gptq: bool, 
     elif clip and scaled.shape[1] % block == 0:  # a last partial block (K < block) is left to plain rounding
         ranges = _expand(clip_ranges(scaled, gram, block, bits, grid), block)
         fitted = torch.maximum(torch.minimum(scaled, ranges), -ranges)
+    spans, start = [], 0
+    for lin in linears:
+        spans.append((lin, slice(start, start + lin.weight.shape[0])))
+        start += lin.weight.shape[0]
     if fitted is not scaled:
-        fitted, start = fitted.clone(), 0
-        for lin in linears:
-            rows = lin.weight.shape[0]
-            if id(lin) in skip:
-                fitted[start:start + rows] = scaled[start:start + rows]
-            else:
-                lin.weight.data.copy_(fitted[start:start + rows])
-            start += rows
+        for lin, rows in spans:
+            if id(lin) not in skip:  # a skipped linear keeps its scaled, unrounded weight
+                lin.weight.data.copy_(fitted[rows])
     # in the scaled space (inputs x / s, Gram G / ss^T) the error equals that of (q / s) against W in x-space;
     # the linears left unrounded count with no error (the downstream quantizer keeps them at higher precision)
     rounded = quantize_dequantize(fitted, block, bits, grid)
-    start = 0
-    for lin in linears:
-        rows = lin.weight.shape[0]
+    for lin, rows in spans:
         if id(lin) in skip:
-            rounded[start:start + rows] = scaled[start:start + rows]
-        start += rows
+            rounded[rows] = scaled[rows]
     stats.error_awq += _error(scaled, rounded, gram)
 
 

@@ -198,7 +198,15 @@ def quantize_int4(model, block_size: int, skip_columns: int | None = None,
     toposort(graph)
     removed = prune_unused(graph)
     errors = [p[3] for p in planned]
-    return {"block_size": block_size, "symmetric": True, "scale_dtype": "fp16", "axis": 0,
+    found = [k["module"] for k in kept if "module" in k]
+    missing = [m for m in keep_weights if not any(f == m or f.endswith(f".{m}") for f in found)]
+    if missing:  # the fit left them unrounded for nothing: this rewrite rounded them plainly
+        from .. import progress  # noqa: PLC0415
+
+        progress.echo(f"[edgekit] warning: {len(missing)} linears to keep fp16 have no MatMul in the graph "
+                      f"({', '.join(missing[:3])}...): rounded to int4 instead")
+    return {"block_size": block_size, "keep_weights_not_found": missing, "symmetric": True, "scale_dtype": "fp16",
+            "axis": 0,
             "scale_search": "activation-weighted squared error" if importance else "squared error",
             "quantized_matmuls": len(new_nodes), "kept_fp16": kept, "removed_initializers": removed,
             "relative_output_error": {"mean": round(float(np.mean(errors)), 5) if errors else None,

@@ -156,6 +156,10 @@ def test_int4_keep_weights_leaves_the_named_modules_fp16(onnx_dirs):
                                                         "model.model.layers.1.mlp.down_proj"]
     fp16 = [n for n in model.graph.node if n.op_type == "MatMul" and n.name in {k["node"] for k in info["kept_fp16"]}]
     assert len(fp16) == 2 and not any("DequantizeLinear" in i for n in fp16 for i in n.input)
+    assert info["keep_weights_not_found"] == []
+    absent = ("model.layers.7.mlp.up_proj",)  # a 2-layer model: said, not silently rounded
+    again = quantize_int4(onnx.load(str(onnx_dirs["fp16"] / "model.onnx")), BLOCK, keep_weights=absent)
+    assert again["keep_weights_not_found"] == list(absent) and again["quantized_matmuls"] == 15
 
 
 def test_int4_packing_reads_back_through_onnx():
