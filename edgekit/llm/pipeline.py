@@ -250,7 +250,9 @@ def _fall_back(original, hf: Path, art: Path, gate: dict, rows: tuple, options: 
     """Quantize again keeping more at higher precision, gate each (the original's answers reused), until one passes.
 
     The int4 setting quantize-lm chose by greedy agreement on its own prompts can still miss the task's budgets;
-    like the encoders' per-layer fallback, the next, more precise setting is tried. The first that passes replaces
+    like the encoders' per-layer fallback, the next, more precise setting is tried (same block size; the
+    accuracy_level measured again: with more of the weights at higher precision, or exact as a Q4_1 source's, the
+    int8 activations of level 4 can become the largest error left). The first that passes replaces
     the artifact; when none does, the one with the smallest accuracy drop is kept (the earlier, smaller one on a
     tie) and the gate fails as before.
     """
@@ -269,7 +271,7 @@ def _fall_back(original, hf: Path, art: Path, gate: dict, rows: tuple, options: 
         with _stage(stages, "fallback", f"int4 with {keep} kept at higher precision ({failing} failed)"):
             try:
                 quantize_lm(hf, work, quantize_options(hf, options, texts, block_size=quant["block_size"],
-                                                       accuracy_level=quant["accuracy_level"], keep_fp=keep))
+                                                       keep_fp=keep))  # accuracy_level measured again
             except EdgekitError as exc:
                 trials.append({"keep_fp": keep, "error": exc.message})
                 shutil.rmtree(work, ignore_errors=True)
