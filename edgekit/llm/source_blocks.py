@@ -148,11 +148,13 @@ def apply_source_blocks(onnx_path: Path, blocks: dict) -> dict:
         inputs[3] = zp_name
         del node.input[:]
         node.input.extend(inputs)
-        ones = np.zeros((k, nb), np.float32)
-        ones[np.arange(k), np.arange(k) // BLOCK] = 1.0
-        e_name, mt_name = f"{base}.block_sum", f"{base}.block_min"
-        graph.initializer.extend([numpy_helper.from_array(ones, e_name),
-                                  numpy_helper.from_array(np.ascontiguousarray(m.T, np.float32), mt_name)])
+        e_name, mt_name = f"q4_1.block_sum.k{k}", f"{base}.block_min"  # E is shared by every MatMul with this K
+        if e_name not in inits:
+            ones = np.zeros((k, nb), np.float32)
+            ones[np.arange(k), np.arange(k) // BLOCK] = 1.0
+            inits[e_name] = numpy_helper.from_array(ones, e_name)
+            graph.initializer.append(inits[e_name])
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(m.T, np.float32), mt_name))
         out = node.output[0]
         node.output[0] = f"{out}_q"
         sums, mins = f"{out}_block_sums", f"{out}_mins"
