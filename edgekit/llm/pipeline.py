@@ -7,6 +7,7 @@ OUT holds the runnable artifact (``edgekit.runtime.load(OUT)`` / ``load_generato
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -14,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import progress
-from ..artifact import atomic_dir, read_manifest, sha256_file, write_manifest
+from ..artifact import atomic_dir, read_manifest, sha256_file, sha256_folder, versions, write_manifest
+from ..cache import StepCache
 from ..data import load_dataset
 from ..environment import environment
 from ..errors import DataError, GateFailedError, InputError
@@ -207,16 +209,27 @@ def labeled_rows(data: str | Path, template_name: str) -> tuple[list[str], list[
     return ds.texts, labels
 
 
+def _answers_store(hf: Path, eos_ids, options: LMOptimizeOptions) -> Path:
+    """Where the original's greedy answers are kept between runs: keyed by its weights, EOS ids and versions."""
+    payload = json.dumps([sha256_folder(hf), list(eos_ids or []), versions()])
+    key = hashlib.sha256(payload.encode()).hexdigest()[:40]
+    return StepCache(options.cache_dir).root / "lm-answers" / f"{key}.json"
+
+
 def _gate_and_bench(hf: Path, art: Path, texts, labels, held_out: Path, options: LMOptimizeOptions,
                     stages: list) -> tuple[dict, dict | None, list[dict]]:
     from ..runtime.generate import read_lm_info  # noqa: PLC0415
     from .scorers import ArtifactLM, MemoLM, TorchLM  # noqa: PLC0415
 
-    original = MemoLM(TorchLM(hf, options.threads, read_lm_info(art).eos_ids))  # its answers serve every trial
+    eos = read_lm_info(art).eos_ids
+    original = MemoLM(TorchLM(hf, options.threads, eos), _answers_store(hf, eos, options))  # serves every trial
     rtx = options.target == "tensorrt-rtx"  # gate the engine's own ONNX on ORT CPU: same graph, same precision
     artifact = ArtifactLM(art, options.threads, "ort" if rtx else options.engine)
-    with _stage(stages, "gate", f"{options.gate.rows or len(texts)} rows, agreement, perplexity"):
+    with _stage(stages, "gate", f"{options.gate.rows or len(texts)} rows, agreement, perplexity") as info:
         gate = run_gate(original, artifact, texts, labels, options.gate, held_out)
+        original.save()
+        if original.reused:
+            info["note"] = f"{original.reused} of the original's answers from an earlier run (step cache)"
     del artifact
     trials: list[dict] = []
     if not gate["passed"] and _can_fall_back(art, options):
@@ -395,8 +408,7 @@ class _stage:  # noqa: N801  (a context manager used like progress.stage, record
     def __enter__(self):
         self.started = time.perf_counter()
         self._cm = progress.stage(self.name, self.notes)
-        self._cm.__enter__()
-        return self
+        return self._cm.__enter__()  # progress.stage's dict: a "note" put in it ends the stage's line
 
     def __exit__(self, *exc):
         self._cm.__exit__(*exc)

@@ -111,7 +111,29 @@ def test_gate_fails_a_broken_artifact(tiny, tmp_path):
     assert not next(c for c in report["checks"] if c["name"] == "greedy_agreement")["passed"]
 
 
-def test_optimize_lm_writes_report_and_fails_with_exit_3(tiny, tmp_path):
+def test_memo_keeps_answers_between_runs_and_distrusts_a_damaged_file(tmp_path):
+    from edgekit.llm.scorers import MemoLM
+
+    class Counting:
+        name, calls = "original", 0
+
+        def greedy(self, ids, n):
+            Counting.calls += 1
+            return [sum(ids) % 7] * n
+
+    store = tmp_path / "answers.json"
+    first = MemoLM(Counting(), store)
+    assert first.greedy([1, 2], 3) == [3, 3, 3] and first.greedy([1, 2], 3) == [3, 3, 3]
+    assert Counting.calls == 1 and first.reused == 1
+    first.save()
+    second = MemoLM(Counting(), store)
+    assert second.greedy([1, 2], 3) == [3, 3, 3] and Counting.calls == 1 and second.reused == 1
+    assert second.greedy([1, 2], 4) == [3] * 4 and Counting.calls == 2  # another length is another answer
+    store.write_text("{not json")
+    assert MemoLM(Counting(), store).greedy([1, 2], 3) == [3, 3, 3] and Counting.calls == 3
+
+
+def test_optimize_lm_writes_report_and_fails_with_exit_3(tiny, tmp_path, capsys):
     import json
 
     pytest.importorskip("edgekit.llm.source", reason="edgekit.llm.source (llmA's sources) not on this branch")
@@ -133,7 +155,10 @@ def test_optimize_lm_writes_report_and_fails_with_exit_3(tiny, tmp_path):
         optimize_lm(hf, data, tmp_path / "strict", LMOptimizeOptions(
             artifact=str(art), threads=1, skip_bench=True, gate=LMGateOptions(**small, min_agreement=1.01)))
     assert err.value.exit_code == 3 and "greedy_agreement" in err.value.message
-    assert json.loads((tmp_path / "strict" / "report.json").read_text())["passed"] is False
+    strict = json.loads((tmp_path / "strict" / "report.json").read_text())
+    assert strict["passed"] is False
+    assert "of the original's answers from an earlier run (step cache)" in capsys.readouterr().err  # not recomputed
+    assert strict["llm"]["gate"]["accuracy"]["original"] == report["llm"]["gate"]["accuracy"]["original"]
 
 
 def test_optimize_lm_falls_back_to_more_precision_while_the_gate_fails(tiny, tmp_path):
