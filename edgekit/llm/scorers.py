@@ -54,17 +54,18 @@ class MemoLM:
 
     def __init__(self, lm, store: Path | None = None):
         self.lm, self.name, self._greedy, self.store = lm, lm.name, {}, store
-        self.reused = self._added = 0
+        self.reused = self._added = 0  # reused: answers served from ``store`` (an earlier run), not this one's
         if store is not None and store.is_file():
             try:
                 self._greedy = {(tuple(ids), n): list(out) for ids, n, out in json.loads(store.read_text())}
             except (ValueError, TypeError):
                 self._greedy = {}  # a damaged file is recomputed, never trusted
+        self._stored = set(self._greedy)
 
     def greedy(self, ids: list[int], n: int) -> list[int]:
         key = (tuple(ids), n)
         if key in self._greedy:
-            self.reused += 1
+            self.reused += key in self._stored
         else:
             self._greedy[key] = self.lm.greedy(ids, n)
             self._added += 1
