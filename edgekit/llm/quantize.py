@@ -21,7 +21,9 @@ lm_head and the tied embeddings included), ``lm_head_int8`` (the last
 MatMul int8: onnxruntime-genai's ``matmul_mixed_precision=last_matmul:int8``),
 ``mixed`` (k-quant with lm_head and the sensitive layers int8, llama.cpp's
 mixed strategy), ``lm_head`` (lm_head and embeddings fp32: +4x their
-size). ``auto`` measures ``none`` and ``lm_head_int8`` and adds ``mixed``
+size; a head or table that is exactly Q8_0 in a GGUF source becomes those
+8-bit blocks instead). 8-bit MatMulNBits always run at ``accuracy_level`` 4
+(:data:`LEVEL_8BIT`). ``auto`` measures ``none`` and ``lm_head_int8`` and adds ``mixed``
 then ``lm_head`` only while the best agreement stays under ``min_agreement``
 (the fallback list is in the manifest).
 """
@@ -49,10 +51,14 @@ from .export import _inputs, choose_route, dynamo_export
 from .layout import dims, finish_folder, llm_section
 from .loop import DecoderSession, agreement, greedy
 from .source import check_causal_lm, resolve_source
-from .source_blocks import BLOCK, apply_source_blocks, linear_modules, q4_1_weights
+from .source_blocks import BLOCK, apply_q8_0, apply_source_blocks, linear_modules, q4_1_weights
 from .validate import PROMPTS, encode_prompts, load_causal_lm, torch_greedy
 
 PRECISIONS = ("int4", "int8")
+#: accuracy_level of every 8-bit MatMulNBits: at level 1 ONNX Runtime (1.32, x86) de-quantizes the whole weight on
+#: every call: 141 ms against 2.8 ms at level 4 for SmolLM2's 49152 x 576 head, one decode step, 2 threads (an
+#: fp32 MatMul: 5.5 ms). An int8 head at level 1 is what made quantize-lm's level-1 lm_head_int8 candidates ~3 tok/s.
+LEVEL_8BIT = 4
 SOURCE_BLOCKS = "source_blocks.json"  # a candidate's record of apply_source_blocks (read into the manifest)
 KEEP = ("auto", "none", "lm_head_int8", "mixed", "lm_head")
 LM_HEAD_NODE = "/lm_head/MatMul"  # the builder's node name
@@ -126,14 +132,15 @@ def quantize_lm(model: str | Path, out: str | Path, options: LMQuantizeOptions |
     route = choose_route(config, options.route)
     if options.awq:
         check_awq(config)
-    if _q4_1_source(source.folder, options, route):  # its own 4-bit blocks, exactly: a fit or another block size
-        options = replace(options, awq=False, block_size=BLOCK)  # could only round again
+    exact = _q4_1_source(source.folder, options, route)
+    if exact:  # its own 4-bit blocks, exactly: a fit or another block size could only round again
+        options = replace(options, awq=False, block_size=BLOCK)
     refs = _references(source.folder, options)
     started = time.perf_counter()
     with atomic_dir(out, force) as tmp:
         work = tmp / ".candidates"
         failures: list[dict] = []
-        measured = _measure_keeps(source.folder, route, options, refs, work, failures)
+        measured = _measure_keeps(source.folder, route, options, refs, work, failures, exact)
         chosen = choose(measured, options.agreement_slack)
         awq = json.loads((work / "awq.json").read_text()) if (work / "awq.json").is_file() else []
         kept_blocks = chosen.folder / SOURCE_BLOCKS
@@ -145,7 +152,7 @@ def quantize_lm(model: str | Path, out: str | Path, options: LMQuantizeOptions |
         finish_folder(source.folder, tmp, route)
         quant = {"precision": options.precision, "block_size": chosen.block_size,
                  "accuracy_level": chosen.accuracy_level,
-                 "keep_fp": chosen.keep, "fp32_fallback": ["lm_head", "embed_tokens"] if chosen.keep == "lm_head" else [],
+                 "keep_fp": chosen.keep, "fp32_fallback": _fp32_kept(chosen.keep, kept_blocks),
                  "chosen": chosen.row(), "measurements": [c.row() for c in measured], "failed": failures,
                  "awq": next((a for a in awq if a["block_size"] == chosen.block_size), None),
                  "source_blocks": kept_blocks,
@@ -162,6 +169,13 @@ def quantize_lm(model: str | Path, out: str | Path, options: LMQuantizeOptions |
     return Artifact(Path(out), "onnx", Path(out) / ONNX_NAME, manifest)
 
 
+def _fp32_kept(keep: str, kept_blocks: dict | None) -> list[str]:
+    """What ``keep`` leaves fp32: with ``lm_head``, the head and embeddings but those kept as the source's Q8_0."""
+    if keep != "lm_head":
+        return []
+    return [name for name in ("lm_head", "embed_tokens") if name not in (kept_blocks or {})]
+
+
 def choose(measured: list[Candidate], slack: float) -> Candidate:
     """The fastest candidate whose agreement is within ``slack`` of the best one's; near-ties go to the smaller."""
     best = max(c.agreement for c in measured)
@@ -171,19 +185,23 @@ def choose(measured: list[Candidate], slack: float) -> Candidate:
     return min(near, key=lambda c: (c.size_mb, -c.decode_tokens_per_s))
 
 
-def _keeps(options: LMQuantizeOptions, route: str) -> list[tuple[str, ...]]:
-    """Rounds of keep_fp settings: the next round is measured only while agreement stays under the minimum."""
+def _keeps(options: LMQuantizeOptions, route: str, exact: bool = False) -> list[tuple[str, ...]]:
+    """Rounds of keep_fp settings: the next round is measured only while agreement stays under the minimum. For a
+    Q4_1 source (``exact``) ``lm_head`` comes first: its head and embeddings are the file's own (Q8_0 blocks, or
+    fp32), so every weight is the source's; the smaller settings would round them again."""
     if options.keep_fp != "auto":
         return [(options.keep_fp,)]
+    if exact:
+        return [("lm_head",), ("none", "lm_head_int8")]
     if route != "builder" or options.precision == "int8":  # mixed precision is the builder's int4 feature
         return [("none",), ("lm_head",)]
     return [("none", "lm_head_int8"), ("mixed",), ("lm_head",)]
 
 
 def _measure_keeps(folder: Path, route: str, options: LMQuantizeOptions, refs: list, work: Path,
-                   failures: list[dict]) -> list[Candidate]:
+                   failures: list[dict], exact: bool = False) -> list[Candidate]:
     measured: list[Candidate] = []
-    for round_ in _keeps(options, route):
+    for round_ in _keeps(options, route, exact):
         if measured and max(c.agreement for c in measured) >= options.min_agreement:
             break
         if measured:
@@ -214,6 +232,10 @@ def _check(options: LMQuantizeOptions) -> None:
     for a in (options.accuracy_level, *options.accuracy_levels):
         if a not in (0, 1, 2, 3, 4):
             raise InputError(f"Invalid accuracy_level {a}", "MatMulNBits takes 1 to 4", "Pass 1 (fp32) or 4 (int8)")
+    if options.precision == "int8" and options.accuracy_level not in (0, LEVEL_8BIT):
+        raise InputError(f"accuracy_level {options.accuracy_level} with int8 weights",
+                         "ONNX Runtime's 8-bit MatMulNBits below level 4 de-quantizes the whole weight on every call "
+                         "(~50x slower than level 4)", "Drop --accuracy-level, or pass 4")
 
 
 def _references(folder: Path, options: LMQuantizeOptions) -> list[tuple[list[int], list[int]]]:
@@ -239,6 +261,8 @@ def _measure_all(folder: Path, route: str, options: LMQuantizeOptions, refs: lis
                  keeps: tuple[str, ...], failures: list[dict]) -> list[Candidate]:
     blocks = (options.block_size,) if options.block_size else options.block_sizes
     levels = (options.accuracy_level,) if options.accuracy_level else options.accuracy_levels
+    if options.precision == "int8":  # every MatMulNBits is 8-bit: one level (LEVEL_8BIT), whatever is listed
+        levels = (LEVEL_8BIT,)
     out = []
     for keep in keeps:
         if keep in ("lm_head_int8", "mixed") and (route != "builder" or options.precision != "int4"):
@@ -322,7 +346,9 @@ def build_quantized(folder: Path, out: Path, route: str, precision: str, block: 
         blocks = q4_1_weights(folder) if source_blocks and precision == "int4" and block == BLOCK else {}
         if blocks:
             info = apply_source_blocks(out / ONNX_NAME, blocks)
-            if info["matmuls"]:
+            q8 = apply_q8_0(out / ONNX_NAME) if keep == "lm_head" else {}  # Q8_0 head / embeddings: exact, not fp32
+            info.update(q8)
+            if info["matmuls"] or q8:
                 (out / SOURCE_BLOCKS).write_text(json.dumps(info))
         return
     fp32 = out / "fp32"
@@ -392,16 +418,18 @@ def lm_head_node(model) -> str | None:
 
 
 def set_accuracy_level(onnx_path: Path, level: int) -> int:
-    """Rewrite ``accuracy_level`` on every MatMulNBits node (weights stay in the external data file)."""
+    """Rewrite ``accuracy_level`` on every 4-bit MatMulNBits node (weights stay in the external data file); 8-bit
+    nodes stay at 4 (:data:`LEVEL_8BIT`). Returns how many nodes were set to ``level``."""
     onnx = require("onnx")
     model = onnx.load(str(onnx_path), load_external_data=False)
     count = 0
     for node in model.graph.node:
         if node.op_type == "MatMulNBits":
+            eight = any(a.name == "bits" and a.i == 8 for a in node.attribute)
             attrs = [a for a in node.attribute if a.name != "accuracy_level"]
             del node.attribute[:]
-            node.attribute.extend([*attrs, onnx.helper.make_attribute("accuracy_level", level)])
-            count += 1
+            node.attribute.extend([*attrs, onnx.helper.make_attribute("accuracy_level", LEVEL_8BIT if eight else level)])
+            count += not eight
     onnx.save_model(model, str(onnx_path))
     return count
 

@@ -54,12 +54,13 @@ def test_int8_dynamo_keeps_lm_head_in_fp32(tmp_path):
     from edgekit.llm.quantize import LMQuantizeOptions, quantize_lm
 
     src = build_tiny_lm(tmp_path / "gpt2", "gpt2")
-    options = LMQuantizeOptions(precision="int8", block_size=32, accuracy_level=1, keep_fp="lm_head",
+    options = LMQuantizeOptions(precision="int8", block_size=32, keep_fp="lm_head",
                                 route="dynamo", prompts=tuple(PROMPTS[:2]), tokens=8,
                                 cache_dir=str(tmp_path / "cache"))
     art = quantize_lm(src, tmp_path / "int8", options)
     q = art.manifest["llm"]["quantization"]
     assert q["fp32_fallback"] == ["lm_head", "embed_tokens"] and len(q["measurements"]) == 1
+    assert q["accuracy_level"] == 4  # 8-bit MatMulNBits run at level 4 only (level 1 de-quantizes every call)
     import onnx
 
     graph = onnx.load(str(art.model_file), load_external_data=False).graph
@@ -67,7 +68,7 @@ def test_int8_dynamo_keeps_lm_head_in_fp32(tmp_path):
     assert producers["logits"].op_type == "MatMul"  # lm_head left in fp32
     assert any(n.op_type == "MatMulNBits" and any(a.name == "bits" and a.i == 8 for a in n.attribute)
                for n in graph.node)
-    # int8 weight-only with fp32 activations keeps greedy decoding of a tiny model close to PyTorch
+    # int8 weight-only keeps greedy decoding of a tiny model close to PyTorch
     assert q["chosen"]["greedy_agreement"] >= 0.5
     _loads_and_decodes(art)
 
@@ -98,6 +99,7 @@ def test_auto_measures_fallbacks_in_order_of_size():
     assert _keeps(LMQuantizeOptions(precision="int8"), "builder") == [("none",), ("lm_head",)]
     assert _keeps(LMQuantizeOptions(), "dynamo") == [("none",), ("lm_head",)]
     assert _keeps(LMQuantizeOptions(keep_fp="mixed"), "builder") == [("mixed",)]
+    assert _keeps(LMQuantizeOptions(), "builder", exact=True)[0] == ("lm_head",)  # a Q4_1 source: its own blocks first
 
 
 @needs_toolchain
@@ -128,7 +130,8 @@ def test_bad_options_are_one_line_errors():
     from edgekit.llm.quantize import LMQuantizeOptions, _check
 
     for bad in (LMQuantizeOptions(precision="int3"), LMQuantizeOptions(block_size=48),
-                LMQuantizeOptions(accuracy_level=7), LMQuantizeOptions(keep_fp="everything")):
+                LMQuantizeOptions(accuracy_level=7), LMQuantizeOptions(keep_fp="everything"),
+                LMQuantizeOptions(precision="int8", accuracy_level=1)):
         with pytest.raises(InputError) as err:
             _check(bad)
         assert "\n" not in str(err.value)

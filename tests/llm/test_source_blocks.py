@@ -31,8 +31,17 @@ def _q4_1(w: np.ndarray) -> np.ndarray:
     return (d * q + lo).reshape(n, k)
 
 
-def _q4_1_model(tmp_path: Path) -> Path:
-    """A tiny Llama whose every linear weight (lm_head included) is Q4_1 blocks."""
+def _q8_0(w: np.ndarray) -> np.ndarray:
+    """llama.cpp's Q8_0 round trip: fp16 d = absmax / 127 per block of 32, q = round(w / d)."""
+    n, k = w.shape
+    b = w.reshape(n, k // 32, 32).astype(np.float32)
+    d = (np.abs(b).max(-1, keepdims=True) / 127).astype(np.float16).astype(np.float32)
+    return (d * np.clip(np.rint(b / np.where(d == 0, 1, d)), -128, 127)).reshape(n, k)
+
+
+def _q4_1_model(tmp_path: Path, head: str = "q4_1") -> Path:
+    """A tiny Llama whose every linear weight is Q4_1 blocks (lm_head too, or with ``head="q8_0"`` the head and the
+    embedding table Q8_0)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -41,8 +50,12 @@ def _q4_1_model(tmp_path: Path) -> Path:
     with torch.no_grad():
         for name, module in model.named_modules():
             if isinstance(module, torch.nn.Linear):
-                module.weight.copy_(torch.from_numpy(_q4_1(module.weight.numpy())))
-    out = tmp_path / "q4_1"
+                blocks = _q8_0 if head == "q8_0" and name == "lm_head" else _q4_1
+                module.weight.copy_(torch.from_numpy(blocks(module.weight.numpy())))
+        if head == "q8_0":  # the embedding table too, as in SmolLM2's GGUF
+            table = model.get_input_embeddings().weight
+            table.copy_(torch.from_numpy(_q8_0(table.numpy())))
+    out = tmp_path / f"q4_1-{head}"
     model.save_pretrained(str(out))
     for f in src.iterdir():
         if f.is_file() and not (out / f.name).exists():
@@ -63,6 +76,52 @@ def test_recovery_is_bit_for_bit_or_refused():
     shifted = blocks.copy()
     shifted[0, 5] += 1e-3  # one weight off its grid: the whole tensor is refused
     assert recover_q4_1(shifted) is None
+
+
+def test_q8_0_recovery_is_bit_for_bit_or_refused():
+    from edgekit.llm.source_blocks import recover_q8_0
+
+    w = np.random.default_rng(1).standard_normal((8, 64)).astype(np.float32)
+    assert recover_q8_0(w) is None and recover_q8_0(_q8_0(w)[:, :40]) is None
+    q, d = recover_q8_0(_q8_0(w))
+    assert q.dtype == np.int8 and d.shape == (8, 2)
+    np.testing.assert_array_equal(np.repeat(d, 32, 1) * q, _q8_0(w))
+    assert recover_q8_0(_q4_1(w)) is None  # another format is refused, not approximated
+
+
+@needs_genai
+def test_a_q8_0_head_and_table_are_kept_exactly_as_8_bit(tmp_path):
+    import onnx
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgekit.llm.loop import DecoderSession
+    from edgekit.llm.quantize import build_quantized, set_accuracy_level
+    from edgekit.llm.validate import encode_prompts
+
+    src = _q4_1_model(tmp_path, head="q8_0")
+    out = tmp_path / "int4"
+    build_quantized(src, out, "builder", "int4", 32, "lm_head", source_blocks=True)
+    record = json.loads((out / "source_blocks.json").read_text())
+    assert record["matmuls"] == 2 * 5 and record["lm_head"]["format"].startswith("Q8_0")
+    assert record["embed_tokens"]["how"].startswith("GatherBlockQuantized")
+    assert set_accuracy_level(out / "model.onnx", 1) == 2 * 5  # the 8-bit head is not set to 1
+    model = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    nbits = {n.name: {a.name: a.i for a in n.attribute} for n in model.graph.node if n.op_type == "MatMulNBits"}
+    head = nbits[record["lm_head"]["node"]]
+    assert head["bits"] == 8 and head["accuracy_level"] == 4
+    assert {v["accuracy_level"] for k, v in nbits.items() if v["bits"] == 4} == {1}
+    for node in model.graph.node:  # level 1 on the head too, for this check only: fp32 activations throughout
+        if node.name == record["lm_head"]["node"]:
+            next(a for a in node.attribute if a.name == "accuracy_level").i = 1
+    onnx.save_model(model, str(out / "model.onnx"))
+    ids = encode_prompts(AutoTokenizer.from_pretrained(str(src)), PROMPTS)[0]
+    with torch.no_grad():
+        ref = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32).eval()(torch.tensor([ids]))
+    decoder = DecoderSession(out / "model.onnx", threads=1)
+    seq = np.asarray([ids])
+    logits = decoder.session.run(None, decoder.feeds(seq, np.ones_like(seq), decoder.empty_cache(1)))[0][0]
+    assert float(np.abs(logits - ref.logits[0].numpy()).max()) < 1e-4  # the codes, scales and zero point 128
 
 
 @needs_genai
