@@ -61,8 +61,9 @@ def export_lm_cmd(model, out, route, validation_tokens, atol, prompts, cache_dir
 @click.option("--accuracy-levels", default="4,1", show_default=True, callback=_csv_ints)
 @click.option("--keep-fp", type=click.Choice(["auto", "none", "lm_head_int8", "mixed", "lm_head"]), default="auto", show_default=True,
               help="What stays at higher precision: lm_head_int8 (last MatMul int8), mixed (k-quant, lm_head and "
-                   "sensitive layers int8), lm_head (lm_head + embeddings fp32); auto measures them in that order "
-                   "while agreement is under --min-agreement.")
+                   "sensitive layers int8), lm_head (lm_head + embeddings fp32, or a GGUF's own Q8_0 blocks); auto "
+                   "measures them in that order while agreement is under --min-agreement (lm_head first for a Q4_1 "
+                   "source).")
 @click.option("--min-agreement", default=0.90, show_default=True, type=float,
               help="Teacher-forced greedy agreement under which auto measures the next fallback.")
 @click.option("--route", type=click.Choice(["auto", "builder", "dynamo"]), default="auto", show_default=True)

@@ -428,7 +428,8 @@ def set_accuracy_level(onnx_path: Path, level: int) -> int:
             eight = any(a.name == "bits" and a.i == 8 for a in node.attribute)
             attrs = [a for a in node.attribute if a.name != "accuracy_level"]
             del node.attribute[:]
-            node.attribute.extend([*attrs, onnx.helper.make_attribute("accuracy_level", LEVEL_8BIT if eight else level)])
+            value = LEVEL_8BIT if eight else level
+            node.attribute.extend([*attrs, onnx.helper.make_attribute("accuracy_level", value)])
             count += not eight
     onnx.save_model(model, str(onnx_path))
     return count

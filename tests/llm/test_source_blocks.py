@@ -152,6 +152,12 @@ def test_the_int4_graph_computes_the_sources_logits(tmp_path):
         assert (out / "source_blocks.json").is_file() == exact
     record = json.loads((tmp_path / "int4-True" / "source_blocks.json").read_text())
     assert record["matmuls"] == 2 * 5 + 1 and record["left_to_the_builder"] == []  # qkv fused, gate, up, down, o
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "int4-True" / "model.onnx"), load_external_data=False).graph
+    inputs = {n.input[0] for n in graph.node if n.op_type == "MatMulNBits"}
+    sums = sum(n.op_type == "ReduceSum" and n.name.endswith("_BlockSum") for n in graph.node)
+    assert sums == len(inputs) == 2 * 4 + 1  # once per input: gate and up share theirs
     assert errors[True] < 1e-4 and errors[False] > 100 * errors[True], errors  # re-rounding: a second error
 
 
