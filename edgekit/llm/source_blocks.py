@@ -11,14 +11,14 @@ block-32 ``MatMulNBits`` nodes to carry exactly those codes:
 
 where ``S(x)`` [..., K/32] sums each block of x (a Reshape + ReduceSum, once per input: the gate and up
 projections share one) and ``m + 8d`` [N, K/32] is each block's constant: one small MatMul and an Add more per
-layer. ONNX Runtime's float zero points would express ``m`` directly but run ~25x slower on the CPU (measured:
+MatMulNBits. ONNX Runtime's float zero points would express ``m`` directly but run ~25x slower on the CPU (measured:
 3.0 ms against 0.125 ms for a 576 x 1536 layer), so they are not used. The codes are centred on the default zero
 point 8 rather than given an explicit zero point 0: no zero point input is faster, and at ``accuracy_level`` 4
 (int8 activations) the activations' rounding error is multiplied by ``q - 8`` instead of ``q`` (SmolLM2 through
-the SST-2 gate: teacher-forced agreement 0.932 with zero point 0, 0.976 centred; accuracy +5.5 pt against
--0.25 pt). At level 1 the two agree to fp32 rounding. The block term costs ~18 % of the decode speed (measured
-against the same graph without it): 6 bits per weight are read where llama.cpp's Q4_1 reads 5 (fp32 d and
-m + 8d beside the 4-bit codes, where the file has fp16).
+the SST-2 gate: teacher-forced agreement 0.93-0.94 and perplexity x1.012 with zero point 0, 0.96-0.98 and
+x1.002-1.004 centred; bench/llm.md (1d)). At level 1 the two agree to fp32 rounding. The block term costs ~15 %
+of the decode speed (the same graph without it decodes 1.18x faster): 6 bits per weight are read where llama.cpp's
+Q4_1 reads 5 (fp32 d and m + 8d beside the 4-bit codes, where the file has fp16).
 Q4_0 sources (``d * (q - 8)``) need none of this: the builder's symmetric rounding already reproduces them.
 
 The LM head and embeddings of such a file are often Q8_0 (``d * q``, q in -128..127, fp16 d per block of 32;
