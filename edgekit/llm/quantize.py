@@ -56,8 +56,9 @@ from .validate import PROMPTS, encode_prompts, load_causal_lm, torch_greedy
 
 PRECISIONS = ("int4", "int8")
 #: accuracy_level of every 8-bit MatMulNBits: at level 1 ONNX Runtime (1.32, x86) de-quantizes the whole weight on
-#: every call: 141 ms against 2.8 ms at level 4 for SmolLM2's 49152 x 576 head, one decode step, 2 threads (an
-#: fp32 MatMul: 5.5 ms). An int8 head at level 1 is what made quantize-lm's level-1 lm_head_int8 candidates ~3 tok/s.
+#: every call: 172 ms against 3.3 ms at level 4 for SmolLM2's 49152 x 576 head, one decode step, 2 threads (an
+#: fp32 MatMul: 7.2 ms; bench/llm/matmulnbits_kernels.py). An int8 head at level 1 is what made quantize-lm's
+#: level-1 lm_head_int8 candidates ~3 tok/s.
 LEVEL_8BIT = 4
 SOURCE_BLOCKS = "source_blocks.json"  # a candidate's record of apply_source_blocks (read into the manifest)
 KEEP = ("auto", "none", "lm_head_int8", "mixed", "lm_head")

@@ -11,19 +11,20 @@ block-32 ``MatMulNBits`` nodes to carry exactly those codes:
 
 where ``S(x)`` [..., K/32] sums each block of x (a Reshape + ReduceSum, once per input: the gate and up
 projections share one) and ``m + 8d`` [N, K/32] is each block's constant: one small MatMul and an Add more per
-MatMulNBits. ONNX Runtime's float zero points would express ``m`` directly but run ~25x slower on the CPU (measured:
-3.0 ms against 0.125 ms for a 576 x 1536 layer), so they are not used. The codes are centred on the default zero
-point 8 rather than given an explicit zero point 0: no zero point input is faster, and at ``accuracy_level`` 4
-(int8 activations) the activations' rounding error is multiplied by ``q - 8`` instead of ``q`` (SmolLM2 through
-the SST-2 gate: teacher-forced agreement 0.93-0.94 and perplexity x1.012 with zero point 0, 0.96-0.98 and
-x1.002-1.004 centred; bench/llm.md (1d)). At level 1 the two agree to fp32 rounding. The block term costs ~15 %
-of the decode speed (the same graph without it decodes 1.18x faster): 6 bits per weight are read where llama.cpp's
-Q4_1 reads 5 (fp32 d and m + 8d beside the 4-bit codes, where the file has fp16).
+MatMulNBits. ONNX Runtime's float zero points would express ``m`` directly but run ~25x slower on the CPU
+(1.93 ms against 0.078 ms for a 576 x 1536 layer, bench/llm/matmulnbits_kernels.py), so they are not used. The
+codes are centred on the default zero point 8 rather than given an explicit zero point 0: no zero point input is
+faster, and at ``accuracy_level`` 4 (int8 activations) the activations' rounding error is multiplied by ``q - 8``
+instead of ``q`` (SmolLM2 through the SST-2 gate: teacher-forced agreement 0.93-0.94 and perplexity x1.012 with
+zero point 0, 0.96-0.98 and x1.002-1.004 centred; bench/llm.md (1d)). At level 1 the two agree to fp32 rounding.
+The block term costs ~15 % of the decode speed (the same graph without it decodes 1.18x faster): 6 bits per
+weight are read where llama.cpp's Q4_1 reads 5 (fp32 d and m + 8d beside the 4-bit codes, where the file has
+fp16).
 Q4_0 sources (``d * (q - 8)``) need none of this: the builder's symmetric rounding already reproduces them.
 
 The LM head and embeddings of such a file are often Q8_0 (``d * q``, q in -128..127, fp16 d per block of 32;
 SmolLM2's tied embedding is): :func:`apply_q8_0` writes them as 8-bit blocks with exactly those codes, where the
-builder would leave them fp32 (4x the bytes; the head also ~2x slower at decode: 5.5 ms against 2.8 ms per
+builder would leave them fp32 (4x the bytes; the head also ~2x slower at decode: 7.2 ms against 3.3 ms per
 token for SmolLM2's 49152 x 576 head on 2 AVX2 cores) or round them again.
 """
 
@@ -231,7 +232,7 @@ def apply_q8_0(onnx_path: Path) -> dict:
 
     - the fp32 MatMul producing ``logits``, when its weight is exactly Q8_0 blocks (:func:`recover_q8_0`): an 8-bit
       block-32 MatMulNBits at ``accuracy_level`` 4 (ONNX Runtime's 8-bit kernel at level 1 de-quantizes the whole
-      weight on every call: 141 ms against 2.8 ms per decode step for SmolLM2's head, measured);
+      weight on every call: 172 ms against 3.3 ms per decode step for SmolLM2's head, measured);
     - an fp32 embedding Gather whose table is exactly Q8_0 along the hidden axis: a GatherBlockQuantized over the
       uint8 codes (bits 8, default zero point 128), a quarter of the bytes.
     """
