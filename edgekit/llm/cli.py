@@ -90,6 +90,7 @@ def quantize_lm_cmd(model, out, precision, block_size, accuracy_level, block_siz
     from ..data import load_dataset
     from .prompts import DEFAULT_TEMPLATE, template as make_template
     from .quantize import LMQuantizeOptions, quantize_lm
+    from .source_blocks import Q8_0_KEPT
 
     calibration: tuple[str, ...] = ()
     if calibration_data:
@@ -107,7 +108,7 @@ def quantize_lm_cmd(model, out, precision, block_size, accuracy_level, block_siz
     kept += f", AWQ error {q['awq']['output_error_vs_rtn']:.3f}x rounding" if q.get("awq") else ""
     kept += f", the source's Q4_1 blocks kept in {q['source_blocks']['matmuls']} MatMuls" if q.get("source_blocks") \
         else ""
-    q8 = [name for name in ("lm_head", "embed_tokens") if name in (q.get("source_blocks") or {})]
+    q8 = [name for name in Q8_0_KEPT if name in (q.get("source_blocks") or {})]
     kept += f", Q8_0 kept as 8-bit blocks: {', '.join(q8)}" if q8 else ""
     click.echo(f"Quantized to {art.model_file} ({precision}, block {q['block_size']}, accuracy_level "
                f"{q['accuracy_level']}{kept}; {size:.1f} MB): greedy agreement {q['chosen']['greedy_agreement']:.3f}, "

@@ -51,7 +51,7 @@ from .export import _inputs, choose_route, dynamo_export
 from .layout import dims, finish_folder, llm_section
 from .loop import DecoderSession, agreement, greedy
 from .source import check_causal_lm, resolve_source
-from .source_blocks import BLOCK, apply_q8_0, apply_source_blocks, linear_modules, q4_1_weights
+from .source_blocks import BLOCK, Q8_0_KEPT, linear_modules, q4_1_weights, rewrite
 from .validate import PROMPTS, encode_prompts, load_causal_lm, torch_greedy
 
 PRECISIONS = ("int4", "int8")
@@ -174,7 +174,7 @@ def _fp32_kept(keep: str, kept_blocks: dict | None) -> list[str]:
     """What ``keep`` leaves fp32: with ``lm_head``, the head and embeddings but those kept as the source's Q8_0."""
     if keep != "lm_head":
         return []
-    return [name for name in ("lm_head", "embed_tokens") if name not in (kept_blocks or {})]
+    return [name for name in Q8_0_KEPT if name not in (kept_blocks or {})]
 
 
 def choose(measured: list[Candidate], slack: float) -> Candidate:
@@ -233,10 +233,19 @@ def _check(options: LMQuantizeOptions) -> None:
     for a in (options.accuracy_level, *options.accuracy_levels):
         if a not in (0, 1, 2, 3, 4):
             raise InputError(f"Invalid accuracy_level {a}", "MatMulNBits takes 1 to 4", "Pass 1 (fp32) or 4 (int8)")
-    if options.precision == "int8" and options.accuracy_level not in (0, LEVEL_8BIT):
+    _levels(options)
+
+
+def _levels(options: LMQuantizeOptions) -> tuple[int, ...]:
+    """The accuracy levels to measure. int8 has one, :data:`LEVEL_8BIT`, whatever is listed (the same rule
+    :func:`set_accuracy_level` applies to 8-bit nodes in an int4 graph); asking for another is an error."""
+    if options.precision != "int8":
+        return (options.accuracy_level,) if options.accuracy_level else options.accuracy_levels
+    if options.accuracy_level not in (0, LEVEL_8BIT):
         raise InputError(f"accuracy_level {options.accuracy_level} with int8 weights",
                          "ONNX Runtime's 8-bit MatMulNBits below level 4 de-quantizes the whole weight on every call "
                          "(~50x slower than level 4)", "Drop --accuracy-level, or pass 4")
+    return (LEVEL_8BIT,)
 
 
 def _references(folder: Path, options: LMQuantizeOptions) -> list[tuple[list[int], list[int]]]:
@@ -261,9 +270,7 @@ def _references(folder: Path, options: LMQuantizeOptions) -> list[tuple[list[int
 def _measure_all(folder: Path, route: str, options: LMQuantizeOptions, refs: list, work: Path,
                  keeps: tuple[str, ...], failures: list[dict]) -> list[Candidate]:
     blocks = (options.block_size,) if options.block_size else options.block_sizes
-    levels = (options.accuracy_level,) if options.accuracy_level else options.accuracy_levels
-    if options.precision == "int8":  # every MatMulNBits is 8-bit: one level (LEVEL_8BIT), whatever is listed
-        levels = (LEVEL_8BIT,)
+    levels = _levels(options)
     out = []
     for keep in keeps:
         if keep in ("lm_head_int8", "mixed") and (route != "builder" or options.precision != "int4"):
@@ -346,10 +353,9 @@ def build_quantized(folder: Path, out: Path, route: str, precision: str, block: 
         genai_builder.build(folder, out, precision, extra)
         blocks = q4_1_weights(folder) if source_blocks and precision == "int4" and block == BLOCK else {}
         if blocks:
-            info = apply_source_blocks(out / ONNX_NAME, blocks)
-            q8 = apply_q8_0(out / ONNX_NAME) if keep == "lm_head" else {}  # Q8_0 head / embeddings: exact, not fp32
-            info.update(q8)
-            if info["matmuls"] or q8:
+            # with keep lm_head, a Q8_0 head / embedding table is kept as the source's 8-bit blocks, not fp32
+            info = rewrite(out / ONNX_NAME, blocks, q8_0=keep == "lm_head")
+            if info["matmuls"] or any(name in info for name in Q8_0_KEPT):
                 (out / SOURCE_BLOCKS).write_text(json.dumps(info))
         return
     fp32 = out / "fp32"

@@ -105,7 +105,8 @@ def test_a_q8_0_head_and_table_are_kept_exactly_as_8_bit(tmp_path):
     record = json.loads((out / "source_blocks.json").read_text())
     assert record["matmuls"] == 2 * 5 and record["lm_head"]["format"].startswith("Q8_0")
     assert record["embed_tokens"]["how"].startswith("GatherBlockQuantized")
-    assert set_accuracy_level(out / "model.onnx", 1) == 2 * 5  # the 8-bit head is not set to 1
+    # qkv, o, gate + up (packed into one), down per layer; the 8-bit head is not set to 1
+    assert set_accuracy_level(out / "model.onnx", 1) == 2 * 4
     model = onnx.load(str(out / "model.onnx"), load_external_data=False)
     nbits = {n.name: {a.name: a.i for a in n.attribute} for n in model.graph.node if n.op_type == "MatMulNBits"}
     head = nbits[record["lm_head"]["node"]]
@@ -157,7 +158,9 @@ def test_the_int4_graph_computes_the_sources_logits(tmp_path):
     graph = onnx.load(str(tmp_path / "int4-True" / "model.onnx"), load_external_data=False).graph
     inputs = {n.input[0] for n in graph.node if n.op_type == "MatMulNBits"}
     sums = sum(n.op_type == "ReduceSum" and n.name.endswith("_BlockSum") for n in graph.node)
-    assert sums == len(inputs) == 2 * 4 + 1  # once per input: gate and up share theirs
+    matmuls = sum(n.op_type == "MatMulNBits" for n in graph.node)
+    assert sums == len(inputs) == matmuls == 2 * 4 + 1  # once per input: gate and up packed into one MatMulNBits
+    assert record["packed"] == [[f"model.layers.{i}.mlp.{p}_proj" for p in ("gate", "up")] for i in range(2)]
     assert errors[True] < 1e-4 and errors[False] > 100 * errors[True], errors  # re-rounding: a second error
 
 
@@ -178,3 +181,38 @@ def test_quantize_lm_keeps_the_blocks_and_skips_the_fit(tmp_path, capsys):
         precision="int4", block_size=32, accuracy_levels=(1,), keep_fp="none", source_blocks=False,
         prompts=tuple(PROMPTS), tokens=8, cache_dir=str(tmp_path / "cache")))
     assert plain.manifest["llm"]["quantization"]["source_blocks"] is None
+
+
+@pytest.mark.parametrize("rank", [3, 2])
+def test_the_block_term_matches_the_weights_on_hidden_states_and_on_other_ranks(rank):
+    """One MatMulNBits rewritten alone: [batch, seq, K] hidden states (a graph with input_ids) sum blocks by Reshape +
+    ReduceSum; any other input (no input_ids) by a MatMul with a 0/1 matrix. Both compute x @ (d * q + m)^T."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekit.llm.source_blocks import apply_source_blocks, recover_q4_1
+
+    n, k = 40, 96
+    w = _q4_1(np.random.default_rng(0).standard_normal((n, k)).astype(np.float32))
+    blocks = {"proj": recover_q4_1(w)}
+    shape = [2, 3, k] if rank == 3 else [5, k]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)]
+    if rank == 3:
+        inputs.append(helper.make_tensor_value_info("input_ids", TensorProto.INT64, shape[:2]))
+    inits = [numpy_helper.from_array(np.zeros((n, k // 32, 16), np.uint8), "proj.MatMul.weight_Q4"),
+             numpy_helper.from_array(np.ones(n * k // 32, np.float32), "proj.MatMul.weight_scales")]
+    node = helper.make_node("MatMulNBits", ["x", *(i.name for i in inits)], ["y"], name="/proj/MatMul_Q4",
+                            domain="com.microsoft", K=k, N=n, bits=4, block_size=32, accuracy_level=1)
+    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              inits)
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    record = apply_source_blocks(model, blocks)
+    assert record["matmuls"] == 1
+    sums = [n.op_type for n in model.graph.node if n.name.endswith("_BlockSum")]
+    assert sums == (["ReduceSum"] if rank == 3 else ["MatMul"])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    feed = {"x": x, **({"input_ids": np.zeros(shape[:2], np.int64)} if rank == 3 else {})}
+    got = session.run(None, feed)[0]
+    np.testing.assert_allclose(got, x @ w.T, atol=1e-4, rtol=1e-4)
