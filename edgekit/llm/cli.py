@@ -59,11 +59,13 @@ def export_lm_cmd(model, out, route, validation_tokens, atol, prompts, cache_dir
               help="MatMulNBits accuracy_level (1 fp32, 4 int8 activations); 0 = measure --accuracy-levels.")
 @click.option("--block-sizes", default="32,128", show_default=True, callback=_csv_ints)
 @click.option("--accuracy-levels", default="4,1", show_default=True, callback=_csv_ints)
-@click.option("--keep-fp", type=click.Choice(["auto", "none", "lm_head_int8", "mixed", "lm_head"]), default="auto", show_default=True,
+@click.option("--keep-fp", type=click.Choice(["auto", "none", "lm_head_int8", "mixed", "shortlist", "lm_head"]),
+              default="auto", show_default=True,
               help="What stays at higher precision: lm_head_int8 (last MatMul int8), mixed (k-quant, lm_head and "
-                   "sensitive layers int8), lm_head (lm_head + embeddings fp32, or a GGUF's own Q8_0 blocks); auto "
-                   "measures them in that order while agreement is under --min-agreement (lm_head first for a Q4_1 "
-                   "source).")
+                   "sensitive layers int8), lm_head (lm_head + embeddings fp32, or a GGUF's own Q8_0 blocks), "
+                   "shortlist (a GGUF's Q8_0 head: an int4 copy picks each position's 64 highest logits, computed "
+                   "again from the Q8_0 rows); auto measures them in that order while agreement is under "
+                   "--min-agreement (lm_head and shortlist first for a Q4_1 source).")
 @click.option("--min-agreement", default=0.90, show_default=True, type=float,
               help="Teacher-forced greedy agreement under which auto measures the next fallback.")
 @click.option("--route", type=click.Choice(["auto", "builder", "dynamo"]), default="auto", show_default=True)

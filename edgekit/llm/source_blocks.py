@@ -12,11 +12,12 @@ block-32 ``MatMulNBits`` nodes to carry exactly those codes:
 where ``S(x)`` [..., K/32] sums each block of x (a Reshape + ReduceSum, once per input) and ``m + 8d``
 [N, K/32] is each block's constant: one small MatMul and an Add more per MatMulNBits. MatMulNBits that read the
 same input (the builder's separate gate and up projections) are packed into one, with one block-term MatMul and
-Add, and split after: the same numbers (each output column is the same dot product), two nodes fewer per layer. ONNX Runtime's float zero points would express ``m`` directly but run ~25x slower on the CPU
-(1.93 ms against 0.078 ms for a 576 x 1536 layer, bench/llm/matmulnbits_kernels.py), so they are not used. The
-codes are centred on the default zero point 8 rather than given an explicit zero point 0: no zero point input is
-faster, and at ``accuracy_level`` 4 (int8 activations) the activations' rounding error is multiplied by ``q - 8``
-instead of ``q`` (SmolLM2 through the SST-2 gate: teacher-forced agreement 0.93-0.94 and perplexity x1.012 with
+Add, and split after: the same numbers (each output column is the same dot product), two nodes fewer per layer.
+ONNX Runtime's float zero points would express ``m`` directly but run ~25x slower on the CPU (1.93 ms against
+0.078 ms for a 576 x 1536 layer, bench/llm/matmulnbits_kernels.py), so they are not used. The codes are centred
+on the default zero point 8 rather than given an explicit zero point 0: no zero point input is faster, and at
+``accuracy_level`` 4 (int8 activations) the activations' rounding error is multiplied by ``q - 8`` instead of
+``q`` (SmolLM2 through the SST-2 gate: teacher-forced agreement 0.93-0.94 and perplexity x1.012 with
 zero point 0, 0.96-0.98 and x1.002-1.004 centred; bench/llm.md (1d)). At level 1 the two agree to fp32 rounding.
 The block term costs ~15 % of the decode speed (the same graph without it decodes 1.18x faster): 6 bits per
 weight are read where llama.cpp's Q4_1 reads 5 (fp32 d and m + 8d beside the 4-bit codes, where the file has
@@ -46,16 +47,19 @@ FUSED = {"attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_
 RENAMED = {"attn.": "self_attn."}
 #: what :func:`apply_q8_0` can keep as the source's 8-bit blocks, by the names the manifest records them under
 Q8_0_KEPT = ("lm_head", "embed_tokens")
+#: logits per position a shortlisted head computes from the Q8_0 rows (:func:`apply_q8_0`): greedy decoding and
+#: top-k sampling up to this k see exactly the Q8_0 head's values wherever its choice is among the int4 copy's
+SHORTLIST = 64
 
 
-def rewrite(onnx_path: Path, blocks: dict, q8_0: bool) -> dict:
+def rewrite(onnx_path: Path, blocks: dict, q8_0: bool, shortlist: int = 0) -> dict:
     """:func:`apply_source_blocks` and, with ``q8_0``, :func:`apply_q8_0` on ``onnx_path``: one load, one save
     (only when something was rewritten). Returns their records merged, for the manifest."""
     onnx = require("onnx")
     model = onnx.load(str(onnx_path))
     info = apply_source_blocks(model, blocks)
     if q8_0:
-        info.update(apply_q8_0(model))
+        info.update(apply_q8_0(model, shortlist))
     if info["matmuls"] or any(name in info for name in Q8_0_KEPT):
         _save(model, onnx_path)
     return info
@@ -270,22 +274,29 @@ def _block_sums(graph, inits: dict, node, k: int, sums: str, rank3: bool) -> lis
     return [helper.make_node("MatMul", [node.input[0], e_name], [sums], name=f"{node.name}_BlockSum")]
 
 
-def apply_q8_0(model) -> dict:
+def apply_q8_0(model, shortlist: int = 0) -> dict:
     """Carry a Q8_0 LM head and embedding table of ``model`` (changed in place) exactly. Returns
     ``{"lm_head": ..., "embed_tokens": ...}`` (:data:`Q8_0_KEPT`) for what was rewritten (``{}``: nothing).
 
     - the fp32 MatMul producing ``logits``, when its weight is exactly Q8_0 blocks (:func:`recover_q8_0`): an 8-bit
       block-32 MatMulNBits at ``accuracy_level`` 4 (ONNX Runtime's 8-bit kernel at level 1 de-quantizes the whole
       weight on every call: 172 ms against 3.3 ms per decode step for SmolLM2's head, measured);
+    - with ``shortlist`` > 0, instead, an int4 copy of that head (:func:`int4_blocks`: 16 MB read per token for
+      SmolLM2 where the Q8_0 head reads 32) picks each position's ``shortlist`` highest logits (TopK), and those are
+      computed again from the Q8_0 rows (GatherBlockQuantized + an fp32 MatMul) and written over the int4 ones
+      (:func:`_shortlisted`). The other logits stay the int4 copy's: greedy tokens are the Q8_0 head's whenever
+      its choice is in the shortlist, a perplexity or a sampling temperature also sees the int4 tail;
     - an fp32 embedding Gather whose table is exactly Q8_0 along the hidden axis: a GatherBlockQuantized over the
-      uint8 codes (bits 8, default zero point 128), a quarter of the bytes.
+      uint8 codes (bits 8, default zero point 128), a quarter of the bytes. A shortlisted head whose rows are the
+      same (tied embeddings) reads this table instead of a copy.
     """
     from onnx import helper, numpy_helper
 
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     done: dict = {}
-    for node in graph.node:
+    tables: list[tuple[str, np.ndarray, np.ndarray]] = []  # (name, codes, scales) of the Q8_0 tables written
+    for node in list(graph.node):
         head = node.op_type == "MatMul" and "logits" in node.output and node.input[1] in inits
         table = node.op_type == "Gather" and node.input[0] in inits and "embed" in node.name
         if not (head or table):
@@ -298,23 +309,86 @@ def apply_q8_0(model) -> dict:
         q, d = blocks
         rows, k = q.shape
         codes = (q.astype(np.int16) + 128).astype(np.uint8)  # zero point 128 (the default for 8 bits)
-        graph.initializer.remove(inits[name])
-        graph.initializer.extend([numpy_helper.from_array(codes.reshape(rows, k // BLOCK, BLOCK) if head else codes,
-                                                          f"{name}_Q8_0"),
-                                  numpy_helper.from_array(d.reshape(-1) if head else d, f"{name}_Q8_0_scales")])
+        graph.initializer.remove(inits.pop(name))
+        record = {"node": node.name, "format": "Q8_0 (d * q, block 32)", "shape": [rows, k]}
+        if head and shortlist:
+            same = next((t for t in tables if np.array_equal(t[1], codes) and np.array_equal(t[2], d)), None)
+            table_name = same[0] if same else _add(graph, inits, f"{name}_Q8_0", codes, d)
+            new_nodes = _shortlisted(graph, inits, node, table_name, codes, d, shortlist)
+            at = list(graph.node).index(node)
+            graph.node.remove(node)
+            for i, n in enumerate(new_nodes):
+                graph.node.insert(at + i, n)
+            done[Q8_0_KEPT[0]] = {**record, "shortlist": shortlist, "table": table_name,
+                                  "how": f"an int4 copy picks each position's {shortlist} highest logits; those are "
+                                         "computed again from the source's Q8_0 rows (GatherBlockQuantized, fp32 "
+                                         "MatMul) and written over the int4 ones"}
+            continue
         if head:
+            _add(graph, inits, f"{name}_Q8_0", codes.reshape(rows, k // BLOCK, BLOCK), d.reshape(-1))
             new = helper.make_node("MatMulNBits", [node.input[0], f"{name}_Q8_0", f"{name}_Q8_0_scales"],
                                    list(node.output), name=node.name, domain="com.microsoft", K=k, N=rows, bits=8,
                                    block_size=BLOCK, accuracy_level=4)
         else:
+            tables.append((_add(graph, inits, f"{name}_Q8_0", codes, d), codes, d))
             new = helper.make_node("GatherBlockQuantized", [f"{name}_Q8_0", node.input[1], f"{name}_Q8_0_scales"],
                                    list(node.output), name=node.name, domain="com.microsoft", bits=8,
                                    block_size=BLOCK, gather_axis=0, quantize_axis=1)
         node.CopyFrom(new)
         done[Q8_0_KEPT[0] if head else Q8_0_KEPT[1]] = {
-            "node": node.name, "format": "Q8_0 (d * q, block 32)", "shape": [rows, k],
-            "how": f"{new.op_type} (8 bits) with the source's codes and scales, zero point 128"}
+            **record, "how": f"{new.op_type} (8 bits) with the source's codes and scales, zero point 128"}
     return done
+
+
+def int4_blocks(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``w`` [N, K] as MatMulNBits int4 (block 32, symmetric, round to nearest, default zero point 8): packed codes
+    [N, K/32, 16] and scales [N * K/32]."""
+    n, k = w.shape
+    b = w.reshape(n, k // BLOCK, BLOCK)
+    scale = np.abs(b).max(-1) / 7
+    scale[scale == 0] = 1
+    q = (np.clip(np.rint(b / scale[..., None]), -8, 7) + 8).astype(np.uint8)
+    return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8), scale.astype(np.float32).reshape(-1)
+
+
+def _add(graph, inits: dict, name: str, codes: np.ndarray, scales: np.ndarray) -> str:
+    """Initializers ``name`` and ``name + "_scales"``; returns ``name``."""
+    from onnx import numpy_helper
+
+    for key, value in ((name, codes), (f"{name}_scales", scales)):
+        inits[key] = numpy_helper.from_array(value, key)
+        graph.initializer.append(inits[key])
+    return name
+
+
+def _shortlisted(graph, inits: dict, node, table: str, codes: np.ndarray, d: np.ndarray, k: int) -> list:
+    """The nodes of a shortlisted head (see :func:`apply_q8_0`) replacing the fp32 MatMul ``node``: ``table`` holds
+    the Q8_0 rows (``codes`` [V, K], ``d`` [V, K/32])."""
+    from onnx import helper, numpy_helper
+
+    rows, width = codes.shape
+    w = (codes.astype(np.float32) - 128).reshape(rows, width // BLOCK, BLOCK) * d[..., None]
+    int4 = _add(graph, inits, f"{table}_int4_copy", *int4_blocks(w.reshape(rows, width)))
+    out, hidden = node.output[0], node.input[0]
+    for key, value in (("shortlist.k", [k]), ("shortlist.last_axis", [-1])):
+        if key not in inits:
+            inits[key] = numpy_helper.from_array(np.asarray(value, np.int64), key)
+            graph.initializer.append(inits[key])
+    return [
+        helper.make_node("MatMulNBits", [hidden, int4, f"{int4}_scales"], [f"{out}_int4"], name=node.name,
+                         domain="com.microsoft", K=width, N=rows, bits=4, block_size=BLOCK, accuracy_level=4),
+        helper.make_node("TopK", [f"{out}_int4", "shortlist.k"], [f"{out}_top", f"{out}_ids"], axis=-1, sorted=0,
+                         name=f"{node.name}_Shortlist"),
+        helper.make_node("GatherBlockQuantized", [table, f"{out}_ids", f"{table}_scales"], [f"{out}_rows"],
+                         domain="com.microsoft", bits=8, block_size=BLOCK, gather_axis=0, quantize_axis=1,
+                         name=f"{node.name}_Rows"),
+        helper.make_node("Unsqueeze", [hidden, "shortlist.last_axis"], [f"{out}_column"], name=f"{node.name}_Column"),
+        helper.make_node("MatMul", [f"{out}_rows", f"{out}_column"], [f"{out}_exact"], name=f"{node.name}_Rescore"),
+        helper.make_node("Squeeze", [f"{out}_exact", "shortlist.last_axis"], [f"{out}_rescored"],
+                         name=f"{node.name}_Rescored"),
+        helper.make_node("ScatterElements", [f"{out}_int4", f"{out}_ids", f"{out}_rescored"], [out], axis=-1,
+                         name=f"{node.name}_Write"),
+    ]
 
 
 def _save(model, onnx_path: Path) -> None:

@@ -125,6 +125,37 @@ def test_a_q8_0_head_and_table_are_kept_exactly_as_8_bit(tmp_path):
     assert float(np.abs(logits - ref.logits[0].numpy()).max()) < 1e-4  # the codes, scales and zero point 128
 
 
+
+@needs_genai
+def test_a_shortlisted_head_computes_the_q8_0_logits_it_picks(tmp_path):
+    """keep shortlist: an int4 copy of the Q8_0 head picks each position's 64 logits; those are the Q8_0 head's
+    (fp32 activations: PyTorch's within 1e-4) and so is every greedy token; the rest stay the int4 copy's."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgekit.llm.loop import DecoderSession
+    from edgekit.llm.quantize import build_quantized, set_accuracy_level
+    from edgekit.llm.source_blocks import SHORTLIST
+    from edgekit.llm.validate import encode_prompts
+
+    src = _q4_1_model(tmp_path, head="q8_0")
+    out = tmp_path / "int4"
+    build_quantized(src, out, "builder", "int4", 32, "shortlist", source_blocks=True)
+    record = json.loads((out / "source_blocks.json").read_text())
+    assert record["lm_head"]["shortlist"] == SHORTLIST and record["embed_tokens"]
+    assert set_accuracy_level(out / "model.onnx", 1) == 2 * 4 + 1  # the layers' and the head's int4 copy
+    ids = encode_prompts(AutoTokenizer.from_pretrained(str(src)), PROMPTS)[0]
+    with torch.no_grad():
+        ref = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32).eval()(torch.tensor([ids]))
+    ref = ref.logits[0].numpy()
+    decoder = DecoderSession(out / "model.onnx", threads=1)
+    seq = np.asarray([ids])
+    logits = decoder.session.run(None, decoder.feeds(seq, np.ones_like(seq), decoder.empty_cache(1)))[0][0]
+    exact = np.isclose(logits, ref, atol=1e-4, rtol=0).sum(-1)
+    assert (exact >= SHORTLIST).all() and (exact < ref.shape[-1]).all(), exact  # 64 exact, the tail int4
+    assert (logits.argmax(-1) == ref.argmax(-1)).all()
+    assert float(np.abs(logits - ref).max()) > 1e-2  # the int4 tail is not the Q8_0 head
+
 @needs_genai
 def test_the_int4_graph_computes_the_sources_logits(tmp_path):
     import torch
