@@ -64,8 +64,8 @@ def export_lm_cmd(model, out, route, validation_tokens, atol, prompts, cache_dir
               help="What stays at higher precision: lm_head_int8 (last MatMul int8), mixed (k-quant, lm_head and "
                    "sensitive layers int8), lm_head (lm_head + embeddings fp32, or a GGUF's own Q8_0 blocks), "
                    "shortlist (a GGUF's Q8_0 head: an int4 copy picks each position's 64 highest logits, computed "
-                   "again from the Q8_0 rows); auto measures them in that order while agreement is under "
-                   "--min-agreement (lm_head and shortlist first for a Q4_1 source).")
+                   "again from the Q8_0 rows: asked for, never auto); auto measures the others in that order while "
+                   "agreement is under --min-agreement (lm_head first for a Q4_1 source).")
 @click.option("--min-agreement", default=0.90, show_default=True, type=float,
               help="Teacher-forced greedy agreement under which auto measures the next fallback.")
 @click.option("--route", type=click.Choice(["auto", "builder", "dynamo"]), default="auto", show_default=True)

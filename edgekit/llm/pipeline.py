@@ -249,8 +249,7 @@ def _gate_and_bench(hf: Path, art: Path, texts, labels, held_out: Path, options:
     return gate, bench, trials
 
 
-#: less and less of the model left at int4 (shortlist: only for a source whose head is Q8_0 blocks)
-FALLBACK_ORDER = ("none", "lm_head_int8", "mixed", "shortlist", "lm_head")
+FALLBACK_ORDER = ("none", "lm_head_int8", "mixed", "lm_head")  # less and less of the model left at int4
 
 
 def _can_fall_back(art: Path, options: LMOptimizeOptions) -> bool:
@@ -279,10 +278,7 @@ def _fall_back(original, hf: Path, art: Path, gate: dict, rows: tuple, options: 
     trials = [_trial(quant["keep_fp"], quant, gate)]
     gates: dict[str, tuple[dict, Path | None]] = {quant["keep_fp"]: (gate, None)}  # None: the artifact in place
     latest = gate
-    q8_0_head = "lm_head" in (quant.get("source_blocks") or {})
     for keep in FALLBACK_ORDER[FALLBACK_ORDER.index(quant["keep_fp"]) + 1:]:
-        if keep == "shortlist" and not q8_0_head:
-            continue
         failing = ", ".join(c["name"] for c in latest["checks"] if not c["passed"])
         work = art / f".fallback-{keep}"
         with _stage(stages, "fallback", f"int4 with {keep} kept at higher precision ({failing} failed)"):

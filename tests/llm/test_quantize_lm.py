@@ -99,6 +99,7 @@ def test_auto_measures_fallbacks_in_order_of_size():
     assert _keeps(LMQuantizeOptions(), "dynamo") == [("none",), ("lm_head",)]
     assert _keeps(LMQuantizeOptions(keep_fp="mixed"), "builder") == [("mixed",)]
     assert _keeps(LMQuantizeOptions(), "builder", exact=True)[0] == ("lm_head",)  # a Q4_1 source: its own blocks first
+    assert not any("shortlist" in r for r in _keeps(LMQuantizeOptions(), "builder", exact=True))  # asked for only
 
 
 @needs_toolchain
@@ -134,3 +135,15 @@ def test_bad_options_are_one_line_errors():
         with pytest.raises(InputError) as err:
             _check(bad)
         assert "\n" not in str(err.value)
+
+
+@needs_toolchain
+def test_a_shortlist_of_a_source_without_q8_0_blocks_is_a_one_line_error(tmp_path):
+    from edgekit.errors import InputError
+    from edgekit.llm.quantize import LMQuantizeOptions, quantize_lm
+
+    src = build_tiny_lm(tmp_path / "llama", "llama")  # random fp32 weights: no GGUF blocks to shortlist from
+    with pytest.raises(InputError) as err:
+        quantize_lm(src, tmp_path / "int4", LMQuantizeOptions(keep_fp="shortlist", cache_dir=str(tmp_path / "c")))
+    assert "shortlist" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "int4").exists()
