@@ -45,6 +45,12 @@ def _engine_note(report: dict) -> str:
 @click.option("--keep-sensitive", type=click.IntRange(min=0), default=0, show_default=True,
               help="tensorrt-rtx int4: leave the N weight MatMuls whose int4 rounding changes their output most "
                    "(relative, on the calibration prompts) in fp16.")
+@click.option("--keep-fp", type=click.Choice(["auto", "none", "lm_head_int8", "mixed", "shortlist", "lm_head"]),
+              default="auto", show_default=True,
+              help="cpu: what stays at higher precision (see quantize-lm --keep-fp); shortlist: a GGUF's Q8_0 head "
+                   "as an int4 copy that picks 64 logits per position, computed from the Q8_0 rows.")
+@click.option("--accuracy-level", type=click.IntRange(0, 4), default=0, show_default=True,
+              help="cpu: MatMulNBits accuracy_level, 4 (int8 activations, fast) or 1 (fp32); 0 = measured.")
 @click.option("--rows", type=int, default=200, show_default=True, help="Labeled rows scored (0 = all).")
 @click.option("--answer-tokens", type=click.IntRange(min=1), default=16, show_default=True,
               help="New tokens generated per answer (EOS ends it sooner); the first label word among the first 10 "
@@ -70,10 +76,10 @@ def _engine_note(report: dict) -> str:
 @click.option("--calibration-rows", type=int, default=128, show_default=True, help="Rows used for the AWQ fit.")
 @click.option("--artifact", default=None, help="Gate and bench this existing artifact instead of rebuilding.")
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT that edgekit did not write.")
-def optimize_lm_cmd(model, data, out, precision, target, ccs, block_size, keep_lm_head, keep_sensitive, rows,
-                    answer_tokens, threads, engine, template, held_out, max_accuracy_drop, min_agreement,
-                    max_ppl_increase, rounds, skip_bench, fallback, awq, calibration_data, calibration_rows, artifact,
-                    force):
+def optimize_lm_cmd(model, data, out, precision, target, ccs, block_size, keep_lm_head, keep_sensitive, keep_fp,
+                    accuracy_level, rows, answer_tokens, threads, engine, template, held_out, max_accuracy_drop,
+                    min_agreement, max_ppl_increase, rounds, skip_bench, fallback, awq, calibration_data,
+                    calibration_rows, artifact, force):
     """Optimize a causal LM (HF folder, .gguf, pkg:NAME): int4/int8, gated on generated answers, benchmarked."""
     from .bench import LMBenchOptions
     from .gate import LMGateOptions
@@ -84,7 +90,7 @@ def optimize_lm_cmd(model, data, out, precision, target, ccs, block_size, keep_l
                          max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement,
                          max_ppl_increase=max_ppl_increase)
     options = LMOptimizeOptions(precision=precision, target=target, block_size=block_size, keep_lm_head=keep_lm_head,
-                                keep_sensitive=keep_sensitive,
+                                keep_sensitive=keep_sensitive, keep_fp=keep_fp, accuracy_level=accuracy_level,
                                 compute_capabilities=[c.strip() for c in (ccs or "").split(",") if c.strip()],
                                 threads=threads, engine=engine, held_out=held_out, skip_bench=skip_bench,
                                 fallback=fallback, awq=awq, calibration_data=calibration_data,

@@ -43,6 +43,10 @@ class LMOptimizeOptions:
     keep_lm_head: bool = field(default=False, metadata={"help": "tensorrt-rtx int4: keep the LM head in fp16"})
     keep_sensitive: int = field(default=0, metadata={"help": "tensorrt-rtx int4: weight MatMuls left in fp16, those "
                                                              "int4 rounding changes most on the calibration prompts"})
+    keep_fp: str = field(default="auto", metadata={"help": "cpu: what quantize-lm keeps at higher precision "
+                                                           "(auto measures; shortlist is asked for)"})
+    accuracy_level: int = field(default=0, metadata={"help": "cpu: MatMulNBits accuracy_level, 4 (int8 activations) "
+                                                             "or 1 (fp32); 0 = measured"})
     threads: int = field(default=2, metadata={"help": "threads for the gate and the bench (both sides)"})
     engine: str = field(default="auto", metadata={"help": "generation engine: auto, ort or genai"})
     held_out: str | None = field(default=None, metadata={"help": "held-out text for perplexity (.txt or .tsv); "
@@ -123,8 +127,9 @@ def quantize_options(hf: Path, options: LMOptimizeOptions, texts: list[str], **k
 
     kind = json.loads((hf / "config.json").read_text()).get("model_type")
     awq = options.awq and options.precision == "int4" and kind in SUPPORTED
+    chosen = {"keep_fp": options.keep_fp, "accuracy_level": options.accuracy_level, **kw}  # a fallback sets keep_fp
     return LMQuantizeOptions(precision=options.precision, threads=options.threads, cache_dir=options.cache_dir,
-                             awq=awq, calibration=calibration_prompts(options, texts) if awq else (), **kw)
+                             awq=awq, calibration=calibration_prompts(options, texts) if awq else (), **chosen)
 
 
 def calibration_prompts(options: LMOptimizeOptions, texts: list[str]) -> tuple[str, ...]:
@@ -146,6 +151,12 @@ def _check_target(options: LMOptimizeOptions) -> None:
     if options.precision not in allowed:
         raise InputError(f"Unknown precision '{options.precision}' for a causal LM on {options.target}", None,
                          f"Choose one of: {', '.join(allowed)}")
+    for flag, value, default in (("--keep-fp", options.keep_fp, "auto"),
+                                 ("--accuracy-level", options.accuracy_level, 0)):
+        if value != default and (options.target != "cpu" or options.artifact):
+            raise InputError(f"{flag} applies to quantizing for --target cpu only",
+                             "this run uses --artifact (nothing is quantized)" if options.artifact else
+                             f"this run is {options.target}", f"Drop {flag}")
     if options.keep_sensitive and (options.target, options.precision) != ("tensorrt-rtx", "int4"):
         raise InputError("--keep-sensitive applies to --target tensorrt-rtx --precision int4 only",
                          f"this run is {options.target} {options.precision}; on the CPU the gate's fallback keeps "

@@ -204,3 +204,24 @@ def test_awq_calibration_prompts_are_never_scored_rows(tmp_path):
     own.write_text("label\tsentence\n1\tfine film\n0\tdull plot\n")
     options.calibration_data = str(own)
     assert calibration_prompts(options, texts) == ("Review: fine film", "Review: dull plot")
+
+
+def test_keep_fp_and_accuracy_level_reach_quantize_lm_and_are_cpu_only(tmp_path):
+    """optimize-lm --keep-fp / --accuracy-level: passed to quantize-lm (a gate fallback still sets its own keep_fp);
+    with --target tensorrt-rtx or --artifact nothing is quantized, so either flag is a one-line error."""
+    from edgekit.errors import InputError
+    from edgekit.llm.pipeline import LMOptimizeOptions, _check_target, quantize_options
+
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"model_type": "gpt2"}')
+    options = LMOptimizeOptions(keep_fp="shortlist", accuracy_level=4)
+    q = quantize_options(hf, options, [])
+    assert (q.keep_fp, q.accuracy_level) == ("shortlist", 4)
+    assert quantize_options(hf, options, [], keep_fp="lm_head").keep_fp == "lm_head"
+    _check_target(options)
+    for bad in (LMOptimizeOptions(keep_fp="shortlist", target="tensorrt-rtx"),
+                LMOptimizeOptions(accuracy_level=1, artifact="somewhere")):
+        with pytest.raises(InputError) as err:
+            _check_target(bad)
+        assert "\n" not in str(err.value)
