@@ -183,11 +183,11 @@ def apply_source_blocks(model, blocks: dict) -> dict:
             skipped.append(prefix)  # another shape, or zero points (the builder's asymmetric layout): not rewritten
             continue
         qb = q.reshape(n_out, k // BLOCK, BLOCK)
-        scales = numpy_helper.to_array(inits[node.input[2]]).dtype if node.input[2] in inits else np.float32
+        scales_dtype = numpy_helper.to_array(inits[node.input[2]]).dtype if node.input[2] in inits else np.float32
         groups.setdefault((node.input[0], k, attrs.get("accuracy_level")), []).append({
             "node": node, "prefix": prefix,
             "codes": (qb[..., 0::2] | (qb[..., 1::2] << 4)).astype(np.uint8),  # first element in the low nibble
-            "scales": d.astype(scales).reshape(-1),
+            "scales": d.astype(scales_dtype).reshape(-1),
             # d * q + m = d * (q - 8) + (m + 8d): the block's constant, [K/32, N]
             "term": np.ascontiguousarray((m.astype(np.float64) + ZERO_POINT * d.astype(np.float64)).T, np.float32)})
     ids = next((i for i in graph.input if i.name == "input_ids"), None)
