@@ -8,7 +8,6 @@ layernorms in fp32), and the fp16 ONNX's SST-2 dev accuracy within 0.5 point.
 
 import json
 
-import numpy as np
 import pytest
 
 from conftest import requires_shared, requires_toolchain

@@ -1,7 +1,5 @@
 """Pruning ratios in the search space, on the tiny model (edgekit.prune without recovery; ~30 s)."""
 
-import pytest
-
 from conftest import requires_toolchain
 from edgekit.options import DataOptions
 from edgekit.prune import PruneOptions
