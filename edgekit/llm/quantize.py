@@ -76,6 +76,8 @@ BUILDER_KEEP = {"none": {}, "lm_head_int8": {**_UNTIED, "matmul_mixed_precision"
                 "lm_head": {"shared_embeddings": False, "op_types_to_quantize": "MatMul",
                             "nodes_to_exclude": LM_HEAD_NODE}}
 BUILDER_KEEP["shortlist"] = BUILDER_KEEP["lm_head"]  # the fp32 head the source's Q8_0 blocks then replace
+#: keep_fp settings whose head (and embeddings) stay at the builder's fp32 unless the source has them as Q8_0 blocks
+_HEAD_FROM_SOURCE = ("lm_head", "shortlist")
 
 
 @dataclass
@@ -181,7 +183,7 @@ def quantize_lm(model: str | Path, out: str | Path, options: LMQuantizeOptions |
 def _fp32_kept(keep: str, kept_blocks: dict | None) -> list[str]:
     """What ``keep`` leaves fp32: with ``lm_head`` (``shortlist``), the head and embeddings but those kept as the
     source's Q8_0."""
-    if keep not in ("lm_head", "shortlist"):
+    if keep not in _HEAD_FROM_SOURCE:
         return []
     return [name for name in Q8_0_KEPT if name not in (kept_blocks or {})]
 
@@ -363,13 +365,12 @@ def build_quantized(folder: Path, out: Path, route: str, precision: str, block: 
         extra: dict[str, object] = {"block_size": block, "accuracy_level": 4, **BUILDER_KEEP[keep]}
         genai_builder.build(folder, out, precision, extra)
         blocks = q4_1_weights(folder) if source_blocks and precision == "int4" and block == BLOCK else {}
-        if blocks:
-            # with keep lm_head, a Q8_0 head / embedding table is kept as the source's 8-bit blocks, not fp32
-            info = rewrite(out / ONNX_NAME, blocks, q8_0=keep in ("lm_head", "shortlist"),
-                           shortlist=SHORTLIST if keep == "shortlist" else 0)
-            if info["matmuls"] or any(name in info for name in Q8_0_KEPT):
-                (out / SOURCE_BLOCKS).write_text(json.dumps(info))
-        if keep == "shortlist" and not (blocks and "shortlist" in (info.get("lm_head") or {})):
+        # with keep lm_head / shortlist, a Q8_0 head / embedding table is kept as the source's 8-bit blocks, not fp32
+        info = rewrite(out / ONNX_NAME, blocks, q8_0=keep in _HEAD_FROM_SOURCE,
+                       shortlist=SHORTLIST if keep == "shortlist" else 0) if blocks else {}
+        if info:
+            (out / SOURCE_BLOCKS).write_text(json.dumps(info))
+        if keep == "shortlist" and "shortlist" not in info.get("lm_head", {}):
             raise BackendError("Nothing to shortlist", "the source's lm_head is not Q8_0 blocks",
                                "Use --keep-fp lm_head")
         return

@@ -53,15 +53,16 @@ SHORTLIST = 64
 
 
 def rewrite(onnx_path: Path, blocks: dict, q8_0: bool, shortlist: int = 0) -> dict:
-    """:func:`apply_source_blocks` and, with ``q8_0``, :func:`apply_q8_0` on ``onnx_path``: one load, one save
-    (only when something was rewritten). Returns their records merged, for the manifest."""
+    """:func:`apply_source_blocks` and, with ``q8_0``, :func:`apply_q8_0` on ``onnx_path``: one load, one save.
+    Returns their records merged, for the manifest, or ``{}`` when nothing was rewritten (the file is untouched)."""
     onnx = require("onnx")
     model = onnx.load(str(onnx_path))
     info = apply_source_blocks(model, blocks)
     if q8_0:
         info.update(apply_q8_0(model, shortlist))
-    if info["matmuls"] or any(name in info for name in Q8_0_KEPT):
-        _save(model, onnx_path)
+    if not (info["matmuls"] or any(name in info for name in Q8_0_KEPT)):
+        return {}
+    _save(model, onnx_path)
     return info
 
 
@@ -216,7 +217,7 @@ def apply_source_blocks(model, blocks: dict) -> dict:
 def _rewritten(graph, inits: dict, group: list[dict], sums_nodes: list) -> list:
     """The nodes that replace ``group`` (MatMulNBits reading one input): block sums, one MatMulNBits over their
     concatenated rows, the block-term MatMul and Add, and a Split back to their outputs when there are several."""
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     first = group[0]["node"]
     base = group[0]["prefix"] + (".packed" if len(group) > 1 else "")
@@ -224,11 +225,7 @@ def _rewritten(graph, inits: dict, group: list[dict], sums_nodes: list) -> list:
     arrays = {"weight_Q4": np.concatenate([e["codes"] for e in group]),
               "weight_scales": np.concatenate([e["scales"] for e in group]),
               "block_min": np.concatenate([e["term"] for e in group], axis=1)}
-    names = {}
-    for key, value in arrays.items():
-        names[key] = f"{base}.MatMul.{key}"
-        inits[names[key]] = numpy_helper.from_array(value, names[key])
-        graph.initializer.append(inits[names[key]])
+    names = {key: _initializer(graph, inits, f"{base}.MatMul.{key}", value) for key, value in arrays.items()}
     attrs = {a.name: a.i for a in first.attribute}
     attrs["N"] = int(arrays["weight_Q4"].shape[0])
     name = first.name + ("_Packed" if len(group) > 1 else "")
@@ -240,10 +237,7 @@ def _rewritten(graph, inits: dict, group: list[dict], sums_nodes: list) -> list:
              helper.make_node("Add", [f"{out}_q", f"{out}_mins"], [out if len(group) == 1 else f"{out}_sum"],
                               name=f"{name}_AddMin")]
     if len(group) > 1:
-        split = f"{base}.split"
-        sizes = np.array([len(e["codes"]) for e in group], np.int64)
-        inits[split] = numpy_helper.from_array(sizes, split)
-        graph.initializer.append(inits[split])
+        split = _initializer(graph, inits, f"{base}.split", np.array([len(e["codes"]) for e in group], np.int64))
         nodes.append(helper.make_node("Split", [f"{out}_sum", split], [e["node"].output[0] for e in group],
                                       name=f"{name}_Split", axis=-1))
     return nodes
@@ -253,24 +247,18 @@ def _block_sums(graph, inits: dict, node, k: int, sums: str, rank3: bool) -> lis
     """Nodes that sum each block of 32 of ``node``'s input into ``sums`` [..., K/32]: Reshape + ReduceSum for
     [batch, seq, K] hidden states (measured ~2 % faster decode than a MatMul with a 0/1 matrix, which is also
     K x K/32 floats to read: 295 KB for K = 1536), else that MatMul."""
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     nb = k // BLOCK
     if rank3:
-        shape, axes = f"q4_1.blocks.k{k}", "q4_1.last_axis"
-        for name, value in ((shape, [0, 0, nb, BLOCK]), (axes, [-1])):
-            if name not in inits:
-                inits[name] = numpy_helper.from_array(np.asarray(value, np.int64), name)
-                graph.initializer.append(inits[name])
+        shape = _initializer(graph, inits, f"q4_1.blocks.k{k}", np.asarray([0, 0, nb, BLOCK], np.int64))
+        axes = _initializer(graph, inits, "q4_1.last_axis", np.asarray([-1], np.int64))
         return [helper.make_node("Reshape", [node.input[0], shape], [f"{sums}_blocks"], name=f"{node.name}_Blocks"),
                 helper.make_node("ReduceSum", [f"{sums}_blocks", axes], [sums], name=f"{node.name}_BlockSum",
                                  keepdims=0)]
-    e_name = f"q4_1.block_sum.k{k}"  # shared by every MatMul with this K
-    if e_name not in inits:
-        ones = np.zeros((k, nb), np.float32)
-        ones[np.arange(k), np.arange(k) // BLOCK] = 1.0
-        inits[e_name] = numpy_helper.from_array(ones, e_name)
-        graph.initializer.append(inits[e_name])
+    ones = np.zeros((k, nb), np.float32)
+    ones[np.arange(k), np.arange(k) // BLOCK] = 1.0
+    e_name = _initializer(graph, inits, f"q4_1.block_sum.k{k}", ones)  # shared by every MatMul with this K
     return [helper.make_node("MatMul", [node.input[0], e_name], [sums], name=f"{node.name}_BlockSum")]
 
 
@@ -353,27 +341,33 @@ def int4_blocks(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _add(graph, inits: dict, name: str, codes: np.ndarray, scales: np.ndarray) -> str:
     """Initializers ``name`` and ``name + "_scales"``; returns ``name``."""
+    _initializer(graph, inits, name, codes)
+    _initializer(graph, inits, f"{name}_scales", scales)
+    return name
+
+
+def _initializer(graph, inits: dict, name: str, value: np.ndarray) -> str:
+    """Initializer ``name`` holding ``value``, added unless ``inits`` has it already (shared constants); returns
+    ``name``."""
     from onnx import numpy_helper
 
-    for key, value in ((name, codes), (f"{name}_scales", scales)):
-        inits[key] = numpy_helper.from_array(value, key)
-        graph.initializer.append(inits[key])
+    if name not in inits:
+        inits[name] = numpy_helper.from_array(value, name)
+        graph.initializer.append(inits[name])
     return name
 
 
 def _shortlisted(graph, inits: dict, node, table: str, codes: np.ndarray, d: np.ndarray, k: int) -> list:
     """The nodes of a shortlisted head (see :func:`apply_q8_0`) replacing the fp32 MatMul ``node``: ``table`` holds
     the Q8_0 rows (``codes`` [V, K], ``d`` [V, K/32])."""
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     rows, width = codes.shape
     w = (codes.astype(np.float32) - 128).reshape(rows, width // BLOCK, BLOCK) * d[..., None]
     int4 = _add(graph, inits, f"{table}_int4_copy", *int4_blocks(w.reshape(rows, width)))
     out, hidden = node.output[0], node.input[0]
-    for key, value in (("shortlist.k", [k]), ("shortlist.last_axis", [-1])):
-        if key not in inits:
-            inits[key] = numpy_helper.from_array(np.asarray(value, np.int64), key)
-            graph.initializer.append(inits[key])
+    _initializer(graph, inits, "shortlist.k", np.asarray([k], np.int64))
+    _initializer(graph, inits, "shortlist.last_axis", np.asarray([-1], np.int64))
     return [
         helper.make_node("MatMulNBits", [hidden, int4, f"{int4}_scales"], [f"{out}_int4"], name=node.name,
                          domain="com.microsoft", K=width, N=rows, bits=4, block_size=BLOCK, accuracy_level=4),
