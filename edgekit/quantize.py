@@ -60,6 +60,12 @@ class QuantizeOptions:
     per_channel: bool = opt(True, help="Weight scales per output channel (--per-tensor: one per tensor).",
                             off_flag="per-tensor")
     fuse: bool = opt(True, help="cpu: ONNX Runtime's transformer fusions before quantizing.")
+    split_skip_layernorm: bool = opt(True, help="cpu: fused SkipLayerNormalization written back as Sum + "
+                                                "LayerNormalization, ONNX Runtime's faster CPU kernel (checked).",
+                                     off_flag="keep-skip-layernorm")
+    first_token: bool = opt(True, help="cpu: a classifier pooling the first token runs its last layer's "
+                                       "feed-forward on that token only (same logits; checked).",
+                            off_flag="no-first-token")
     op_types: list[str] | None = opt(None, help="Op types to quantize, comma-separated (default: MatMul, Gemm, "
                                                 "and Gather + fused Attention -> QAttention for cpu).")
     nodes_to_exclude: list[str] = opt(factory=list, help="Nodes kept in fp32, comma-separated (per-layer fallback "
@@ -118,6 +124,10 @@ def quantize(onnx: str | Path, out: str | Path, options: QuantizeOptions | None 
             fused = Path(work) / "fused.onnx"
             steps["fusion"] = fuse_transformer_graph(source, fused, src.folder)
             source = fused if steps["fusion"]["applied"] else source
+        rewrites = {"skip_layernorm": options.split_skip_layernorm, "first_token": options.first_token}
+        for name in (n for n, wanted in rewrites.items() if wanted and options.target == "cpu"):
+            steps[name] = checked_rewrite(name, source, Path(work) / f"{name}.onnx", src.folder)
+            source = Path(work) / f"{name}.onnx" if steps[name]["applied"] else source
         target = tmp / ONNX_NAME
         if options.target == "cpu" and options.choose and options.mode is None and not options.nodes_to_exclude:
             steps["int8_choice"] = _choose_cpu_int8(source, target, src.folder, options, calibration_data,
@@ -208,6 +218,31 @@ def fuse_transformer_graph(source: Path, dest: Path, folder: Path) -> dict:
         return {"applied": False, "reason": "no fusion pass produced a matching fused graph", "tried": tried}
     dest.with_name(f"{dest.stem}-{best}.onnx").replace(dest)
     return {"applied": True, "by": best, "fused_ops": tried[best]["fused_ops"], "tried": tried}
+
+
+#: graph rewrites for ONNX Runtime's CPU provider after fusion: name -> (module, function(source, dest) -> dict)
+CPU_REWRITES = {"skip_layernorm": ("fusion", "split_skip_layernorm"), "first_token": ("first_token",
+                                                                                     "slice_first_token")}
+
+
+def checked_rewrite(name: str, source: Path, dest: Path, folder: Path) -> dict:
+    """One of CPU_REWRITES, kept only when the logits match ``source``'s on real sentences (one alone, two padded
+    together); a graph the rewrite cannot handle, or one whose logits move, stays as it was (the reason recorded)."""
+    import importlib
+
+    from . import fusion
+
+    module, function = CPU_REWRITES[name]
+    try:
+        result = getattr(importlib.import_module(f".{module}", __package__), function)(source, dest)
+        if result["applied"]:
+            result["max_abs_diff"] = fusion.max_output_diff(source, dest, _fusion_feeds(source, folder))
+    except Exception as exc:
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        return {"applied": False, "reason": f"{type(exc).__name__}: {first}"}
+    if result["applied"] and result["max_abs_diff"] > fusion.FUSION_ATOL:
+        return {"applied": False, "reason": f"logits moved by {result['max_abs_diff']:.1e} (> {fusion.FUSION_ATOL})"}
+    return result
 
 
 def _config_int(config: dict, *names: str) -> int:

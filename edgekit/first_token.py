@@ -1,0 +1,163 @@
+"""The last layer's position-wise tail computed for the pooled token only.
+
+A sequence classifier that pools the first token (BERT's pooler, RoBERTa's
+and DistilBERT's heads: ``hidden[:, 0]``) throws away every other position of
+the last layer's output. Attention mixes positions, but what follows it in the
+last layer does not: the output projection, the residual + LayerNorm, the
+feed-forward block and its LayerNorm act on each position alone. Slicing the
+inputs of that tail to position 0 gives the same logits with the tail's work
+divided by the sequence length: for MiniLM-L6 at 26 tokens about 12 % of the
+model's multiply-adds.
+
+The rewrite is found in the graph, not looked up per family: from a
+``Gather(axis=1, index 0)`` (or ``Slice 0:1`` on axis 1) walk back through
+ops that act per position, taking a node only when everything that reads its
+outputs is already taken; the tensors that enter that region from outside
+(the attention output, the previous layer's output) get ``Slice 0:1`` on
+axis 1. The caller checks the result against the original graph on real
+inputs (quantize.fuse_transformer_graph) and drops it if it does not match.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .deps import require
+
+#: ops that act on each position of a [batch, sequence, hidden] tensor alone (contrib ops included)
+POSITION_WISE = frozenset({
+    "MatMul", "Add", "Sum", "Sub", "Mul", "Div", "Pow", "Sqrt", "Erf", "Tanh", "Relu", "Sigmoid", "Gelu", "FastGelu",
+    "BiasGelu", "QuickGelu", "Cast", "Identity", "LayerNormalization", "SkipLayerNormalization",
+    "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "ReduceMean"})
+#: ops whose ``axis`` must be the last one to act per position
+_LAST_AXIS = {"LayerNormalization", "SimplifiedLayerNormalization", "ReduceMean"}
+
+
+def slice_first_token(path: str | Path, dest: str | Path) -> dict:
+    """Write ``dest``: ``path`` with the last layer's position-wise tail on position 0 only.
+
+    Returns ``{"applied": bool, "nodes": tail nodes, "sliced": tensors cut}`` or
+    ``{"applied": False, "reason": ...}``.
+    """
+    onnx = require("onnx")
+    model = onnx.load(str(path))
+    graph = model.graph
+    consts = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            consts[node.output[0]] = node.attribute[0].t
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    producer = {o: n for n in graph.node for o in n.output}
+    outputs = {o.name for o in graph.output}
+
+    pick = next((n for n in graph.node if _selects_first(n, consts, onnx)), None)
+    if pick is None:
+        return {"applied": False, "reason": "no Gather/Slice of position 0 on axis 1"}
+    tail: set[int] = set()
+    members = {id(pick)}
+    frontier = [pick.input[0]]
+    while frontier:
+        name = frontier.pop()
+        node = producer.get(name)
+        if node is None or id(node) in members or not _acts_per_position(node, consts, onnx):
+            continue
+        if any(o in outputs for o in node.output):
+            continue
+        if not all(id(r) in members for o in node.output for r in readers.get(o, [])):
+            continue  # something outside the tail still reads it: the cut goes on its output
+        members.add(id(node))
+        tail.add(id(node))
+        frontier.extend(i for i in node.input if i and i not in consts)
+    nodes = [n for n in graph.node if id(n) in tail]
+    if not nodes or not any(n.op_type in ("MatMul",) or "LayerNorm" in n.op_type for n in nodes):
+        return {"applied": False, "reason": "no per-position work between the attention and the pooled token"}
+    cut = sorted({i for n in nodes for i in n.input if i and i not in consts and id(producer.get(i)) not in tail})
+    starts, ends, axes = "first_token_starts", "first_token_ends", "first_token_axes"
+    for name, value in ((starts, 0), (ends, 1), (axes, 1)):
+        graph.initializer.append(onnx.numpy_helper.from_array(np.array([value], np.int64), name))
+    renamed = {name: f"{name}_first_token" for name in cut}
+    for node in nodes:
+        for k, name in enumerate(node.input):
+            if name in renamed:
+                node.input[k] = renamed[name]
+    ordered, placed = [], set()
+    for node in graph.node:  # each Slice goes just before the first tail node that reads it
+        for i, name in enumerate(cut):
+            if renamed[name] in node.input and name not in placed:
+                placed.add(name)
+                ordered.append(onnx.helper.make_node("Slice", [name, starts, ends, axes], [renamed[name]],
+                                                     name=f"first_token_slice_{i}"))
+        ordered.append(node)
+    del graph.node[:]
+    graph.node.extend(ordered)
+    _one_position(graph, {o for n in nodes for o in n.output}, renamed)
+    onnx.save(model, str(dest))
+    return {"applied": True, "nodes": len(nodes), "sliced": cut}
+
+
+def _one_position(graph, changed: set[str], renamed: dict[str, str]) -> None:
+    """Recorded shapes of the tail's tensors say position axis 1 (ONNX Runtime plans memory by them, its
+    quantizer types tensors by them): 1 now. The sliced inputs get the shapes of their sources, with 1 there."""
+    by_name = {v.name: v for v in graph.value_info}
+    for name, new in renamed.items():
+        if name in by_name:
+            copy = graph.value_info.add()
+            copy.CopyFrom(by_name[name])
+            copy.name = new
+            changed.add(new)
+    for info in graph.value_info:
+        dims = info.type.tensor_type.shape.dim
+        if info.name in changed and len(dims) >= 2:
+            dims[1].Clear()
+            dims[1].dim_value = 1
+
+
+def _int_values(tensor, onnx) -> list[int] | None:
+    if tensor is None:
+        return None
+    value = onnx.numpy_helper.to_array(tensor)
+    return [int(v) for v in value.reshape(-1)] if value.dtype.kind in "iu" else None
+
+
+def _attr(node, name: str, default=None):
+    return next((a.i for a in node.attribute if a.name == name), default)
+
+
+def _selects_first(node, consts: dict, onnx) -> bool:
+    """Gather(axis=1) of the scalar index 0, or Slice 0:1 on axis 1."""
+    if node.op_type == "Gather" and _attr(node, "axis", 0) == 1 and len(node.input) == 2:
+        index = consts.get(node.input[1])
+        return index is not None and len(index.dims) == 0 and _int_values(index, onnx) == [0]
+    if node.op_type == "Slice" and len(node.input) >= 4:
+        values = [_int_values(consts.get(n), onnx) for n in node.input[1:4]]
+        step = _int_values(consts.get(node.input[4]), onnx) if len(node.input) > 4 and node.input[4] else [1]
+        return values == [[0], [1], [1]] and step == [1]
+    return False
+
+
+def _acts_per_position(node, consts: dict, onnx) -> bool:
+    """True when the node's output at a position reads only that position of its non-constant inputs."""
+    if node.op_type not in POSITION_WISE or node.domain not in ("", "ai.onnx", "com.microsoft"):
+        return False
+    if node.op_type in _LAST_AXIS:
+        axis = _attr(node, "axis", -1)
+        axes = [a for a in node.attribute if a.name == "axes"]
+        if node.op_type == "ReduceMean":
+            listed = list(axes[0].ints) if axes else _int_values(consts.get(node.input[1]), onnx) \
+                if len(node.input) > 1 else None
+            return listed == [-1] and _attr(node, "keepdims", 1) == 1
+        return axis == -1
+    if node.op_type == "MatMul":
+        weight = consts.get(node.input[1])
+        return weight is not None and len(weight.dims) == 2
+    # elementwise: constants must broadcast along the hidden axis only (rank <= 1, or leading dims all 1)
+    for name in node.input:
+        const = consts.get(name)
+        if const is not None and any(d != 1 for d in list(const.dims)[:-1]):
+            return False
+    return True
