@@ -2,10 +2,13 @@
 
 * ``cpu``: what ONNX Runtime's CPU provider runs fast. The graph is fused
   first (fusion.py: Attention with packed QKV, SkipLayerNormalization,
-  BiasGelu), so attention's QKV projection quantizes into QAttention. With the
-  mode left unset, cpu_int8.py builds the variants (dynamic per-channel,
-  dynamic reduce-range, dynamic per-tensor, static QOperator U8S8 when there is
-  calibration data), checks each against fp32 and times them interleaved on
+  BiasGelu), so attention's QKV projection quantizes into QAttention. Two
+  checked rewrites follow (CPU_REWRITES): SkipLayerNormalization back to
+  Sum + LayerNormalization (ONNX Runtime's faster CPU kernel, measured in
+  bench/fusion/), and, for a head that pools the first token, the last layer's
+  per-position tail on that token only (first_token.py). With ``--choose``,
+  cpu_int8.py builds the variants (dynamic per-channel, dynamic reduce-range,
+  dynamic per-tensor, static QOperator U8S8 when there is calibration data), checks each against fp32 and times them interleaved on
   this CPU; the fastest at equal fidelity is kept and the manifest says why.
   ``dynamic``: int8 weights, activations quantized on the fly (MatMulInteger);
   ``static``: QOperator (QLinearMatMul) U8S8 calibrated on real data.

@@ -81,6 +81,21 @@ def test_pad_id_is_the_models_and_padding_changes_nothing(family):
         np.testing.assert_allclose(single.logits(TEXTS), batched.logits(TEXTS), atol=1e-5)
 
 
+#: heads that read only the first position (BERT-style pooler / <s> / [CLS]); GPT-2 pools the last real token
+FIRST_TOKEN_HEADS = {"distilbert", "roberta", "deberta-v2"}
+
+
+def test_first_token_tail_only_where_the_head_reads_the_first_position(family):
+    """The int8 graph's last feed-forward runs on one position exactly for first-token poolers; a token
+    classifier (every position read) and GPT-2 (last real token) keep every position. Same logits: the step
+    checked it, and the int8 labels equal PyTorch's in the test above."""
+    steps = json.loads((family.int8 / "manifest.json").read_text())["steps"]
+    first = steps["first_token"]
+    assert first["applied"] == (family.name in FIRST_TOKEN_HEADS), first
+    if first["applied"]:
+        assert first["nodes"] >= 4 and first["max_abs_diff"] < 1e-4, first
+
+
 def test_runtime_predictions_equal_check_and_bench_runs(family):
     from edgekit.bench import BenchOptions, bench
     from edgekit.check import check
