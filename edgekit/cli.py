@@ -183,6 +183,10 @@ def export_cmd(model, out, opset, task, data, text_column, atol, trust_remote_co
 @click.option("--calibration-samples", default=128, show_default=True, type=int)
 @click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales per output channel.")
 @click.option("--no-fuse", is_flag=True, help="Skip ONNX Runtime's transformer fusions (cpu target).")
+@click.option("--keep-skip-layernorm", is_flag=True,
+              help="cpu: keep fused SkipLayerNormalization (default: Sum + LayerNormalization, the faster kernel).")
+@click.option("--no-first-token", is_flag=True,
+              help="cpu: run the last layer on every token even when the head reads only the first.")
 @click.option("--exclude-node", "exclude", multiple=True, help="Keep this node in fp32 (repeatable).")
 @click.option("--validation-data", default=None,
               help="Labeled data for per-layer fallback: keep the most sensitive nodes in fp32 until the drop "
@@ -194,12 +198,13 @@ def export_cmd(model, out, opset, task, data, text_column, atol, trust_remote_co
 @click.option("--force", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 def quantize_cmd(onnx, out, target, mode, calibration_data, calibration_method, calibration_samples, per_channel,
-                 no_fuse, exclude, validation_data, max_accuracy_drop, text_column, label_column, force, as_json):
+                 no_fuse, keep_skip_layernorm, no_first_token, exclude, validation_data, max_accuracy_drop, text_column, label_column, force, as_json):
     """Quantize an exported ONNX folder to int8, in the format its target runs fast."""
     from .quantize import QuantizeOptions, quantize
 
     options = QuantizeOptions(target=target, mode=mode, calibration_method=calibration_method,
                               calibration_samples=calibration_samples, per_channel=per_channel, fuse=not no_fuse,
+                              split_skip_layernorm=not keep_skip_layernorm, first_token=not no_first_token,
                               nodes_to_exclude=list(exclude))
     if validation_data:
         from .data import load_dataset

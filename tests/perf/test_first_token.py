@@ -96,3 +96,21 @@ def test_reference_model_int8_runs_its_last_feed_forward_on_one_token(ref_model,
                                                                    split_skip_layernorm=False))
     assert "first_token" not in kept.manifest["steps"]
     assert [n.op_type for n in onnx.load(str(kept.model_file)).graph.node].count("SkipLayerNormalization") == 12
+
+
+def test_quantize_cli_turns_both_rewrites_off(tiny_onnx, tiny_int8, tmp_path):
+    """`edgekit quantize --keep-skip-layernorm --no-first-token`: the fused op stays and every position runs."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "int8"
+    done = subprocess.run([sys.executable, "-m", "edgekit", "quantize", str(tiny_onnx), "--out", str(out),
+                           "--keep-skip-layernorm", "--no-first-token"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    steps = json.loads((out / "manifest.json").read_text())["steps"]
+    assert "first_token" not in steps and "skip_layernorm" not in steps
+    kinds = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
+    default = [n.op_type for n in onnx.load(str(tiny_int8 / "model.onnx")).graph.node]
+    assert kinds.count("SkipLayerNormalization") == 4 and "SkipLayerNormalization" not in default
+    assert default.count("Slice") == kinds.count("Slice") + 2  # the attention output and the residual, cut
