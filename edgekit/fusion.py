@@ -141,9 +141,9 @@ def split_skip_layernorm(source: str | Path, dest: str | Path) -> dict:
     """Write ``dest``: ``source`` with each SkipLayerNormalization as ``Sum(input, skip[, bias])`` +
     LayerNormalization (same sum, same normalization; the float additions in another order).
 
-    ONNX Runtime 1.32's CPU SkipLayerNormalization kernel measured 4-6x slower
-    than its LayerNormalization at encoder shapes (1 x 26..128 x 384: 88 vs 13
-    us; ``python bench/fusion/layernorm.py``), and its optimizer re-fuses a plain
+    ONNX Runtime 1.32's CPU SkipLayerNormalization kernel measured 1.6-3.8x
+    slower than Sum + LayerNormalization at encoder shapes (1 x 26 x 384: 108
+    vs 36 us; bench/fusion/README.md), and its optimizer re-fuses a plain
     ``Add`` + LayerNormalization into the slow op; ``Sum`` it leaves alone.
     A node whose mean / inverse-std outputs are read is kept as it is.
     """
