@@ -198,6 +198,8 @@ def accuracy(peer: dict, encoder, ds, labels) -> dict:
     if peer.get("manifest"):
         row["int8_choice"] = peer["manifest"].get("steps", {}).get("int8_choice")
         row["fusion"] = peer["manifest"].get("steps", {}).get("fusion")
+        row["rewrites"] = {k: v for k, v in peer["manifest"].get("steps", {}).items()
+                           if k in ("skip_layernorm", "first_token")}
     return row
 
 
@@ -308,6 +310,9 @@ def _edgekit_notes(rows: list[dict]) -> list[str]:
     if ek:
         lines += ["## edgekit's int8 artifacts", "",
                   f"- Fusion: {ek['fusion'].get('by')} — fused ops {ek['fusion'].get('fused_ops')}"]
+        lines += [f"- Rewrite {name}: " + (", ".join(f"{k} {v}" for k, v in step.items() if k != "applied")
+                                             if step.get("applied") else f"not applied ({step.get('reason')})")
+                  for name, step in (ek.get("rewrites") or {}).items()]
         c = ek.get("int8_choice")
         if c:
             lines += [f"- int8 variant chosen on this CPU ({c['cpu']}): **{c['chosen']}** — {c['reason']}",
