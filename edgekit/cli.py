@@ -198,7 +198,8 @@ def export_cmd(model, out, opset, task, data, text_column, atol, trust_remote_co
 @click.option("--force", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 def quantize_cmd(onnx, out, target, mode, calibration_data, calibration_method, calibration_samples, per_channel,
-                 no_fuse, keep_skip_layernorm, no_first_token, exclude, validation_data, max_accuracy_drop, text_column, label_column, force, as_json):
+                 no_fuse, keep_skip_layernorm, no_first_token, exclude, validation_data, max_accuracy_drop, text_column,
+                 label_column, force, as_json):
     """Quantize an exported ONNX folder to int8, in the format its target runs fast."""
     from .quantize import QuantizeOptions, quantize
 

@@ -15,7 +15,7 @@ ops that act per position, taking a node only when everything that reads its
 outputs is already taken; the tensors that enter that region from outside
 (the attention output, the previous layer's output) get ``Slice 0:1`` on
 axis 1. The caller checks the result against the original graph on real
-inputs (quantize.fuse_transformer_graph) and drops it if it does not match.
+inputs (quantize.checked_rewrite) and drops it if it does not match.
 """
 
 from __future__ import annotations
@@ -55,27 +55,17 @@ def slice_first_token(path: str | Path, dest: str | Path) -> dict:
     producer = {o: n for n in graph.node for o in n.output}
     outputs = {o.name for o in graph.output}
 
-    pick = next((n for n in graph.node if _selects_first(n, consts, onnx)), None)
-    if pick is None:
+    picks = [n for n in graph.node if _selects_first(n, consts, onnx)]
+    if not picks:
         return {"applied": False, "reason": "no Gather/Slice of position 0 on axis 1"}
-    tail: set[int] = set()
-    members = {id(pick)}
-    frontier = [pick.input[0]]
-    while frontier:
-        name = frontier.pop()
-        node = producer.get(name)
-        if node is None or id(node) in members or not _acts_per_position(node, consts, onnx):
-            continue
-        if any(o in outputs for o in node.output):
-            continue
-        if not all(id(r) in members for o in node.output for r in readers.get(o, [])):
-            continue  # something outside the tail still reads it: the cut goes on its output
-        members.add(id(node))
-        tail.add(id(node))
-        frontier.extend(i for i in node.input if i and i not in consts)
-    nodes = [n for n in graph.node if id(n) in tail]
-    if not nodes or not any(n.op_type in ("MatMul",) or "LayerNorm" in n.op_type for n in nodes):
+    nodes = []
+    for pick in picks:  # the first whose input is computed per position (a pooler), not e.g. a mask
+        nodes = _tail(pick, producer, readers, outputs, consts, onnx)
+        if any(n.op_type == "MatMul" or "LayerNorm" in n.op_type for n in nodes):
+            break
+    else:
         return {"applied": False, "reason": "no per-position work between the attention and the pooled token"}
+    tail = {id(n) for n in nodes}
     cut = sorted({i for n in nodes for i in n.input if i and i not in consts and id(producer.get(i)) not in tail})
     starts, ends, axes = "first_token_starts", "first_token_ends", "first_token_axes"
     for name, value in ((starts, 0), (ends, 1), (axes, 1)):
@@ -98,6 +88,24 @@ def slice_first_token(path: str | Path, dest: str | Path) -> dict:
     _one_position(graph, {o for n in nodes for o in n.output}, renamed)
     onnx.save(model, str(dest))
     return {"applied": True, "nodes": len(nodes), "sliced": cut}
+
+
+def _tail(pick, producer: dict, readers: dict, outputs: set[str], consts: dict, onnx) -> list:
+    """Nodes before ``pick`` that act per position and whose outputs only the tail (or ``pick``) reads."""
+    members, tail = {id(pick)}, []
+    frontier = [pick.input[0]]
+    while frontier:
+        node = producer.get(frontier.pop())
+        if node is None or id(node) in members or not _acts_per_position(node, consts, onnx):
+            continue
+        if any(o in outputs for o in node.output):
+            continue
+        if not all(id(r) in members for o in node.output for r in readers.get(o, [])):
+            continue  # something outside the tail still reads it: the cut goes on its output
+        members.add(id(node))
+        tail.append(node)
+        frontier.extend(i for i in node.input if i and i not in consts)
+    return tail
 
 
 def _one_position(graph, changed: set[str], renamed: dict[str, str]) -> None:

@@ -150,6 +150,8 @@ def split_skip_layernorm(source: str | Path, dest: str | Path) -> dict:
     onnx = require("onnx")
     model = onnx.load(str(source))
     graph = model.graph
+    if not any(o.domain in ("", "ai.onnx") and o.version >= 17 for o in model.opset_import):
+        return {"applied": False, "reason": "LayerNormalization needs opset 17"}
     read = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
     nodes, split = [], 0
     for node in graph.node:
@@ -170,7 +172,5 @@ def split_skip_layernorm(source: str | Path, dest: str | Path) -> dict:
         return {"applied": False, "reason": "no SkipLayerNormalization to split"}
     del graph.node[:]
     graph.node.extend(nodes)
-    if not any(o.domain in ("", "ai.onnx") and o.version >= 17 for o in model.opset_import):
-        return {"applied": False, "reason": "LayerNormalization needs opset 17"}
     onnx.save(model, str(dest))
     return {"applied": True, "split": split}

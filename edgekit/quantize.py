@@ -3,13 +3,14 @@
 * ``cpu``: what ONNX Runtime's CPU provider runs fast. The graph is fused
   first (fusion.py: Attention with packed QKV, SkipLayerNormalization,
   BiasGelu), so attention's QKV projection quantizes into QAttention. Two
-  checked rewrites follow (CPU_REWRITES): SkipLayerNormalization back to
+  checked rewrites follow (checked_rewrite): SkipLayerNormalization back to
   Sum + LayerNormalization (ONNX Runtime's faster CPU kernel, measured in
   bench/fusion/), and, for a head that pools the first token, the last layer's
   per-position tail on that token only (first_token.py). With ``--choose``,
   cpu_int8.py builds the variants (dynamic per-channel, dynamic reduce-range,
-  dynamic per-tensor, static QOperator U8S8 when there is calibration data), checks each against fp32 and times them interleaved on
-  this CPU; the fastest at equal fidelity is kept and the manifest says why.
+  dynamic per-tensor, static QOperator U8S8 when there is calibration data),
+  checks each against fp32 and times them interleaved on this CPU; the fastest
+  at equal fidelity is kept and the manifest says why.
   ``dynamic``: int8 weights, activations quantized on the fly (MatMulInteger);
   ``static``: QOperator (QLinearMatMul) U8S8 calibrated on real data.
   QDQ is *not* used here: measured on this CPU, static S8S8 QDQ ran 7x slower
@@ -223,21 +224,17 @@ def fuse_transformer_graph(source: Path, dest: Path, folder: Path) -> dict:
     return {"applied": True, "by": best, "fused_ops": tried[best]["fused_ops"], "tried": tried}
 
 
-#: graph rewrites for ONNX Runtime's CPU provider after fusion: name -> (module, function(source, dest) -> dict)
-CPU_REWRITES = {"skip_layernorm": ("fusion", "split_skip_layernorm"), "first_token": ("first_token",
-                                                                                     "slice_first_token")}
-
-
 def checked_rewrite(name: str, source: Path, dest: Path, folder: Path) -> dict:
-    """One of CPU_REWRITES, kept only when the logits match ``source``'s on real sentences (one alone, two padded
-    together); a graph the rewrite cannot handle, or one whose logits move, stays as it was (the reason recorded)."""
-    import importlib
-
+    """A graph rewrite for ONNX Runtime's CPU provider after fusion (``skip_layernorm``: fusion.split_skip_layernorm,
+    ``first_token``: first_token.slice_first_token), kept only when the logits match ``source``'s on real sentences
+    (one alone, two padded together); a graph the rewrite cannot handle, or one whose logits move, stays as it was
+    (the reason recorded)."""
     from . import fusion
+    from .first_token import slice_first_token
 
-    module, function = CPU_REWRITES[name]
+    rewrite = {"skip_layernorm": fusion.split_skip_layernorm, "first_token": slice_first_token}[name]
     try:
-        result = getattr(importlib.import_module(f".{module}", __package__), function)(source, dest)
+        result = rewrite(source, dest)
         if result["applied"]:
             result["max_abs_diff"] = fusion.max_output_diff(source, dest, _fusion_feeds(source, folder))
     except Exception as exc:
