@@ -50,7 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: usable cores)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs per peer before the first round")
     p.add_argument("--rounds", type=int, default=20, help="interleaved rounds (every peer, same inputs, each round)")
-    p.add_argument("--runs", type=int, default=8, help="timed runs per peer per round")
+    p.add_argument("--runs", type=int, default=24,
+                   help="timed runs per peer per round (8 gave per-round ratios ~0.3 wide on the 2-core machine)")
     p.add_argument("--throughput-batch", type=int, default=8, help="batch of the throughput table (0 = no table)")
     p.add_argument("--throughput-seq", type=int, default=128, help="tokens per input of the throughput table")
     p.add_argument("--throughput-rounds", type=int, default=8)
