@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import progress
-from .artifact import Artifact, atomic_dir, resolve, write_manifest
+from .artifact import ONNX_NAME, Artifact, atomic_dir, resolve, write_manifest
 from .bench import summarize
 from .check import evaluate, gate_metric, labeled_data
 from .data import TextDataset, load_dataset
@@ -165,7 +165,7 @@ def quantize_with_fallback(onnx: str | Path, out: str | Path, qoptions: Quantize
         raise InputError(f"'{onnx}' is not an ONNX model", f"it is a {src.kind} artifact", "Run edgekit export first")
     with tempfile.TemporaryDirectory(prefix="edgekit-fb-") as work, atomic_dir(out, force) as tmp:
         work = Path(work)
-        src, qoptions = _fused_source(src, qoptions, work)
+        src, qoptions, prepared = _fused_source(src, qoptions, work)
         validation = load_dataset(validation_data)
         calibration = validation if calibration_data is None else load_dataset(calibration_data,
                                                                                require_labels=False)
@@ -178,24 +178,26 @@ def quantize_with_fallback(onnx: str | Path, out: str | Path, qoptions: Quantize
                              qoptions)
         trials = _search(src, qoptions, options, ranked, calibration, work, encoder, ds, labels, ref_acc, batch)
         best = _pick(trials, options.max_accuracy_drop)
-        _finish(tmp, work / f"trial{best['index']}", qoptions, best, trials, ranked, ref_acc)
+        _finish(tmp, work / f"trial{best['index']}", qoptions, best, trials, ranked, ref_acc, prepared)
     return resolve(out)
 
 
-def _fused_source(src: Artifact, qoptions: QuantizeOptions, work: Path) -> tuple[Artifact, QuantizeOptions]:
-    """For the cpu target, fuse once up front so sensitivity and exclusions name the fused graph's nodes."""
-    from .artifact import ONNX_NAME, copy_tokenizer_and_config
-    from .quantize import fuse_transformer_graph
+def _fused_source(src: Artifact, qoptions: QuantizeOptions, work: Path) -> tuple[Artifact, QuantizeOptions, dict]:
+    """For the cpu target, fuse and rewrite once up front (quantize.cpu_graph) so sensitivity ranks, and exclusions
+    name, the nodes of the graph that ships; the trials then quantize it as it is. Returns the steps' records too."""
+    from .artifact import copy_tokenizer_and_config
+    from .quantize import cpu_graph
 
-    if qoptions.target != "cpu" or not qoptions.fuse:
-        return src, qoptions
+    if qoptions.target != "cpu":
+        return src, qoptions, {}
     fused = work / "fused"
     fused.mkdir()
-    info = fuse_transformer_graph(src.model_file, fused / ONNX_NAME, src.folder)
-    if not info["applied"]:
-        return src, qoptions
+    graph, steps = cpu_graph(src.model_file, work, src.folder, qoptions)
+    if graph == src.model_file:
+        return src, qoptions, steps
+    shutil.copyfile(graph, fused / ONNX_NAME)
     copy_tokenizer_and_config(src.folder, fused)
-    return resolve(fused), replace(qoptions, fuse=False)
+    return resolve(fused), replace(qoptions, fuse=False, split_skip_layernorm=False, first_token=False), steps
 
 
 def _search(src, qoptions, options, ranked, calibration: TextDataset, work, encoder, ds, labels, ref_acc,
@@ -249,7 +251,7 @@ def _pick(trials: list[dict], budget: float) -> dict:
     return max(trials, key=lambda t: (t["accuracy"], -t["excluded"]))
 
 
-def _finish(tmp: Path, trial_dir: Path, qoptions, best, trials, ranked, ref_acc) -> None:
+def _finish(tmp: Path, trial_dir: Path, qoptions, best, trials, ranked, ref_acc, prepared: dict) -> None:
     for f in trial_dir.iterdir():
         if f.is_file() and f.name != "manifest.json":
             shutil.copyfile(f, tmp / f.name)
@@ -258,8 +260,8 @@ def _finish(tmp: Path, trial_dir: Path, qoptions, best, trials, ranked, ref_acc)
                                 f"sensitive nodes needed to hold the budget"} for r in chosen]
     prior = resolve(trial_dir).manifest
     write_manifest(tmp, "onnx", "quantize+fallback", inputs=prior.get("inputs", {}), options=asdict(qoptions),
-                   extra={**{k: prior.get(k) for k in ("task", "mode", "format", "steps", "input_names",
-                                                      "output_names")},
+                   extra={**{k: prior.get(k) for k in ("task", "mode", "format", "input_names", "output_names")},
+                          "steps": {**prepared, **(prior.get("steps") or {})},  # fusion + rewrites ran up front
                           "precision": "int8 (mixed)" if chosen else "int8",
                           "fallback": {"validation_fp32_accuracy": ref_acc, "chosen": best, "fell_back": fell_back,
                                        "trials": trials, "sensitivity": ranked}})

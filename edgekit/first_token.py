@@ -32,7 +32,7 @@ POSITION_WISE = frozenset({
     "BiasGelu", "QuickGelu", "Cast", "Identity", "LayerNormalization", "SkipLayerNormalization",
     "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "ReduceMean"})
 #: ops whose ``axis`` must be the last one to act per position
-_LAST_AXIS = {"LayerNormalization", "SimplifiedLayerNormalization", "ReduceMean"}
+_LAST_AXIS = {"LayerNormalization", "SimplifiedLayerNormalization"}
 
 
 def slice_first_token(path: str | Path, dest: str | Path) -> dict:
@@ -152,14 +152,13 @@ def _acts_per_position(node, consts: dict, onnx) -> bool:
     """True when the node's output at a position reads only that position of its non-constant inputs."""
     if node.op_type not in POSITION_WISE or node.domain not in ("", "ai.onnx", "com.microsoft"):
         return False
+    if node.op_type == "ReduceMean":  # axes: an attribute before opset 18, an input since
+        axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+        if axes is None and len(node.input) > 1:
+            axes = _int_values(consts.get(node.input[1]), onnx)
+        return axes == [-1] and _attr(node, "keepdims", 1) == 1
     if node.op_type in _LAST_AXIS:
-        axis = _attr(node, "axis", -1)
-        axes = [a for a in node.attribute if a.name == "axes"]
-        if node.op_type == "ReduceMean":
-            listed = list(axes[0].ints) if axes else _int_values(consts.get(node.input[1]), onnx) \
-                if len(node.input) > 1 else None
-            return listed == [-1] and _attr(node, "keepdims", 1) == 1
-        return axis == -1
+        return _attr(node, "axis", -1) == -1
     if node.op_type == "MatMul":
         weight = consts.get(node.input[1])
         return weight is not None and len(weight.dims) == 2

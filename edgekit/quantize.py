@@ -124,14 +124,8 @@ def quantize(onnx: str | Path, out: str | Path, options: QuantizeOptions | None 
     steps = {}
     with atomic_dir(out, force) as tmp, tempfile.TemporaryDirectory(prefix="edgekit-q-") as work:
         source = src.model_file
-        if options.target == "cpu" and options.fuse:
-            fused = Path(work) / "fused.onnx"
-            steps["fusion"] = fuse_transformer_graph(source, fused, src.folder)
-            source = fused if steps["fusion"]["applied"] else source
-        rewrites = {"skip_layernorm": options.split_skip_layernorm, "first_token": options.first_token}
-        for name in (n for n, wanted in rewrites.items() if wanted and options.target == "cpu"):
-            steps[name] = checked_rewrite(name, source, Path(work) / f"{name}.onnx", src.folder)
-            source = Path(work) / f"{name}.onnx" if steps[name]["applied"] else source
+        if options.target == "cpu":
+            source, steps = cpu_graph(source, Path(work), src.folder, options)
         target = tmp / ONNX_NAME
         if options.target == "cpu" and options.choose and options.mode is None and not options.nodes_to_exclude:
             steps["int8_choice"] = _choose_cpu_int8(source, target, src.folder, options, calibration_data,
@@ -187,7 +181,22 @@ def quant_format(target: str, mode: str) -> str:
     return "QOperator U8S8" if target == "cpu" else "QDQ S8S8 symmetric"
 
 
-def fuse_transformer_graph(source: Path, dest: Path, folder: Path) -> dict:
+def cpu_graph(source: Path, work: Path, folder: Path, options: QuantizeOptions) -> tuple[Path, dict]:
+    """The graph the cpu int8 quantizer sees, and its steps' records: fusion (``fuse``), then the checked rewrites
+    (``split_skip_layernorm``, ``first_token``), each checked on the same real sentences. Files go into ``work``."""
+    feeds = _fusion_feeds(source, folder)
+    steps = {}
+    if options.fuse:
+        steps["fusion"] = fuse_transformer_graph(source, work / "fused.onnx", folder, feeds)
+        source = work / "fused.onnx" if steps["fusion"]["applied"] else source
+    rewrites = {"skip_layernorm": options.split_skip_layernorm, "first_token": options.first_token}
+    for name in (n for n, wanted in rewrites.items() if wanted):
+        steps[name] = checked_rewrite(name, source, work / f"{name}.onnx", feeds)
+        source = work / f"{name}.onnx" if steps[name]["applied"] else source
+    return source, steps
+
+
+def fuse_transformer_graph(source: Path, dest: Path, folder: Path, feeds: list[dict] | None = None) -> dict:
     """Fused Attention, SkipLayerNormalization, BiasGelu... for ONNX Runtime's CPU provider (see fusion.py).
 
     onnxscript's ORT fusions first (they match the dynamo exporter's SDPA),
@@ -198,7 +207,7 @@ def fuse_transformer_graph(source: Path, dest: Path, folder: Path) -> dict:
     from . import fusion
 
     config = read_config(folder)
-    feeds = _fusion_feeds(source, folder)
+    feeds = feeds or _fusion_feeds(source, folder)
     tried, best = {}, None
     model_type = FUSION_MODEL_TYPES.get(str(config.get("model_type", "")))
     candidates = [("onnxscript", lambda out: fusion.onnxscript_fuse(source, out))]
@@ -212,7 +221,7 @@ def fuse_transformer_graph(source: Path, dest: Path, folder: Path) -> dict:
             counts = run(out)
             diff = fusion.max_output_diff(source, out, feeds)
         except Exception as exc:  # a fusion pass that breaks is skipped (recorded), the unfused graph still works
-            tried[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
+            tried[name] = {"error": _error_line(exc)}
             continue
         tried[name] = {"fused_ops": counts, "max_abs_diff": diff}
         if diff <= fusion.FUSION_ATOL and counts and (
@@ -224,11 +233,11 @@ def fuse_transformer_graph(source: Path, dest: Path, folder: Path) -> dict:
     return {"applied": True, "by": best, "fused_ops": tried[best]["fused_ops"], "tried": tried}
 
 
-def checked_rewrite(name: str, source: Path, dest: Path, folder: Path) -> dict:
+def checked_rewrite(name: str, source: Path, dest: Path, feeds: list[dict]) -> dict:
     """A graph rewrite for ONNX Runtime's CPU provider after fusion (``skip_layernorm``: fusion.split_skip_layernorm,
-    ``first_token``: first_token.slice_first_token), kept only when the logits match ``source``'s on real sentences
-    (one alone, two padded together); a graph the rewrite cannot handle, or one whose logits move, stays as it was
-    (the reason recorded)."""
+    ``first_token``: first_token.slice_first_token), kept only when the logits match ``source``'s on ``feeds``
+    (real sentences, one alone and two padded together: _fusion_feeds); a graph the rewrite cannot handle, or one
+    whose logits move, stays as it was (the reason recorded)."""
     from . import fusion
     from .first_token import slice_first_token
 
@@ -236,13 +245,17 @@ def checked_rewrite(name: str, source: Path, dest: Path, folder: Path) -> dict:
     try:
         result = rewrite(source, dest)
         if result["applied"]:
-            result["max_abs_diff"] = fusion.max_output_diff(source, dest, _fusion_feeds(source, folder))
+            result["max_abs_diff"] = fusion.max_output_diff(source, dest, feeds)
     except Exception as exc:
-        first = str(exc).splitlines()[0][:200] if str(exc) else ""
-        return {"applied": False, "reason": f"{type(exc).__name__}: {first}"}
+        return {"applied": False, "reason": _error_line(exc)}
     if result["applied"] and result["max_abs_diff"] > fusion.FUSION_ATOL:
         return {"applied": False, "reason": f"logits moved by {result['max_abs_diff']:.1e} (> {fusion.FUSION_ATOL})"}
     return result
+
+
+def _error_line(exc: Exception) -> str:
+    """``Type: first line`` of an exception a graph pass raised, for the manifest."""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
 
 
 def _config_int(config: dict, *names: str) -> int:
