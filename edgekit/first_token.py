@@ -16,6 +16,13 @@ outputs is already taken; the tensors that enter that region from outside
 (the attention output, the previous layer's output) get ``Slice 0:1`` on
 axis 1. The caller checks the result against the original graph on real
 inputs (quantize.checked_rewrite) and drops it if it does not match.
+
+The last layer's attention itself still needs every position's keys and
+values, but only position 0's query: ``first_token_query`` then splits that
+layer's fused ``Attention`` (one QKV projection for every position) into a
+query projection of position 0, a key/value projection of every position and
+``MultiHeadAttention`` with one query, so the scores, softmax and weighted sum
+are computed for one row instead of one per position.
 """
 
 from __future__ import annotations
@@ -88,6 +95,103 @@ def slice_first_token(path: str | Path, dest: str | Path) -> dict:
     _one_position(graph, {o for n in nodes for o in n.output}, renamed)
     onnx.save(model, str(dest))
     return {"applied": True, "nodes": len(nodes), "sliced": cut}
+
+
+#: attributes of a fused Attention that MultiHeadAttention carries over unchanged
+_MHA_ATTRS = {"num_heads", "scale", "mask_filter_value"}
+
+
+def first_token_query(path: str | Path, dest: str | Path) -> dict:
+    """Write ``dest``: ``path`` (after ``slice_first_token``) with the last layer's Attention computing position 0's
+    query only (see the module's text).
+
+    Applies where a ``Slice 0:1`` of that rewrite is the only reader of a plain fused ``Attention`` (input, packed
+    QKV weight and bias, a 2-D padding mask; no past, no attention bias, no unidirectional or rotary attributes).
+    Returns ``{"applied": True, "attention": node name, "heads": N}`` or ``{"applied": False, "reason": ...}``.
+    """
+    onnx = require("onnx")
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
+    model = onnx.load(str(path))
+    graph = model.graph
+    consts = {t.name: t for t in graph.initializer}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    cuts = [n for n in graph.node if n.op_type == "Slice" and n.name.startswith("first_token_slice_")]
+    if not cuts:
+        return {"applied": False, "reason": "no first-token tail (slice_first_token not applied)"}
+    producer = {o: n for n in graph.node for o in n.output}
+    found, why = None, "no fused Attention feeds the first-token tail"
+    for cut in cuts:
+        att = producer.get(cut.input[0])
+        if att is None or att.op_type != "Attention" or att.domain != "com.microsoft":
+            continue
+        why = _plain_attention(att, readers, consts, graph)
+        if why is None:
+            found = (att, cut)
+            break
+    if found is None:
+        return {"applied": False, "reason": why}
+    att, cut = found
+    weight, bias = (numpy_helper.to_array(consts[n]) for n in att.input[1:3])
+    hidden = weight.shape[1] // 3
+    x, mask, base = att.input[0], att.input[3], att.output[0]
+    names = {k: f"{base}_query_{k}" for k in ("x", "wq", "bq", "wkv", "bkv", "qmm", "q", "kvmm", "kv", "k", "v")}
+    for key, value in (("wq", weight[:, :hidden]), ("bq", bias[:hidden]), ("wkv", weight[:, hidden:]),
+                       ("bkv", bias[hidden:])):
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), names[key]))
+    attrs = {a.name: helper.get_attribute_value(a) for a in att.attribute}
+    # position 0 of the attention's input: the tail's own cut of the residual when it has one (moved up here)
+    shared = next((c for c in cuts if c.input[0] == x), None)
+    first = shared or helper.make_node("Slice", [x, *cut.input[1:4]], [names["x"]], name=f"{base}_query_slice")
+    names["x"] = first.output[0]
+    new = [first,
+           helper.make_node("MatMul", [names["x"], names["wq"]], [names["qmm"]], name=f"{base}_query_MatMul"),
+           helper.make_node("Add", [names["qmm"], names["bq"]], [names["q"]], name=f"{base}_query_Add"),
+           helper.make_node("MatMul", [x, names["wkv"]], [names["kvmm"]], name=f"{base}_key_value_MatMul"),
+           helper.make_node("Add", [names["kvmm"], names["bkv"]], [names["kv"]], name=f"{base}_key_value_Add"),
+           helper.make_node("Split", [names["kv"]], [names["k"], names["v"]], axis=-1, num_outputs=2,
+                            name=f"{base}_key_value_Split"),
+           helper.make_node("MultiHeadAttention", [names["q"], names["k"], names["v"], "", mask], [cut.output[0]],
+                            domain="com.microsoft", name=f"{base}_query_MultiHeadAttention", **attrs)]
+    ordered = []
+    for node in graph.node:
+        if node is cut:
+            ordered.extend(new)
+        elif node is not att and node is not shared:
+            ordered.append(node)
+    del graph.node[:]
+    graph.node.extend(ordered)
+    used = {i for n in graph.node for i in n.input}
+    for init in [t for t in graph.initializer if t.name in att.input[1:3] and t.name not in used]:
+        graph.initializer.remove(init)
+    for info in [v for v in graph.value_info if v.name == base]:
+        graph.value_info.remove(info)
+    onnx.save(model, str(dest))
+    return {"applied": True, "attention": att.name or base, "heads": int(attrs["num_heads"])}
+
+
+def _plain_attention(att, readers: dict, consts: dict, graph) -> str | None:
+    """None when ``att`` can become a one-query MultiHeadAttention, else why not."""
+    extra = sorted({a.name for a in att.attribute} - _MHA_ATTRS)
+    if extra:
+        return f"Attention {att.name!r} has {', '.join(extra)}"
+    if len(att.input) < 4 or not att.input[3] or any(att.input[4:]) or len(att.output) > 1:
+        return f"Attention {att.name!r} is not (input, weights, bias, mask) -> output"
+    if len(readers.get(att.output[0], [])) != 1:
+        return f"Attention {att.name!r}'s output is read outside the first-token tail"
+    weight, bias = consts.get(att.input[1]), consts.get(att.input[2])
+    if weight is None or bias is None or len(weight.dims) != 2 or weight.dims[1] % 3 or bias.dims != [weight.dims[1]]:
+        return f"Attention {att.name!r} has no constant packed QKV weight and bias"
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in [*graph.input, *graph.value_info]}
+    producer = {o: n for n in graph.node for o in n.output}
+    mask = att.input[3]
+    while mask not in ranks and mask in producer and producer[mask].op_type in ("Cast", "Identity"):
+        mask = producer[mask].input[0]  # the exported graph casts the model's int64 mask to int32
+    if ranks.get(mask) != 2:
+        return f"Attention {att.name!r}'s mask is not a recorded 2-D padding mask"
+    return None
 
 
 def _tail(pick, producer: dict, readers: dict, outputs: set[str], consts: dict, onnx) -> list:

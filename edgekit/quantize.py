@@ -6,7 +6,8 @@
   checked rewrites follow (checked_rewrite): SkipLayerNormalization back to
   Sum + LayerNormalization (ONNX Runtime's faster CPU kernel, measured in
   bench/fusion/), and, for a head that pools the first token, the last layer's
-  per-position tail on that token only (first_token.py). With ``--choose``,
+  per-position tail on that token only and its attention with that token's
+  query only (first_token.py). With ``--choose``,
   cpu_int8.py builds the variants (dynamic per-channel, dynamic reduce-range,
   dynamic per-tensor, static QOperator U8S8 when there is calibration data),
   checks each against fp32 and times them interleaved on this CPU; the fastest
@@ -68,7 +69,8 @@ class QuantizeOptions:
                                                 "LayerNormalization, ONNX Runtime's faster CPU kernel (checked).",
                                      off_flag="keep-skip-layernorm")
     first_token: bool = opt(True, help="cpu: a classifier pooling the first token runs its last layer's "
-                                       "feed-forward on that token only (same logits; checked).",
+                                       "feed-forward, and its attention's query, on that token only (same "
+                                       "logits; checked).",
                             off_flag="no-first-token")
     op_types: list[str] | None = opt(None, help="Op types to quantize, comma-separated (default: MatMul, Gemm, "
                                                 "and Gather + fused Attention -> QAttention for cpu).")
@@ -183,13 +185,15 @@ def quant_format(target: str, mode: str) -> str:
 
 def cpu_graph(source: Path, work: Path, folder: Path, options: QuantizeOptions) -> tuple[Path, dict]:
     """The graph the cpu int8 quantizer sees, and its steps' records: fusion (``fuse``), then the checked rewrites
-    (``split_skip_layernorm``, ``first_token``), each checked on the same real sentences. Files go into ``work``."""
+    (``split_skip_layernorm``, ``first_token`` then ``first_token_query``), each checked on the same real sentences.
+    Files go into ``work``."""
     feeds = _fusion_feeds(source, folder)
     steps = {}
     if options.fuse:
         steps["fusion"] = fuse_transformer_graph(source, work / "fused.onnx", folder, feeds)
         source = work / "fused.onnx" if steps["fusion"]["applied"] else source
-    rewrites = {"skip_layernorm": options.split_skip_layernorm, "first_token": options.first_token}
+    rewrites = {"skip_layernorm": options.split_skip_layernorm, "first_token": options.first_token,
+                "first_token_query": options.first_token}
     for name in (n for n, wanted in rewrites.items() if wanted):
         steps[name] = checked_rewrite(name, source, work / f"{name}.onnx", feeds)
         source = work / f"{name}.onnx" if steps[name]["applied"] else source
@@ -235,13 +239,15 @@ def fuse_transformer_graph(source: Path, dest: Path, folder: Path, feeds: list[d
 
 def checked_rewrite(name: str, source: Path, dest: Path, feeds: list[dict]) -> dict:
     """A graph rewrite for ONNX Runtime's CPU provider after fusion (``skip_layernorm``: fusion.split_skip_layernorm,
-    ``first_token``: first_token.slice_first_token), kept only when the logits match ``source``'s on ``feeds``
-    (real sentences, one alone and two padded together: _fusion_feeds); a graph the rewrite cannot handle, or one
-    whose logits move, stays as it was (the reason recorded)."""
+    ``first_token``: first_token.slice_first_token, ``first_token_query``: first_token.first_token_query), kept
+    only when the logits match ``source``'s on ``feeds`` (real sentences, one alone and two padded together:
+    _fusion_feeds); a graph the rewrite cannot handle, or one whose logits move, stays as it was (the reason
+    recorded)."""
     from . import fusion
-    from .first_token import slice_first_token
+    from .first_token import first_token_query, slice_first_token
 
-    rewrite = {"skip_layernorm": fusion.split_skip_layernorm, "first_token": slice_first_token}[name]
+    rewrite = {"skip_layernorm": fusion.split_skip_layernorm, "first_token": slice_first_token,
+               "first_token_query": first_token_query}[name]
     try:
         result = rewrite(source, dest)
         if result["applied"]:

@@ -200,7 +200,7 @@ def accuracy(peer: dict, encoder, ds, labels) -> dict:
         row["int8_choice"] = peer["manifest"].get("steps", {}).get("int8_choice")
         row["fusion"] = peer["manifest"].get("steps", {}).get("fusion")
         row["rewrites"] = {k: v for k, v in peer["manifest"].get("steps", {}).items()
-                           if k in ("skip_layernorm", "first_token")}
+                           if k in ("skip_layernorm", "first_token", "first_token_query")}
     return row
 
 

@@ -94,6 +94,11 @@ def test_first_token_tail_only_where_the_head_reads_the_first_position(family):
     assert first["applied"] == (family.name in FIRST_TOKEN_HEADS), first
     if first["applied"]:
         assert first["nodes"] >= 4 and first["max_abs_diff"] < 1e-4, first
+    # the last layer's query on the first position too, where the fused Attention feeds that tail
+    query, fused = steps["first_token_query"], steps.get("fusion", {}).get("fused_ops") or {}
+    assert query["applied"] == (first["applied"] and fused.get("Attention", 0) > 0), (query, fused)
+    if query["applied"]:
+        assert query["max_abs_diff"] < 1e-4, query
 
 
 def test_runtime_predictions_equal_check_and_bench_runs(family):

@@ -5,7 +5,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.first_token import slice_first_token
+from edgekit.first_token import first_token_query, slice_first_token
 
 ort = pytest.importorskip("onnxruntime")
 H = 8
@@ -90,11 +90,14 @@ def test_reference_model_int8_runs_its_last_feed_forward_on_one_token(ref_model,
     assert steps["skip_layernorm"]["applied"] and steps["skip_layernorm"]["split"] == 12, steps["skip_layernorm"]
     first = steps["first_token"]
     assert first["applied"] and first["nodes"] == 8 and first["max_abs_diff"] < 1e-5, first
+    query = steps["first_token_query"]
+    assert query["applied"] and query["heads"] == 12 and query["max_abs_diff"] < 1e-5, query
     kinds = [n.op_type for n in onnx.load(str(int8.model_file)).graph.node]
     assert "SkipLayerNormalization" not in kinds and kinds.count("LayerNormalization") == 13
+    assert kinds.count("QAttention") == 5 and kinds.count("MultiHeadAttention") == 1  # the last layer: one query
     kept = quantize(fp32.path, tmp_path / "kept", QuantizeOptions(target="cpu", mode="dynamic", first_token=False,
                                                                    split_skip_layernorm=False))
-    assert "first_token" not in kept.manifest["steps"]
+    assert "first_token" not in kept.manifest["steps"] and "first_token_query" not in kept.manifest["steps"]
     assert [n.op_type for n in onnx.load(str(kept.model_file)).graph.node].count("SkipLayerNormalization") == 12
 
 
@@ -109,8 +112,70 @@ def test_quantize_cli_turns_both_rewrites_off(tiny_onnx, tiny_int8, tmp_path):
                            "--keep-skip-layernorm", "--no-first-token"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     steps = json.loads((out / "manifest.json").read_text())["steps"]
-    assert "first_token" not in steps and "skip_layernorm" not in steps
+    assert not {"first_token", "first_token_query", "skip_layernorm"} & set(steps)
     kinds = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
     default = [n.op_type for n in onnx.load(str(tiny_int8 / "model.onnx")).graph.node]
     assert kinds.count("SkipLayerNormalization") == 4 and "SkipLayerNormalization" not in default
-    assert default.count("Slice") == kinds.count("Slice") + 2  # the attention output and the residual, cut
+    # the attention output and the residual cut for the tail; the attention output's cut then became a one-query
+    # MultiHeadAttention, which reads the residual's cut
+    assert default.count("Slice") == kinds.count("Slice") + 1 and default.count("MultiHeadAttention") == 1
+
+
+def _attention_graph(tmp_path, **attention_attrs):
+    """input [B, S, H] + mask [B, S] -> fused Attention (packed QKV) -> MatMul W -> Add residual -> LayerNorm ->
+    position 0 -> MatMul head: the shape of a BERT-style last layer after fusion."""
+    rng = np.random.default_rng(0)
+    arrays = {"qkv_w": rng.standard_normal((H, 3 * H)), "qkv_b": rng.standard_normal(3 * H),
+              "w": rng.standard_normal((H, H)), "head": rng.standard_normal((H, 2)), "g": np.ones(H), "b": np.zeros(H)}
+    inits = [numpy_helper.from_array(v.astype(np.float32), n) for n, v in arrays.items()]
+    inits.append(numpy_helper.from_array(np.array(0, np.int64), "zero"))
+    nodes = [helper.make_node("Cast", ["mask"], ["mask32"], to=TensorProto.INT32),
+             helper.make_node("Attention", ["x", "qkv_w", "qkv_b", "mask32"], ["att"], domain="com.microsoft",
+                              num_heads=2, **attention_attrs),
+             helper.make_node("MatMul", ["att", "w"], ["proj"]),
+             helper.make_node("Add", ["proj", "x"], ["res"]),
+             helper.make_node("LayerNormalization", ["res", "g", "b"], ["ln"], axis=-1),
+             helper.make_node("Gather", ["ln", "zero"], ["pooled"], axis=1),
+             helper.make_node("MatMul", ["pooled", "head"], ["logits"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", H]),
+                                           helper.make_tensor_value_info("mask", TensorProto.INT64, ["B", "S"])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], inits)
+    opsets = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 9
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    assert slice_first_token(tmp_path / "model.onnx", tmp_path / "cut.onnx")["applied"]
+    return tmp_path / "cut.onnx"
+
+
+def _masked_logits(path, x, mask):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["logits"], {"x": x, "mask": mask})[0]
+
+
+def test_last_attention_computes_the_first_query_only(tmp_path):
+    """The fused Attention feeding the first-token tail becomes a position-0 query projection, a key/value
+    projection of every position and a one-query MultiHeadAttention: same logits with padding in the batch."""
+    path = _attention_graph(tmp_path)
+    result = first_token_query(path, tmp_path / "query.onnx")
+    assert result["applied"] and result["heads"] == 2, result
+    kinds = [n.op_type for n in onnx.load(str(tmp_path / "query.onnx")).graph.node]
+    assert "Attention" not in kinds and kinds.count("MultiHeadAttention") == 1
+    assert kinds.count("Slice") == 1  # the residual's cut, shared by the query projection
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 7, H)).astype(np.float32)
+    mask = np.ones((3, 7), np.int64)
+    mask[1, 4:] = 0
+    mask[2, 2:] = 0
+    np.testing.assert_allclose(_masked_logits(tmp_path / "query.onnx", x, mask), _masked_logits(path, x, mask),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_attention_with_other_semantics_keeps_every_query(tmp_path):
+    """A causal (unidirectional) Attention is not rewritten: MultiHeadAttention here has no such attribute."""
+    path = _attention_graph(tmp_path, unidirectional=1)
+    result = first_token_query(path, tmp_path / "query.onnx")
+    assert not result["applied"] and "unidirectional" in result["reason"], result
+    assert not (tmp_path / "query.onnx").exists()
+    no_tail = first_token_query(tmp_path / "model.onnx", tmp_path / "query.onnx")  # slice_first_token not run
+    assert not no_tail["applied"] and "slice_first_token" in no_tail["reason"], no_tail
