@@ -53,8 +53,10 @@ def _check(int8, fusion, layers=2):
     assert 2 * layers - 1 <= counts.get("SkipLayerNormalization", 0) <= 2 * layers + 1, counts
     assert counts.get("BiasGelu", 0) + counts.get("FastGelu", 0) + counts.get("Gelu", 0) == layers, counts
     kinds = [n.op_type for n in onnx.load(str(int8.model_file)).graph.node]
-    assert kinds.count("QAttention") == layers   # attention's QKV projection runs in int8 too
-    assert kinds.count("MatMulInteger") >= 3 * layers
+    # attention's QKV projection runs in int8 too; the last layer's (a first-token head) as two int8 projections
+    # feeding a one-query MultiHeadAttention (first_token.first_token_query)
+    assert kinds.count("QAttention") == layers - 1 and kinds.count("MultiHeadAttention") == 1
+    assert kinds.count("MatMulInteger") >= 3 * layers + 2
     assert "IsNaN" not in kinds and "Attention" not in kinds
 
 
@@ -77,7 +79,8 @@ def test_fused_int8_agrees_with_fp32_on_padded_batches(tiny_model, tiny_data, tm
 
     fp32 = export(tiny_model, tmp_path / "fp32", ExportOptions(validation_samples=8), data=tiny_data)
     fused = quantize(fp32.path, tmp_path / "fused", QuantizeOptions(target="cpu", op_types=["Gemm"]))
-    assert fused_op_counts(fused.model_file).get("Attention") == 2
+    counts = fused_op_counts(fused.model_file)  # the last layer: the one-query MultiHeadAttention (first_token)
+    assert counts.get("Attention") == 1 and counts.get("MultiHeadAttention") == 1, counts
     encoder = encoder_for(fp32)
     texts = ["a gripping, funny film that never lets up.", "meh.", "not bad at all, really quite good"]
     with OrtSession(fp32.model_file) as a, OrtSession(fused.model_file) as b:
@@ -88,11 +91,13 @@ def test_fused_int8_agrees_with_fp32_on_padded_batches(tiny_model, tiny_data, tm
 
 
 def test_reference_model_is_fused(ref_model, sst2_dev, tmp_path):
-    """The real MiniLM-L6 (6 layers): 6 fused Attention -> QAttention, 12 SkipLayerNormalization, 6 BiasGelu."""
+    """The real MiniLM-L6 (6 layers): 6 fused Attention -> QAttention (5, the last one split for its first token's
+    query), 12 SkipLayerNormalization, 6 BiasGelu."""
     fp32 = export(ref_model, tmp_path / "fp32", ExportOptions(validation_samples=16), data=sst2_dev)
     int8 = quantize(fp32.path, tmp_path / "int8", QuantizeOptions(target="cpu", mode="dynamic"))
     fusion = int8.manifest["steps"]["fusion"]
     assert fusion["fused_ops"] == {"Attention": 6, "SkipLayerNormalization": 12, "BiasGelu": 6}, fusion
     kinds = [n.op_type for n in onnx.load(str(int8.model_file)).graph.node]
-    # 6 x (attention output, FFN in, FFN out) + pooler + classifier
-    assert kinds.count("QAttention") == 6 and kinds.count("MatMulInteger") == 20
+    # 6 x (attention output, FFN in, FFN out) + pooler + classifier, and the last layer's query and key/value
+    # projections (its attention a one-query MultiHeadAttention: first_token.first_token_query)
+    assert kinds.count("QAttention") == 5 and kinds.count("MatMulInteger") == 22
