@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from edgekit.report import environment_lines
+
 ROOT = Path(__file__).resolve().parents[2]
 COMMAND = "edgekit optimize --recipe models/minilm-l6-sst2.yaml"
 OUT = ROOT / "out" / "minilm-l6-sst2"
@@ -119,7 +121,8 @@ def run_once(name: str, args) -> dict:
     return {**rec, "name": name, "load_before": [round(x, 2) for x in load_before],
             "load_after": [round(x, 2) for x in os.getloadavg()], "speedup_p50": report.get("speedup_p50"),
             "iqr": speed.get("iqr"), "unstable": speed.get("unstable"), "warnings": report.get("warnings") or [],
-            "seconds_total": report.get("seconds_total"), "stages": report.get("stages") or []}
+            "seconds_total": report.get("seconds_total"), "stages": report.get("stages") or [],
+            "environment": report.get("environment") or {}}
 
 
 def commit() -> str:
@@ -177,6 +180,8 @@ def main(argv=None) -> None:
              "by the README's main-job command beforehand, an empty step cache per run. Command, from the "
              "repository root:", "", "```bash", "python bench/first-run/record.py --clean", "```", "",
              "which types, in a fresh 132x40 tmux terminal:", "", "```bash", COMMAND, "```", ""]
+    env = next((r["environment"] for r in runs.values() if r["environment"]), {})
+    lines += [f"Machine (the quiet run's report.json): {environment_lines(env)[0]}", ""]
     if "quiet" in runs and "competing" in runs:
         lines += ["## Summary", "", f"- Quiet: {runs['quiet']['wall_s']} s (target <= 90 s), exit {runs['quiet']['exit']}.",
                   f"- Competing: {runs['competing']['wall_s']} s, exit {runs['competing']['exit']}.",
