@@ -137,33 +137,37 @@ def first_token_query(path: str | Path, dest: str | Path) -> dict:
     weight, bias = (numpy_helper.to_array(consts[n]) for n in att.input[1:3])
     hidden = weight.shape[1] // 3
     x, mask, base = att.input[0], att.input[3], att.output[0]
-    names = {k: f"{base}_query_{k}" for k in ("x", "wq", "bq", "wkv", "bkv", "qmm", "q", "kvmm", "kv", "k", "v")}
+    names = {k: f"{base}_query_{k}"
+             for k in ("x", "wq", "bq", "wkv", "bkv", "qmm", "q", "kvmm", "kv", "k", "v", "split")}
     for key, value in (("wq", weight[:, :hidden]), ("bq", bias[:hidden]), ("wkv", weight[:, hidden:]),
-                       ("bkv", bias[hidden:])):
+                       ("bkv", bias[hidden:]), ("split", np.array([hidden, hidden], np.int64))):
         graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), names[key]))
     attrs = {a.name: helper.get_attribute_value(a) for a in att.attribute}
-    # position 0 of the attention's input: the tail's own cut of the residual when it has one (moved up here)
+    # position 0 of the attention's input: the tail's own cut of the residual when it has one; it moves up to here
+    # only when it came later (its readers all come after it, so after here too); x and the mask precede ``att``
+    position = {id(n): k for k, n in enumerate(graph.node)}
     shared = next((c for c in cuts if c.input[0] == x), None)
+    moved = shared is not None and position[id(shared)] > position[id(cut)]
     first = shared or helper.make_node("Slice", [x, *cut.input[1:4]], [names["x"]], name=f"{base}_query_slice")
     names["x"] = first.output[0]
-    new = [first,
-           helper.make_node("MatMul", [names["x"], names["wq"]], [names["qmm"]], name=f"{base}_query_MatMul"),
-           helper.make_node("Add", [names["qmm"], names["bq"]], [names["q"]], name=f"{base}_query_Add"),
-           helper.make_node("MatMul", [x, names["wkv"]], [names["kvmm"]], name=f"{base}_key_value_MatMul"),
-           helper.make_node("Add", [names["kvmm"], names["bkv"]], [names["kv"]], name=f"{base}_key_value_Add"),
-           helper.make_node("Split", [names["kv"]], [names["k"], names["v"]], axis=-1, num_outputs=2,
-                            name=f"{base}_key_value_Split"),
-           helper.make_node("MultiHeadAttention", [names["q"], names["k"], names["v"], "", mask], [cut.output[0]],
-                            domain="com.microsoft", name=f"{base}_query_MultiHeadAttention", **attrs)]
+    new = [first] if shared is None or moved else []
+    new += [helper.make_node("MatMul", [names["x"], names["wq"]], [names["qmm"]], name=f"{base}_query_MatMul"),
+            helper.make_node("Add", [names["qmm"], names["bq"]], [names["q"]], name=f"{base}_query_Add"),
+            helper.make_node("MatMul", [x, names["wkv"]], [names["kvmm"]], name=f"{base}_key_value_MatMul"),
+            helper.make_node("Add", [names["kvmm"], names["bkv"]], [names["kv"]], name=f"{base}_key_value_Add"),
+            helper.make_node("Split", [names["kv"], names["split"]], [names["k"], names["v"]], axis=-1,
+                             name=f"{base}_key_value_Split"),  # sizes as an input: opset 13 and later alike
+            helper.make_node("MultiHeadAttention", [names["q"], names["k"], names["v"], "", mask], [cut.output[0]],
+                             domain="com.microsoft", name=f"{base}_query_MultiHeadAttention", **attrs)]
     ordered = []
     for node in graph.node:
         if node is cut:
             ordered.extend(new)
-        elif node is not att and node is not shared:
+        elif node is not att and not (moved and node is shared):
             ordered.append(node)
     del graph.node[:]
     graph.node.extend(ordered)
-    used = {i for n in graph.node for i in n.input}
+    used = {i for n in graph.node for i in n.input} | {i.name for i in graph.input}
     for init in [t for t in graph.initializer if t.name in att.input[1:3] and t.name not in used]:
         graph.initializer.remove(init)
     for info in [v for v in graph.value_info if v.name == base]:
@@ -179,7 +183,7 @@ def _plain_attention(att, readers: dict, consts: dict, graph) -> str | None:
         return f"Attention {att.name!r} has {', '.join(extra)}"
     if len(att.input) < 4 or not att.input[3] or any(att.input[4:]) or len(att.output) > 1:
         return f"Attention {att.name!r} is not (input, weights, bias, mask) -> output"
-    if len(readers.get(att.output[0], [])) != 1:
+    if len(readers.get(att.output[0], [])) != 1 or att.output[0] in {o.name for o in graph.output}:
         return f"Attention {att.name!r}'s output is read outside the first-token tail"
     weight, bias = consts.get(att.input[1]), consts.get(att.input[2])
     if weight is None or bias is None or len(weight.dims) != 2 or weight.dims[1] % 3 or bias.dims != [weight.dims[1]]:

@@ -121,7 +121,7 @@ def test_quantize_cli_turns_both_rewrites_off(tiny_onnx, tiny_int8, tmp_path):
     assert default.count("Slice") == kinds.count("Slice") + 1 and default.count("MultiHeadAttention") == 1
 
 
-def _attention_graph(tmp_path, **attention_attrs):
+def _attention_graph(tmp_path, opset=18, attention_output=False, **attention_attrs):
     """input [B, S, H] + mask [B, S] -> fused Attention (packed QKV) -> MatMul W -> Add residual -> LayerNorm ->
     position 0 -> MatMul head: the shape of a BERT-style last layer after fusion."""
     rng = np.random.default_rng(0)
@@ -137,10 +137,13 @@ def _attention_graph(tmp_path, **attention_attrs):
              helper.make_node("LayerNormalization", ["res", "g", "b"], ["ln"], axis=-1),
              helper.make_node("Gather", ["ln", "zero"], ["pooled"], axis=1),
              helper.make_node("MatMul", ["pooled", "head"], ["logits"])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", 2])]
+    if attention_output:
+        outputs.append(helper.make_tensor_value_info("att", TensorProto.FLOAT, ["B", "S", H]))
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", H]),
                                            helper.make_tensor_value_info("mask", TensorProto.INT64, ["B", "S"])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], inits)
-    opsets = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
+                              outputs, inits)
+    opsets = [helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)]
     model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 9
     onnx.save(model, str(tmp_path / "model.onnx"))
@@ -153,12 +156,14 @@ def _masked_logits(path, x, mask):
     return session.run(["logits"], {"x": x, "mask": mask})[0]
 
 
-def test_last_attention_computes_the_first_query_only(tmp_path):
+@pytest.mark.parametrize("opset", [17, 18])  # export takes --opset 17 or 18
+def test_last_attention_computes_the_first_query_only(tmp_path, opset):
     """The fused Attention feeding the first-token tail becomes a position-0 query projection, a key/value
     projection of every position and a one-query MultiHeadAttention: same logits with padding in the batch."""
-    path = _attention_graph(tmp_path)
+    path = _attention_graph(tmp_path, opset=opset)
     result = first_token_query(path, tmp_path / "query.onnx")
     assert result["applied"] and result["heads"] == 2, result
+    onnx.checker.check_model(str(tmp_path / "query.onnx"))  # nodes in topological order, valid at this opset
     kinds = [n.op_type for n in onnx.load(str(tmp_path / "query.onnx")).graph.node]
     assert "Attention" not in kinds and kinds.count("MultiHeadAttention") == 1
     assert kinds.count("Slice") == 1  # the residual's cut, shared by the query projection
@@ -179,3 +184,6 @@ def test_attention_with_other_semantics_keeps_every_query(tmp_path):
     assert not (tmp_path / "query.onnx").exists()
     no_tail = first_token_query(tmp_path / "model.onnx", tmp_path / "query.onnx")  # slice_first_token not run
     assert not no_tail["applied"] and "slice_first_token" in no_tail["reason"], no_tail
+    every = _attention_graph(tmp_path, attention_output=True)  # every position of the attention is an output
+    result = first_token_query(every, tmp_path / "query.onnx")
+    assert not result["applied"] and "read outside" in result["reason"], result
