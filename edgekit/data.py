@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DataError
+from .errors import DataError, first_line
 
 TEXT_COLUMNS = ("sentence", "text", "content", "review", "document", "sentence1", "question", "premise")
 PAIR_COLUMNS = {"sentence1": "sentence2", "question": "sentence", "premise": "hypothesis"}
@@ -292,7 +292,7 @@ def _read_hub(name: str, split: str) -> tuple[list[dict], list[str]]:
         ds = datasets.load_dataset(repo, config or None, split=split)
     except Exception as exc:  # the hub raises many types; all mean "could not get it"
         raise DataError(f"Dataset '{name}' could not be loaded from the Hugging Face hub",
-                        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                        first_line(exc, typed=True),
                         "Check the name and network, or pass a local .tsv/.csv/.jsonl file") from None
     if "label" in ds.features and hasattr(ds.features["label"], "names"):
         names = ds.features["label"].names

@@ -8,6 +8,15 @@ one line and exits with the error's ``exit_code``.
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, limit: int = 200, typed: bool = False) -> str:
+    """The first non-blank line of ``exc``'s text, cut to ``limit`` characters (its type name when it has no text):
+    the "why" of a one-line error made from an exception a library raised. ``typed``: ``Type: line``."""
+    line = next((part.strip() for part in str(exc).splitlines() if part.strip()), "")[:limit]
+    if typed:
+        return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+    return line or type(exc).__name__
+
+
 class EdgekitError(Exception):
     """Base of every expected failure. ``exit_code`` is what the CLI returns."""
 

@@ -20,7 +20,7 @@ from . import progress
 from .artifact import ONNX_NAME, Artifact, atomic_dir, copy_tokenizer_and_config, resolve, sha256_folder, write_manifest
 from .data import load_dataset
 from .deps import require
-from .errors import ExportValidationError, InputError, ModelError
+from .errors import ExportValidationError, InputError, ModelError, first_line
 from .schema import opt
 from .runtime.session import OrtSession
 from .tasks import TASKS
@@ -152,8 +152,7 @@ def _torch_export(model, task, input_names, sample, path: Path, opset: int) -> N
                                         opset_version=opset, optimize=True, verbose=False)
             program.save(str(path), external_data=False)
     except Exception as exc:  # torch.export raises many internal types; all mean "not exportable"
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise ModelError("ONNX export failed", f"{type(exc).__name__}: {first}",
+        raise ModelError("ONNX export failed", first_line(exc, 300, typed=True),
                          "Try another --opset, or set EDGEKIT_DEBUG=1 to see the exporter's traceback") from exc
 
 

@@ -27,7 +27,7 @@ from . import progress
 from .artifact import atomic_dir, check_output_dir, resolve, sha256_folder, write_manifest
 from .data import TextDataset, encode_labels, label_names, load_dataset
 from .deps import require
-from .errors import DataError, InputError, ModelError
+from .errors import DataError, InputError, ModelError, first_line
 
 PKG_PREFIX = "pkg:"
 EVAL_RESULTS = "eval_results.json"
@@ -360,8 +360,7 @@ def _quiet():
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    return first_line(exc, 300)
 
 
 __all__ = ["FinetuneOptions", "finetune", "package_model_dir", "resolve_base"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .deps import require
-from .errors import InputError, ModelError
+from .errors import InputError, ModelError, first_line
 from .runtime.session import Session
 from .tasks import TASKS
 
@@ -57,7 +57,7 @@ def load_model(folder: str | Path, task: str | None = None, trust_remote_code: b
             model = model_class.from_pretrained(str(folder), trust_remote_code=trust_remote_code,
                                                 use_safetensors=_has_safetensors(folder) or None)
     except Exception as exc:  # safetensors, pickle, config and hub errors have many types; all mean "cannot load"
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 300)
         fix = ("The model ships its own code (auto_map in config.json): pass --trust-remote-code only if you "
                "trust it" if _config(folder).get("auto_map") and not trust_remote_code
                else "Check that the folder is a complete save_pretrained() output")
@@ -177,5 +177,5 @@ def fetch(model: str | Path, revision: str | None = None) -> Path:
                                           allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
     except Exception as exc:  # hub errors have many types (offline, gated, not found)
         raise ModelError(f"Model '{model}' is not a local folder and could not be fetched from the hub",
-                         f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}",
+                         first_line(exc, typed=True),
                          "Pass a local model folder, or check the name and network") from None

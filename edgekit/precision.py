@@ -27,7 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 from .deps import require
-from .errors import InputError, ModelError
+from .errors import InputError, ModelError, first_line
 
 PRECISIONS = ("fp32", "fp16", "int8")
 #: ops kept in fp32 by the fp16 conversion (added to ONNX Runtime's own block list)
@@ -47,8 +47,7 @@ def load_onnx(path: Path):
     try:
         return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends: the file is not an ONNX model
-        why = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"ONNX model '{path}' cannot be read", f"it is corrupt or not ONNX ({why})",
+        raise ModelError(f"ONNX model '{path}' cannot be read", f"it is corrupt or not ONNX ({first_line(exc)})",
                          "Re-export it with edgekit export") from None
 
 
@@ -108,8 +107,7 @@ def to_fp16(src: Path, dst: Path, keep_fp32: tuple[str, ...] = FP16_KEEP_FP32) -
     try:
         converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
     except Exception as exc:  # the converter raises bare Exceptions on graphs it cannot type
-        why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise ModelError(f"fp16 conversion of '{src}' failed", why,
+        raise ModelError(f"fp16 conversion of '{src}' failed", first_line(exc),
                          "Pass an ONNX that already carries fp16, or build --precision fp32") from None
     toposort(converted.graph)
     kept = sum(1 for n in converted.graph.node if n.op_type in keep_fp32)

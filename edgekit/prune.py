@@ -40,7 +40,7 @@ from .artifact import TOKENIZER_FILES, atomic_dir, check_output_dir, resolve, sh
 from .check import labeled_data
 from .data import TextDataset, load_dataset
 from .deps import require
-from .errors import InputError, ModelError
+from .errors import InputError, ModelError, first_line
 from .schema import opt
 from .sparsity import KeepMasks, apply_masks, parse_sparsity, sparsity_masks, sparsity_report
 
@@ -155,7 +155,7 @@ def _config(folder: Path):
     try:
         return transformers.AutoConfig.from_pretrained(str(folder))
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"config.json in '{folder}' cannot be read", str(exc).splitlines()[0][:200],
+        raise ModelError(f"config.json in '{folder}' cannot be read", first_line(exc),
                          "Pass a complete save_pretrained() folder") from None
 
 
@@ -174,7 +174,7 @@ def _load(folder: Path, options: PruneOptions):
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError) as exc:
-        raise ModelError(f"Model folder '{folder}' has no usable tokenizer", str(exc).splitlines()[0][:200],
+        raise ModelError(f"Model folder '{folder}' has no usable tokenizer", first_line(exc),
                          "Save the tokenizer with the model (tokenizer.save_pretrained)") from None
     return model, tokenizer
 

@@ -38,7 +38,7 @@ from .artifact import ONNX_NAME, Artifact, atomic_dir, copy_tokenizer_and_config
 from .data import load_dataset
 from .schema import opt
 from .deps import require
-from .errors import DataError, InputError, ModelError
+from .errors import DataError, InputError, ModelError, first_line
 from .runtime.tokenizer import TextEncoder, read_config
 
 TARGETS = ("cpu", "tensorrt", "tensorrt-rtx")
@@ -261,7 +261,7 @@ def checked_rewrite(name: str, source: Path, dest: Path, feeds: list[dict]) -> d
 
 def _error_line(exc: Exception) -> str:
     """``Type: first line`` of an exception a graph pass raised, for the manifest."""
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    return first_line(exc, typed=True)
 
 
 def _config_int(config: dict, *names: str) -> int:
@@ -299,8 +299,7 @@ def _quantize_dynamic(source: Path, target: Path, options: QuantizeOptions) -> N
                                op_types_to_quantize=options.resolved_op_types(),
                                nodes_to_exclude=options.nodes_to_exclude, extra_options={"MatMulConstBOnly": True})
     except (RuntimeError, ValueError, KeyError, IndexError) as exc:  # ORT's quantizer on a graph it cannot type
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ModelError("Dynamic int8 quantization failed", f"{type(exc).__name__}: {first}",
+        raise ModelError("Dynamic int8 quantization failed", first_line(exc, typed=True),
                          "Retry with --no-fuse (the unfused graph), or set EDGEKIT_DEBUG=1 for the traceback") from exc
 
 

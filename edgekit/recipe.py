@@ -39,7 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, first_line
 
 SECTIONS = ("gate", "export", "quantize", "build", "prune", "bench")
 LEGACY = {"budgets": "gate"}          # older recipes' name of a section
@@ -66,7 +66,7 @@ def load_recipe(path: str | Path, allow_outside_paths: bool = False) -> Recipe:
     except FileNotFoundError:
         raise InputError(f"Recipe '{path}' not found", None, "Pass a YAML file such as models/minilm-l6-sst2.yaml") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise InputError(f"Recipe '{path}' cannot be read", str(exc).splitlines()[0][:200], "Fix the YAML") from None
+        raise InputError(f"Recipe '{path}' cannot be read", first_line(exc), "Fix the YAML") from None
     if not isinstance(raw, dict):
         raise InputError(f"Recipe '{path}' is not a mapping", None, "Write keys such as model:, data:, target:")
     unknown = sorted(set(raw) - set(TOP_LEVEL))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, first_line
 
 BENCH_SCHEMA = "edgekit.bench/1"
 PEERS_SCHEMA = "edgekit.peers/1"
@@ -50,7 +50,7 @@ def _read(file: Path) -> dict:
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"Result '{file}' cannot be read", str(exc).splitlines()[0][:200] if str(exc) else None,
+        raise InputError(f"Result '{file}' cannot be read", first_line(exc),
                          "Pass a JSON file written by edgekit bench --json or an optimize --out folder") from None
     if not isinstance(data, dict):
         raise InputError(f"Result '{file}' is not an edgekit result", "its JSON is not an object",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .artifact import ONNX_NAME
 from .environment import environment
-from .errors import InputError
+from .errors import InputError, first_line
 
 SCHEMA = "edgekit.optimize/1"
 TOP_LEVEL = ("schema", "kind", "passed", "model", "data", "target", "max_accuracy_drop", "accuracy_drop",
@@ -78,7 +78,7 @@ def read_report(path: str | Path) -> dict:
     try:
         report = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise InputError(f"Report '{file}' cannot be read", str(exc).splitlines()[0][:200] if str(exc) else None,
+        raise InputError(f"Report '{file}' cannot be read", first_line(exc),
                          "Pass an optimize --out folder or its report.json") from None
     missing = [k for k in TOP_LEVEL if k not in report]
     if missing or report.get("schema") != SCHEMA:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import BackendError, EdgekitError, Terminated
+from .errors import BackendError, EdgekitError, Terminated, first_line
 from .search_trial import Candidate, TrialSetup, failed, pack, ray_trial, run_trial
 
 Log = Callable[[str], None]
@@ -139,7 +139,7 @@ def _ray(address: str, num_cpus: int | None):
         else:
             ray.init(address=address, **quiet)
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError... for an unusable address
-        raise BackendError(f"Cannot connect to Ray at '{address}'", str(exc).splitlines()[0][:200],
+        raise BackendError(f"Cannot connect to Ray at '{address}'", first_line(exc),
                            "Pass the head node's address (ray start --head prints it), or 'local'") from None
     finally:
         if callable(sigterm):  # ray.init replaces it with sys.exit; keep the caller's (the CLI's: like Ctrl-C)

@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 from .artifact import Artifact, resolve
-from .errors import ModelError
+from .errors import ModelError, first_line
 from .runtime.session import OrtSession, Session
 from .runtime.tokenizer import TextEncoder
 
@@ -43,7 +43,7 @@ def fast_tokenizer_folder(folder: Path) -> Path:
     try:
         tok = transformers.AutoTokenizer.from_pretrained(str(folder), use_fast=True)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"Model folder '{folder}' has no usable tokenizer", str(exc).splitlines()[0][:200],
+        raise ModelError(f"Model folder '{folder}' has no usable tokenizer", first_line(exc),
                          "Save the tokenizer with the model (tokenizer.save_pretrained)") from None
     tmp = Path(tempfile.mkdtemp(prefix="edgekit-tok-"))
     tok.save_pretrained(str(tmp))

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..deps import require
-from ..errors import InputError, ModelError
+from ..errors import InputError, ModelError, first_line
 from ..precision import FP16_KEEP_FP32, toposort
 
 RTX_OPSET = 21  # int4 and blocked DequantizeLinear need opset 21
@@ -75,8 +75,7 @@ def to_fp16_decoder(model) -> tuple[object, dict]:
         converted = float16.convert_float_to_float16(model, keep_io_types=list(KEEP_FP32_OUTPUTS),
                                                      op_block_list=ops, node_block_list=nodes)
     except Exception as exc:  # the converter raises bare Exceptions on graphs it cannot type
-        why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise ModelError("fp16 conversion of the decoder failed", why, "Report the architecture") from None
+        raise ModelError("fp16 conversion of the decoder failed", first_line(exc), "Report the architecture") from None
     skipped = drop_fp16_round_trips(converted.graph)
     toposort(converted.graph)
     prune_unused(converted.graph)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..deps import require
-from ..errors import BackendError, ModelError
+from ..errors import BackendError, ModelError, first_line
 
 ENGINES = ("ort", "genai")
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(bfloat16)": np.float32}
@@ -53,7 +53,7 @@ class OrtLoopEngine(Engine):
         try:
             self.session = ort.InferenceSession(str(folder / "model.onnx"), so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001  (ORT raises its own exception types)
-            raise ModelError(f"'{folder / 'model.onnx'}' cannot be loaded", str(exc).splitlines()[0],
+            raise ModelError(f"'{folder / 'model.onnx'}' cannot be loaded", first_line(exc),
                              "Re-create the artifact") from None
         self._ort = ort
         inputs = {i.name: i for i in self.session.get_inputs()}
@@ -96,7 +96,7 @@ class OrtLoopEngine(Engine):
             try:
                 outs = self.session.run_with_ort_values(self.output_names, feeds)
             except Exception as exc:  # noqa: BLE001
-                raise BackendError("ONNX Runtime failed while generating", str(exc).splitlines()[0], None) from None
+                raise BackendError("ONNX Runtime failed while generating", first_line(exc), None) from None
             past = dict(zip(self.past_names, outs[1:], strict=True))
             tok = pick_token(outs[0].numpy()[0, -1], opts, rng)
             yield tok
@@ -119,7 +119,7 @@ class GenaiEngine(Engine):
                 config.overlay(json.dumps({"model": {"decoder": {"session_options": opts}}}))
             self.model = self.og.Model(config)
         except Exception as exc:  # noqa: BLE001
-            raise ModelError(f"onnxruntime-genai cannot load '{folder}'", str(exc).splitlines()[0],
+            raise ModelError(f"onnxruntime-genai cannot load '{folder}'", first_line(exc),
                              "Use engine='ort' or re-create the artifact") from None
         self.vocab = info.vocab_size
 

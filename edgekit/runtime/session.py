@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendError, ModelError
+from ..errors import BackendError, ModelError, first_line
 
 
 class Session:
@@ -84,8 +84,7 @@ class OrtSession(Session):
         try:
             self._sess = ort.InferenceSession(str(self.model_path), options, providers=self.providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"ONNX Runtime cannot load '{self.model_path}'", first,
+            raise ModelError(f"ONNX Runtime cannot load '{self.model_path}'", first_line(exc, 300),
                              "Re-export the model with edgekit export; the file may be corrupt or truncated") from None
         self.input_names = [i.name for i in self._sess.get_inputs()]
         self.output_names = [o.name for o in self._sess.get_outputs()]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 
 DEFAULT_MAX_LENGTH = 512
 
@@ -39,7 +39,7 @@ class TextEncoder:
         try:
             self._tok = tokenizers.Tokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises plain Exception on parse errors
-            raise ModelError(f"Tokenizer '{path}' cannot be read", str(exc).splitlines()[0][:200],
+            raise ModelError(f"Tokenizer '{path}' cannot be read", first_line(exc),
                              "Copy a valid tokenizer.json from the original model") from None
         self.max_length = max_length or model_max_length(folder)
         self.min_length = max(1, min(int(min_length), self.max_length))
