@@ -31,7 +31,7 @@ def test_report_has_gate_numbers(optimized):
     assert report["check"]["samples"] == 872
     # the gate: the drop is the difference of the two accuracies, within the 1-point budget, and it passed
     assert report["accuracy_drop"] == pytest.approx(base["accuracy"] - opt["accuracy"], abs=1e-9)
-    assert report["max_accuracy_drop"] == 0.01 and report["accuracy_drop"] <= 0.01 and report["passed"] is True
+    assert report["max_accuracy_drop"] == 0.01 and report["accuracy_drop"] <= 0.01 + 1e-12 and report["passed"] is True
     assert 0.86 <= opt["accuracy"] <= 0.89
     # latency: measured, positive, ordered percentiles; the speedup is their ratio and int8 is faster
     for row in (base, opt):

@@ -57,7 +57,8 @@ def test_readme_main_job(tmp_path):
     base, opt = report["baseline"], report["optimized"]
     assert report["passed"] is True and report["check"]["samples"] == 200
     assert report["accuracy_drop"] == pytest.approx(base["accuracy"] - opt["accuracy"], abs=1e-9)
-    assert report["accuracy_drop"] <= report["max_accuracy_drop"] == 0.01
+    # within the budget as the gate counts it (report_schema: + 1e-12; 2 of 200 sentences is 0.010000000000000009)
+    assert report["max_accuracy_drop"] == 0.01 and report["accuracy_drop"] <= report["max_accuracy_drop"] + 1e-12
     assert opt["backend"] == "onnxruntime" and opt["precision"] == "int8"
     assert 0 < opt["latency_ms"]["p50"] < base["latency_ms"]["p50"] and report["speedup_p50"] > 1
     for name in ("model.onnx", "tokenizer.json", "config.json", "report.md", "manifest.json"):
@@ -77,7 +78,7 @@ def test_optimize_tensorrt_rtx_int8_two_compute_capabilities(ref_model, sst2_dev
     report = read_json(out / "report.json")
     base, opt = report["baseline"], report["optimized"]
     assert report["passed"] is True and report["target"] == "tensorrt-rtx"
-    assert opt["precision"] == "int8" and report["accuracy_drop"] <= 0.01
+    assert opt["precision"] == "int8" and report["accuracy_drop"] <= 0.01 + 1e-12  # the gate's own tolerance
     side = read_json(out / "model.engine.json")
     assert side["backend"] == "tensorrt-rtx" and side["precision"] == "int8"
     assert side["compute_capabilities"] == ["8.6", "12.0"] and side["verification"]["network"] == "passed"

@@ -26,7 +26,7 @@ def test_plain_and_search_reports_share_the_schema(tiny_optimized, tiny_model, t
         assert report["passed"] is True and report["speedup_p50"] > 0
         assert set(ROW_FIELDS) <= set(report["baseline"]) and set(ROW_FIELDS) <= set(report["optimized"])
         assert report["baseline"]["latency_ms"]["p50"] > 0 and report["optimized"]["latency_ms"]["p50"] > 0
-        assert report["accuracy_drop"] <= report["max_accuracy_drop"]
+        assert report["accuracy_drop"] <= report["max_accuracy_drop"] + 1e-12  # as the gate counts
     assert searched["search"]["winner"]["id"] == searched["optimized"]["id"]
     ids = [t["id"] for t in searched["search"]["trials"]]
     assert ids[:2] == ["fp32", "int8-dynamic-pc"] and searched["optimized"]["id"] in ids
