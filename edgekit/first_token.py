@@ -38,6 +38,8 @@ POSITION_WISE = frozenset({
     "MatMul", "Add", "Sum", "Sub", "Mul", "Div", "Pow", "Sqrt", "Erf", "Tanh", "Relu", "Sigmoid", "Gelu", "FastGelu",
     "BiasGelu", "QuickGelu", "Cast", "Identity", "LayerNormalization", "SkipLayerNormalization",
     "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "ReduceMean"})
+#: name prefix of the Slices that cut the tail's inputs (first_token_query finds them by it)
+_CUT = "first_token_slice_"
 #: ops whose ``axis`` must be the last one to act per position
 _LAST_AXIS = {"LayerNormalization", "SimplifiedLayerNormalization"}
 
@@ -55,11 +57,7 @@ def slice_first_token(path: str | Path, dest: str | Path) -> dict:
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             consts[node.output[0]] = node.attribute[0].t
-    readers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    producer = {o: n for n in graph.node for o in n.output}
+    readers, producer = _links(graph)
     outputs = {o.name for o in graph.output}
 
     picks = [n for n in graph.node if _selects_first(n, consts, onnx)]
@@ -88,7 +86,7 @@ def slice_first_token(path: str | Path, dest: str | Path) -> dict:
             if renamed[name] in node.input and name not in placed:
                 placed.add(name)
                 ordered.append(onnx.helper.make_node("Slice", [name, starts, ends, axes], [renamed[name]],
-                                                     name=f"first_token_slice_{i}"))
+                                                     name=f"{_CUT}{i}"))
         ordered.append(node)
     del graph.node[:]
     graph.node.extend(ordered)
@@ -114,20 +112,16 @@ def first_token_query(path: str | Path, dest: str | Path) -> dict:
     model = onnx.load(str(path))
     graph = model.graph
     consts = {t.name: t for t in graph.initializer}
-    readers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    cuts = [n for n in graph.node if n.op_type == "Slice" and n.name.startswith("first_token_slice_")]
+    cuts = [n for n in graph.node if n.op_type == "Slice" and n.name.startswith(_CUT)]
     if not cuts:
         return {"applied": False, "reason": "no first-token tail (slice_first_token not applied)"}
-    producer = {o: n for n in graph.node for o in n.output}
+    readers, producer = _links(graph)
     found, why = None, "no fused Attention feeds the first-token tail"
     for cut in cuts:
         att = producer.get(cut.input[0])
         if att is None or att.op_type != "Attention" or att.domain != "com.microsoft":
             continue
-        why = _plain_attention(att, readers, consts, graph)
+        why = _plain_attention(att, readers, producer, consts, graph)
         if why is None:
             found = (att, cut)
             break
@@ -176,7 +170,7 @@ def first_token_query(path: str | Path, dest: str | Path) -> dict:
     return {"applied": True, "attention": att.name or base, "heads": int(attrs["num_heads"])}
 
 
-def _plain_attention(att, readers: dict, consts: dict, graph) -> str | None:
+def _plain_attention(att, readers: dict, producer: dict, consts: dict, graph) -> str | None:
     """None when ``att`` can become a one-query MultiHeadAttention, else why not."""
     extra = sorted({a.name for a in att.attribute} - _MHA_ATTRS)
     if extra:
@@ -189,13 +183,21 @@ def _plain_attention(att, readers: dict, consts: dict, graph) -> str | None:
     if weight is None or bias is None or len(weight.dims) != 2 or weight.dims[1] % 3 or bias.dims != [weight.dims[1]]:
         return f"Attention {att.name!r} has no constant packed QKV weight and bias"
     ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in [*graph.input, *graph.value_info]}
-    producer = {o: n for n in graph.node for o in n.output}
     mask = att.input[3]
     while mask not in ranks and mask in producer and producer[mask].op_type in ("Cast", "Identity"):
         mask = producer[mask].input[0]  # the exported graph casts the model's int64 mask to int32
     if ranks.get(mask) != 2:
         return f"Attention {att.name!r}'s mask is not a recorded 2-D padding mask"
     return None
+
+
+def _links(graph) -> tuple[dict[str, list], dict]:
+    """Tensor name -> the nodes that read it, and tensor name -> the node that writes it."""
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers, {o: n for n in graph.node for o in n.output}
 
 
 def _tail(pick, producer: dict, readers: dict, outputs: set[str], consts: dict, onnx) -> list:
