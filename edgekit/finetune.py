@@ -180,7 +180,7 @@ def _load_base(base: Path, names: list[str], seed: int):
         with _quiet():
             tokenizer = transformers.AutoTokenizer.from_pretrained(str(base), trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ModelError(f"{what}: its tokenizer failed", _first_line(exc), fix) from None
+        raise ModelError(f"{what}: its tokenizer failed", first_line(exc, 300), fix) from None
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(f"{what}: no fast tokenizer", "edgekit needs tokenizer.json (or a convertible vocab)", fix)
     try:
@@ -191,7 +191,7 @@ def _load_base(base: Path, names: list[str], seed: int):
                 trust_remote_code=False, use_safetensors=any(base.glob("*.safetensors")) or None,
                 output_loading_info=True)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, AttributeError) as exc:
-        raise ModelError(f"{what} as a sequence classifier", _first_line(exc), fix) from None
+        raise ModelError(f"{what} as a sequence classifier", first_line(exc, 300), fix) from None
     model.config.problem_type = "single_label_classification"
     set_padding(tokenizer, model, what)
     new = sorted(set(info.get("missing_keys") or []) | {k[0] if isinstance(k, tuple) else k
@@ -357,10 +357,6 @@ def _quiet():
             yield
     finally:
         hf_logger.setLevel(level)
-
-
-def _first_line(exc: BaseException) -> str:
-    return first_line(exc, 300)
 
 
 __all__ = ["FinetuneOptions", "finetune", "package_model_dir", "resolve_base"]

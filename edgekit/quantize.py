@@ -225,7 +225,7 @@ def fuse_transformer_graph(source: Path, dest: Path, folder: Path, feeds: list[d
             counts = run(out)
             diff = fusion.max_output_diff(source, out, feeds)
         except Exception as exc:  # a fusion pass that breaks is skipped (recorded), the unfused graph still works
-            tried[name] = {"error": _error_line(exc)}
+            tried[name] = {"error": first_line(exc, typed=True)}
             continue
         tried[name] = {"fused_ops": counts, "max_abs_diff": diff}
         if diff <= fusion.FUSION_ATOL and counts and (
@@ -253,15 +253,10 @@ def checked_rewrite(name: str, source: Path, dest: Path, feeds: list[dict]) -> d
         if result["applied"]:
             result["max_abs_diff"] = fusion.max_output_diff(source, dest, feeds)
     except Exception as exc:
-        return {"applied": False, "reason": _error_line(exc)}
+        return {"applied": False, "reason": first_line(exc, typed=True)}
     if result["applied"] and result["max_abs_diff"] > fusion.FUSION_ATOL:
         return {"applied": False, "reason": f"logits moved by {result['max_abs_diff']:.1e} (> {fusion.FUSION_ATOL})"}
     return result
-
-
-def _error_line(exc: Exception) -> str:
-    """``Type: first line`` of an exception a graph pass raised, for the manifest."""
-    return first_line(exc, typed=True)
 
 
 def _config_int(config: dict, *names: str) -> int:

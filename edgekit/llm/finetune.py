@@ -25,8 +25,8 @@ from .. import progress
 from ..artifact import atomic_dir, check_output_dir, sha256_folder, write_manifest
 from ..data import _rows, load_dataset
 from ..deps import require
-from ..errors import DataError, EdgekitError, InputError, ModelError
-from ..finetune import _first_line, _Progress, _quiet, _save, resolve_base
+from ..errors import DataError, EdgekitError, InputError, ModelError, first_line
+from ..finetune import _Progress, _quiet, _save, resolve_base
 from .source import find_package_gguf, resolve_source
 
 IGNORE = -100
@@ -250,7 +250,7 @@ def load_causal_lm(base: Path, seed: int):
     try:
         config = transformers.AutoConfig.from_pretrained(str(base), trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"{what}: its config failed", _first_line(exc), "Pass a causal LM folder") from None
+        raise ModelError(f"{what}: its config failed", first_line(exc, 300), "Pass a causal LM folder") from None
     _check_causal(config, base)
     try:
         with _quiet():
@@ -258,7 +258,7 @@ def load_causal_lm(base: Path, seed: int):
             model = transformers.AutoModelForCausalLM.from_pretrained(str(base), dtype="float32",
                                                                       trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, AttributeError) as exc:
-        raise ModelError(f"{what} as a causal LM", _first_line(exc),
+        raise ModelError(f"{what} as a causal LM", first_line(exc, 300),
                          "Check that the folder is a complete save_pretrained() output with tokenizer.json") from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -335,7 +335,7 @@ def _train(trainer, resume: bool) -> dict:
             result = trainer.train(resume_from_checkpoint=True if resume else None)
     except ValueError as exc:
         if resume and "checkpoint" in str(exc).lower():
-            raise InputError("Cannot resume", _first_line(exc), "Run without --resume") from None
+            raise InputError("Cannot resume", first_line(exc, 300), "Run without --resume") from None
         raise
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"steps": result.global_step, "train_loss": round(float(result.training_loss), 4),
