@@ -187,14 +187,17 @@ def cpu_graph(source: Path, work: Path, folder: Path, options: QuantizeOptions) 
     """The graph the cpu int8 quantizer sees, and its steps' records: fusion (``fuse``), then the checked rewrites
     (``split_skip_layernorm``, ``first_token`` then ``first_token_query``), each checked on the same real sentences.
     Files go into ``work``."""
-    feeds = _fusion_feeds(source, folder)
+    rewrites = [name for name, wanted in (("skip_layernorm", options.split_skip_layernorm),
+                                          ("first_token", options.first_token),
+                                          ("first_token_query", options.first_token)) if wanted]
     steps = {}
+    if not options.fuse and not rewrites:  # e.g. the per-layer fallback's trials: the graph was prepared up front
+        return source, steps
+    feeds = _fusion_feeds(source, folder)
     if options.fuse:
         steps["fusion"] = fuse_transformer_graph(source, work / "fused.onnx", folder, feeds)
         source = work / "fused.onnx" if steps["fusion"]["applied"] else source
-    rewrites = {"skip_layernorm": options.split_skip_layernorm, "first_token": options.first_token,
-                "first_token_query": options.first_token}
-    for name in (n for n, wanted in rewrites.items() if wanted):
+    for name in rewrites:
         steps[name] = checked_rewrite(name, source, work / f"{name}.onnx", feeds)
         source = work / f"{name}.onnx" if steps[name]["applied"] else source
     return source, steps
