@@ -165,6 +165,7 @@ def quantize_with_fallback(onnx: str | Path, out: str | Path, qoptions: Quantize
         raise InputError(f"'{onnx}' is not an ONNX model", f"it is a {src.kind} artifact", "Run edgekit export first")
     with tempfile.TemporaryDirectory(prefix="edgekit-fb-") as work, atomic_dir(out, force) as tmp:
         work = Path(work)
+        requested = qoptions  # what the manifest records; the trials run on the fused graph with fusion off
         src, qoptions, prepared = _fused_source(src, qoptions, work)
         validation = load_dataset(validation_data)
         calibration = validation if calibration_data is None else load_dataset(calibration_data,
@@ -178,7 +179,7 @@ def quantize_with_fallback(onnx: str | Path, out: str | Path, qoptions: Quantize
                              qoptions)
         trials = _search(src, qoptions, options, ranked, calibration, work, encoder, ds, labels, ref_acc, batch)
         best = _pick(trials, options.max_accuracy_drop)
-        _finish(tmp, work / f"trial{best['index']}", qoptions, best, trials, ranked, ref_acc, prepared)
+        _finish(tmp, work / f"trial{best['index']}", requested, best, trials, ranked, ref_acc, prepared)
     return resolve(out)
 
 
@@ -259,7 +260,9 @@ def _finish(tmp: Path, trial_dir: Path, qoptions, best, trials, ranked, ref_acc,
     fell_back = [{**r, "reason": f"{r['weakest']} SQNR {r['sqnr_db']} dB, among the {best['excluded']} most "
                                 f"sensitive nodes needed to hold the budget"} for r in chosen]
     prior = resolve(trial_dir).manifest
-    write_manifest(tmp, "onnx", "quantize+fallback", inputs=prior.get("inputs", {}), options=asdict(qoptions),
+    # the options as asked, with the nodes kept fp32 named: quantize with these on the same source reproduces it
+    options = replace(qoptions, nodes_to_exclude=[r["node"] for r in chosen])
+    write_manifest(tmp, "onnx", "quantize+fallback", inputs=prior.get("inputs", {}), options=asdict(options),
                    extra={**{k: prior.get(k) for k in ("task", "mode", "format", "input_names", "output_names")},
                           "steps": {**prepared, **(prior.get("steps") or {})},  # fusion + rewrites ran up front
                           "precision": "int8 (mixed)" if chosen else "int8",

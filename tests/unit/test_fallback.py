@@ -1,6 +1,7 @@
 """Per-layer fallback on the tiny model: sensitivity ranking and the budgeted loop, on real ORT sessions."""
 
 import math
+from dataclasses import asdict
 
 import numpy as np
 import onnx
@@ -47,6 +48,12 @@ def test_fallback_zero_budget_keeps_sensitive_nodes_and_records_why(tiny_onnx, t
     ranked = [r["node"] for r in fb["sensitivity"]]
     assert [r["node"] for r in fb["fell_back"]] == ranked[:chosen["excluded"]]
     assert all("SQNR" in r["reason"] for r in fb["fell_back"])
+    # the manifest records the options as asked (not the trials' fusion-off copy) and the nodes kept fp32
+    asked = asdict(QuantizeOptions(target=target, calibration_samples=16))
+    recorded = art.manifest["options"]
+    assert recorded["nodes_to_exclude"] == [r["node"] for r in fb["fell_back"]]
+    assert {k: v for k, v in recorded.items() if k != "nodes_to_exclude"} == \
+        {k: v for k, v in asked.items() if k != "nodes_to_exclude"}
     kept_float = set(r["node"] for r in fb["fell_back"])
     graph = onnx.load(str(art.model_file)).graph
     assert not kept_float & {n.name for n in graph.node if n.op_type in ("MatMulInteger", "QLinearMatMul")}
