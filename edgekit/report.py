@@ -78,7 +78,7 @@ def optimize_markdown(report: dict) -> str:
         f"logit max |diff| {_f(check.get('logit_max_abs_diff'), '.3g')}, "
         f"mean {_f(check.get('logit_mean_abs_diff'), '.3g')}",
         f"- Latency: batch {_f(bench.get('batch_size'), 'd', 'default')}, "
-        f"{threads_text(bench.get('threads'), cores)} threads, "
+        f"{threads_text(bench.get('threads'), cores)} thread{'' if bench.get('threads') == 1 else 's'}, "
         f"{_f(bench.get('iterations'), 'd', 'default')} timed runs after {_f(bench.get('warmup'), 'd', 'default')} "
         "warm-up, model-only (tokenization excluded), real sentences from the data",
     ]

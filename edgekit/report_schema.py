@@ -67,7 +67,7 @@ def optimize_report(src, data, out, options, checked, base_bench, opt_bench, shi
         "bench": {"batch_size": b.batch_size, "iterations": b.iterations, "warmup": b.warmup,
                   "threads": base_bench["threads"], "tokens_mean": base_bench["tokens_mean"]},
         "stages": stages,
-        "environment": environment(),
+        "environment": environment(threads=base_bench["threads"]),  # the threads both models were timed at
     }
 
 

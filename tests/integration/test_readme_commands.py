@@ -66,6 +66,10 @@ def test_readme_main_job(tmp_path):
     assert 0 < opt["latency_ms"]["p50"] < base["latency_ms"]["p50"] and report["speedup_p50"] > 1
     for name in ("model.onnx", "tokenizer.json", "config.json", "report.md", "manifest.json"):
         assert (out / name).is_file(), name
+    # the environment block names the threads both models were timed at (it said "default" while bench used 1)
+    threads = report["bench"]["threads"]
+    assert isinstance(threads, int) and report["environment"]["threads"]["intra_op"] == threads
+    assert f"Threads: intra-op {threads}" in (out / "report.md").read_text()
     last = [line for line in result.stdout.splitlines() if line.strip()][-1]
     assert last.startswith("PASSED") and f"{report['speedup_p50']:.2f}x" in last, last
 
