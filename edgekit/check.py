@@ -10,7 +10,7 @@ from . import progress
 from .artifact import Artifact, resolve
 from . import data as data_readers
 from .data import TextDataset, encode_labels, encode_tags
-from .errors import DataError, ModelError
+from .errors import DataError, InputError, ModelError
 from .metrics import IGNORE, fit_tokens, word_tags
 from .runtime.session import Session
 from .runtime.tokenizer import TextEncoder, read_config
@@ -191,6 +191,10 @@ def check(original: str | Path, candidate: str | Path, data: str | Path, text_co
           label_column: str | None = None, batch_size: int = 1, threads: int | None = None,
           max_samples: int | None = None) -> dict:
     """Run both artifacts on the same tokenized inputs from labeled ``data`` and compare them."""
+    for flag, value in (("--batch-size", batch_size), ("--threads", threads), ("--max-samples", max_samples)):
+        if value is not None and value < 1:
+            raise InputError(f"{flag} must be at least 1, got {value}", None,
+                             "Omit it for the default" if flag != "--batch-size" else "Use your serving batch size")
     orig, cand = resolve(original), resolve(candidate)
     ds, labels = labeled_data(orig, data, text_column, label_column, max_samples)
     encoder = encoder_for(orig)

@@ -43,6 +43,9 @@ class TextDataset:
 
     def subset(self, n: int | None, seed: int = 0) -> "TextDataset":
         """The first ``n`` rows after a seeded shuffle (None = all, in order)."""
+        if n is not None and n < 1:  # order[:0] is empty, order[:-3] drops three rows: neither was asked for
+            raise DataError(f"A subset of {n} rows of {self.source or 'the data'} was asked for",
+                            "a subset needs at least one row", "Pass --max-samples 1 or more, or omit it for every row")
         if n is None or n >= len(self):
             return self
         order = list(range(len(self)))

@@ -40,11 +40,14 @@ def cases(tiny_model, tiny_data, tmp_path):
         "empty data": [tiny_model, "--data", empty],
         "unknown labels": [tiny_model, "--data", unknown],
         "out is a file": [tiny_model, "--data", tiny_data, "--out", a_file],
+        "no gate rows": [tiny_model, "--data", tiny_data, "--max-samples", "0"],
+        "negative gate rows": [tiny_model, "--data", tiny_data, "--max-samples", "-3"],
     }
 
 
 @pytest.mark.parametrize("case", ["missing model", "not an HF model", "data without the named column",
-                                  "data without a text column", "empty data", "unknown labels", "out is a file"])
+                                  "data without a text column", "empty data", "unknown labels", "out is a file",
+                                  "no gate rows", "negative gate rows"])
 def test_optimize_bad_input(cases, case, tmp_path):
     args = cases[case]
     out = tmp_path / "out"
@@ -54,6 +57,26 @@ def test_optimize_bad_input(cases, case, tmp_path):
     assert_one_line_error(result)
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name], "temporary folder left behind"
+
+
+@pytest.mark.parametrize("flag,value", [("--max-samples", "0"), ("--max-samples", "-3"), ("--batch-size", "0"),
+                                        ("--threads", "0")])
+def test_check_bad_counts(tiny_model, tiny_data, flag, value):
+    """--max-samples 0 and --batch-size 0 raised inside numpy; -3 silently dropped three rows."""
+    result = run("check", tiny_model, tiny_model, "--data", tiny_data, flag, value)
+    assert_one_line_error(result)
+    assert f"{flag} must be at least 1, got {value}" in result.stderr
+
+
+def test_subset_refuses_no_rows():
+    from edgekit.data import TextDataset
+    from edgekit.errors import DataError
+
+    ds = TextDataset(["a", "b", "c"], ["0", "1", "0"], "rows.tsv", "sentence", "label")
+    assert len(ds.subset(2)) == 2 and ds.subset(None) is ds and ds.subset(5) is ds
+    for n in (0, -1):
+        with pytest.raises(DataError, match=f"A subset of {n} rows of rows.tsv"):
+            ds.subset(n)
 
 
 def test_usage_error_exits_2(tmp_path):
