@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from edgekit.fallback import FallbackOptions, _act_sqnr, _weight_sqnr, quantize_with_fallback, sensitivity
-from edgekit.quantize import QuantizeOptions
+from edgekit.quantize import QuantizeOptions, quantize
 
 
 def test_sqnr_orders_outliers_below_well_behaved_tensors():
@@ -54,6 +54,9 @@ def test_fallback_zero_budget_keeps_sensitive_nodes_and_records_why(tiny_onnx, t
     assert recorded["nodes_to_exclude"] == [r["node"] for r in fb["fell_back"]]
     assert {k: v for k, v in recorded.items() if k != "nodes_to_exclude"} == \
         {k: v for k, v in asked.items() if k != "nodes_to_exclude"}
+    # ...which is enough to rebuild it: quantize with the recorded options gives the same bytes
+    again = quantize(tiny_onnx, tmp_path / f"{target}-again", QuantizeOptions(**recorded), calibration_data=tiny_data)
+    assert again.model_file.read_bytes() == art.model_file.read_bytes()
     kept_float = set(r["node"] for r in fb["fell_back"])
     graph = onnx.load(str(art.model_file)).graph
     assert not kept_float & {n.name for n in graph.node if n.op_type in ("MatMulInteger", "QLinearMatMul")}
