@@ -27,11 +27,12 @@ import logging
 import math
 import os
 import sys
-import time
 
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+from edgekit.paired import PairedOptions, interleaved
 
 HIDDEN, HEADS, FFN = 384, 12, 1536
 LAYERS, ACTIVATIONS, PAIRS = 5, 6, 3
@@ -164,20 +165,12 @@ def measure(group: dict[str, tuple[bytes, int]], feed: dict, threads: int, round
         sessions.pop("fp32 reference", None)
     base = reference if reference is not None else outputs[next(iter(outputs))]
     valid = feed["mask"].astype(bool) if "mask" in feed else np.ones(base.shape[:-1], bool)
-    per_round = {name: [] for name in sessions}
-    for r in range(rounds):
-        order = list(sessions.items()) if r % 2 == 0 else list(sessions.items())[::-1]
-        for name, (session, chain) in order:
-            session.run(None, feed)
-            times = []
-            for _ in range(runs):
-                t = time.perf_counter()
-                session.run(None, feed)
-                times.append(time.perf_counter() - t)
-            per_round[name].append(np.median(times) / chain * 1e6)
+    # edgekit's own interleaving (A B C, then C B A, ...; the same input every run): ms per run, per round
+    times = interleaved({name: (lambda i, s=session: s.run(None, feed)) for name, (session, _) in sessions.items()},
+                        PairedOptions(rounds=rounds, runs=runs, warmup=2))
     scale = float(np.abs(base)[valid].max())
-    return [(name, float(np.median(per_round[name])), float(np.abs(outputs[name] - base)[valid].max()) / scale)
-            for name in sessions]
+    return [(name, float(np.median([np.median(r) for r in times[name]])) / chain * 1e3,
+             float(np.abs(outputs[name] - base)[valid].max()) / scale) for name, (_, chain) in sessions.items()]
 
 
 def main() -> int:
