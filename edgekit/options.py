@@ -52,6 +52,11 @@ class DataOptions:
     prune_data: str | None = opt(None, help="Labeled training rows for pruning importance and recovery "
                                             "(required to prune).")
 
+    def validate(self) -> None:
+        if self.max_samples is not None and self.max_samples < 1:  # before export, not after it
+            raise InputError(f"--max-samples must be at least 1, got {self.max_samples}", None,
+                             "Omit it to gate on every row of --data")
+
 
 @dataclass
 class GateOptions:
@@ -110,9 +115,7 @@ class OptimizeOptions:
         if self.target == "cpu" and self.precision != "int8":
             raise InputError(f"--precision {self.precision} applies to TensorRT targets only",
                              "the cpu target is int8 on ONNX Runtime", "Drop --precision, or pass --target tensorrt-rtx")
-        if self.data.max_samples is not None and self.data.max_samples < 1:  # before export, not after it
-            raise InputError(f"--max-samples must be at least 1, got {self.data.max_samples}", None,
-                             "Omit it to gate on every row of --data")
+        self.data.validate()
         if not 0 <= self.gate.max_accuracy_drop < 1:
             raise InputError(f"--max-accuracy-drop must be a fraction in [0, 1), got {self.gate.max_accuracy_drop}",
                              None, "Use 0.01 for one accuracy point")

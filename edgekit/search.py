@@ -124,6 +124,7 @@ class SearchOptions:
                              "FFN shares are in [0, 1), block counts >= 0")
         if self.threads is not None and self.threads < 1:
             raise InputError(f"--threads must be at least 1, got {self.threads}", None, None)
+        self.data.validate()
 
     @classmethod
     def from_optimize(cls, options, explicit: set[str], **search_fields) -> "SearchOptions":

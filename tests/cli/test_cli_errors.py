@@ -68,6 +68,13 @@ def test_check_bad_counts(tiny_model, tiny_data, flag, value):
     assert f"{flag} must be at least 1, got {value}" in result.stderr
 
 
+def test_search_refuses_no_gate_rows_up_front(tiny_model, tiny_data, tmp_path):
+    out = tmp_path / "out"
+    result = run("optimize", tiny_model, "--data", tiny_data, "--out", out, "--search", "--max-samples", "0")
+    assert_one_line_error(result)
+    assert "--max-samples must be at least 1, got 0" in result.stderr and not out.exists()
+
+
 def test_subset_refuses_no_rows():
     from edgekit.data import TextDataset
     from edgekit.errors import DataError
