@@ -670,10 +670,14 @@ def report_cmd(runs, out, force, as_json):
 def prune_cmd(model, data, out, eval_data, text_column, label_column, force, as_json, **flags):
     """Remove FFN neurons and blocks from MODEL (importance from --data), recover accuracy, save a smaller HF folder."""
     from .data import load_dataset
+    from .errors import InputError
     from .prune import PruneOptions, prune
 
     options = PruneOptions(**flags)
     options.validate()  # before any data is read
+    if not (options.ffn or options.layers or options.heads or options.sparsity):
+        raise InputError("Nothing to prune", "--ffn 0, --layers 0 and no --sparsity remove nothing (the recovery "
+                         "fine-tune would run on the whole model)", "Pass --ffn 0.5 and/or --layers 1")
     train = load_dataset(data, text_column, label_column, split="train")  # each file read once, here
     evalset = load_dataset(eval_data, text_column, label_column) if eval_data else None
     m = prune(model, train, out, options, eval_data=evalset, force=force)

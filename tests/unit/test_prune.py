@@ -146,6 +146,7 @@ def test_block_choice_follows_measured_loss_or_depth(tmp_path, tiny_data):
     (["--heads", "0.5"], "Attention heads cannot be pruned from a 'bert' model"),
     (["--sparsity", "3:4"], "Invalid --sparsity '3:4'"),
     (["--importance-samples", "0"], "Invalid --importance-samples 0"),
+    ([], "Nothing to prune"),   # the defaults remove nothing: refused rather than a recovery of the whole model
 ])
 def test_invalid_ratios_give_one_line_errors(tiny_model, tiny_data, tmp_path, flags, needle):
     out = tmp_path / "never"
