@@ -28,7 +28,7 @@ from .errors import InputError
 from .export import ExportOptions
 from .prune import PruneOptions
 from .quantize import TARGETS, QuantizeOptions
-from .schema import check_keys, opt, sections
+from .schema import check_keys, check_types, opt, sections
 
 ENGINE_TARGETS = ("tensorrt", "tensorrt-rtx")
 #: fields of a step's options that the run sets (from ``target`` / ``precision``): not keys of the schema
@@ -143,6 +143,7 @@ class OptimizeOptions:
             raise InputError("Options must be a mapping", f"got {type(values).__name__}", None)
         check_keys(cls, values, "option(s)")
         subs, top = sections(cls), {}
+        check_types(cls, {k: v for k, v in values.items() if k not in subs})
         for key, value in values.items():
             if key not in subs:
                 top[key] = value
@@ -153,6 +154,7 @@ class OptimizeOptions:
             if not isinstance(value, dict):
                 raise InputError(f"Option '{key}' must be a mapping of {key} options", f"got {value!r}", None)
             check_keys(subs[key], value, f"{key} option(s)")
+            check_types(subs[key], value, f"{key}.")
             base = cls.__dataclass_fields__[key].default_factory()  # type: ignore[misc]
             _refuse_derived(key, value, base)
             top[key] = replace(base, **value)

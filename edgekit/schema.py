@@ -12,6 +12,7 @@ imports.
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from dataclasses import MISSING
 from typing import Any
@@ -107,3 +108,30 @@ def check_keys(cls, values: dict, what: str, skip: set[str] = frozenset()) -> No
     if unknown:
         raise InputError(f"Unknown {what}: {', '.join(map(str, unknown))}", None,
                          f"Valid keys: {', '.join(known)}")
+
+
+def check_types(cls, values: dict, prefix: str = "") -> None:
+    """A one-line InputError for a value of the wrong type (a recipe's ``max_accuracy_drop: lots`` reached a
+    comparison and raised TypeError there); numbers, booleans and lists are checked, ints pass as floats."""
+    for leaf in _leaves(cls, None):
+        if leaf.name not in values:
+            continue
+        value = values[leaf.name]
+        if value is None:
+            if leaf.optional:
+                continue
+            ok = False
+        elif leaf.kind is bool:
+            ok = isinstance(value, bool)
+        elif leaf.kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif leaf.kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif leaf.kind is list:
+            ok = isinstance(value, (list, tuple))
+        else:
+            continue  # strings and anything else: the option's own validate says what it accepts
+        if not ok:
+            wanted = {bool: "true or false", int: "a whole number", float: "a number", list: "a list"}[leaf.kind]
+            raise InputError(f"Option '{prefix}{leaf.name}' must be {wanted}", f"got {value!r}",
+                             f"Write e.g. {leaf.name}: {json.dumps(leaf.default)}" if leaf.default is not None else None)

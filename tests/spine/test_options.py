@@ -52,6 +52,26 @@ def test_unknown_keys_are_one_line_errors_listing_valid_ones(values, expected):
     assert err.value.message.startswith(expected) and "\n" not in err.value.message
 
 
+@pytest.mark.parametrize("values, expected", [
+    ({"gate": {"max_accuracy_drop": "lots"}}, "Option 'gate.max_accuracy_drop' must be a number: got 'lots'."),
+    ({"bench": {"iterations": 2.5}}, "Option 'bench.iterations' must be a whole number: got 2.5."),
+    ({"quantize": {"per_channel": "yes"}}, "Option 'quantize.per_channel' must be true or false: got 'yes'. Write e.g."),
+    ({"quantize": {"op_types": "MatMul"}}, "Option 'quantize.op_types' must be a list: got 'MatMul'."),
+    ({"data": {"max_samples": True}}, "Option 'data.max_samples' must be a whole number: got True."),
+])
+def test_values_of_the_wrong_type_are_one_line_errors(values, expected):
+    """A recipe's value of the wrong type reached a comparison and raised TypeError there (a traceback)."""
+    with pytest.raises(InputError) as err:
+        OptimizeOptions.from_dict(values)
+    assert err.value.message.startswith(expected) and "\n" not in err.value.message
+
+
+def test_right_types_pass_the_type_check():
+    o = OptimizeOptions.from_dict({"gate": {"max_accuracy_drop": 0}, "bench": {"threads": None, "iterations": 5},
+                                   "prune": {"ffn": 1 / 2, "layers": 1}, "quantize": {"op_types": ["MatMul"]}})
+    assert o.gate.max_accuracy_drop == 0 and o.bench.iterations == 5 and o.quantize.op_types == ["MatMul"]
+
+
 def _flags_in_help() -> tuple[str, set[str]]:
     result = CliRunner().invoke(main, ["optimize", "--help"], terminal_width=200)
     assert result.exit_code == 0, result.output
