@@ -161,6 +161,19 @@ def _check_target(options: LMOptimizeOptions) -> None:
         raise InputError("--keep-sensitive applies to --target tensorrt-rtx --precision int4 only",
                          f"this run is {options.target} {options.precision}; on the CPU the gate's fallback keeps "
                          "layers at higher precision (k-quant mixed)", "Drop --keep-sensitive")
+    g = options.gate
+    # every count and budget before the model is read (a bad one used to surface minutes in, or never)
+    checks = [("--rows", g.rows, g.rows is None or g.rows >= 1, "at least 1 (0 = all rows)"),
+              ("--threads", options.threads, options.threads >= 1, "at least 1"),
+              ("--rounds", options.bench.rounds, options.bench.rounds >= 1, "at least 1"),
+              ("--calibration-rows", options.calibration_rows, options.calibration_rows >= 1, "at least 1"),
+              ("--block-size", options.block_size, options.block_size >= 0, "0 (auto) or more"),
+              ("--max-accuracy-drop", g.max_accuracy_drop, 0 <= g.max_accuracy_drop <= 100, "in points, 0 to 100"),
+              ("--min-agreement", g.min_agreement, 0 <= g.min_agreement <= 1, "a fraction in [0, 1]"),
+              ("--max-ppl-increase", g.max_ppl_increase, g.max_ppl_increase >= 0, "a relative increase >= 0")]
+    for flag, value, ok, valid in checks:
+        if not ok:
+            raise InputError(f"Invalid {flag} {value}", f"it must be {valid}", None)
 
 
 def _rtx_artifact(hf: Path, tmp: Path, options: LMOptimizeOptions, stages: list, texts: list[str]) -> dict | None:

@@ -75,6 +75,23 @@ def test_search_refuses_no_gate_rows_up_front(tiny_model, tiny_data, tmp_path):
     assert "--max-samples must be at least 1, got 0" in result.stderr and not out.exists()
 
 
+@pytest.mark.parametrize("flag,value", [("--rows", "-5"), ("--threads", "0"), ("--rounds", "0"),
+                                        ("--max-accuracy-drop", "-1"), ("--min-agreement", "2"),
+                                        ("--calibration-rows", "0"), ("--max-ppl-increase", "-1")])
+def test_optimize_lm_checks_counts_and_budgets_first(tmp_path, flag, value):
+    """Before the model or the data is read: these ran for minutes (or the whole job) before."""
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["optimize-lm", "pkg:not-read", "--data", str(tmp_path / "not-read.tsv"),
+                                       "--out", str(out), flag, value])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"Error: Invalid {flag} ") and not out.exists(), result.stderr
+
+
 def test_subset_refuses_no_rows():
     from edgekit.data import TextDataset
     from edgekit.errors import DataError
