@@ -92,6 +92,20 @@ def test_optimize_lm_checks_counts_and_budgets_first(tmp_path, flag, value):
     assert len(lines) == 1 and lines[0].startswith(f"Error: Invalid {flag} ") and not out.exists(), result.stderr
 
 
+@pytest.mark.parametrize("flag,value", [("--threads", "0"), ("--tokens", "0"), ("--min-agreement", "3"),
+                                        ("--calibration-rows", "0")])
+def test_quantize_lm_checks_counts_first(tmp_path, flag, value):
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["quantize-lm", "pkg:not-read", "--out", str(out), flag, value])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"Error: Invalid {flag} ") and not out.exists(), result.stderr
+
+
 def test_subset_refuses_no_rows():
     from edgekit.data import TextDataset
     from edgekit.errors import DataError
