@@ -110,6 +110,9 @@ def check_keys(cls, values: dict, what: str, skip: set[str] = frozenset()) -> No
                          f"Valid keys: {', '.join(known)}")
 
 
+WANTED = {bool: "true or false", int: "a whole number", float: "a number", list: "a list"}
+
+
 def check_types(cls, values: dict, prefix: str = "") -> None:
     """A one-line InputError for a value of the wrong type (a recipe's ``max_accuracy_drop: lots`` reached a
     comparison and raised TypeError there); numbers, booleans and lists are checked, ints pass as floats."""
@@ -117,21 +120,19 @@ def check_types(cls, values: dict, prefix: str = "") -> None:
         if leaf.name not in values:
             continue
         value = values[leaf.name]
+        if leaf.kind not in WANTED:
+            continue  # strings and anything else: the option's own validate says what it accepts
         if value is None:
-            if leaf.optional:
-                continue
-            ok = False
+            ok = leaf.optional
         elif leaf.kind is bool:
             ok = isinstance(value, bool)
         elif leaf.kind is int:
             ok = isinstance(value, int) and not isinstance(value, bool)
         elif leaf.kind is float:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        elif leaf.kind is list:
-            ok = isinstance(value, (list, tuple))
         else:
-            continue  # strings and anything else: the option's own validate says what it accepts
+            ok = isinstance(value, (list, tuple))
         if not ok:
-            wanted = {bool: "true or false", int: "a whole number", float: "a number", list: "a list"}[leaf.kind]
-            raise InputError(f"Option '{prefix}{leaf.name}' must be {wanted}", f"got {value!r}",
-                             f"Write e.g. {leaf.name}: {json.dumps(leaf.default)}" if leaf.default is not None else None)
+            example = f"Write e.g. {leaf.name}: {json.dumps(leaf.default, default=str)}"
+            raise InputError(f"Option '{prefix}{leaf.name}' must be {WANTED[leaf.kind]}", f"got {value!r}",
+                             example if leaf.default is not None else None)

@@ -58,6 +58,7 @@ def test_unknown_keys_are_one_line_errors_listing_valid_ones(values, expected):
     ({"quantize": {"per_channel": "yes"}}, "Option 'quantize.per_channel' must be true or false: got 'yes'. Write e.g."),
     ({"quantize": {"op_types": "MatMul"}}, "Option 'quantize.op_types' must be a list: got 'MatMul'."),
     ({"data": {"max_samples": True}}, "Option 'data.max_samples' must be a whole number: got True."),
+    ({"bench": {"iterations": None}}, "Option 'bench.iterations' must be a whole number: got None."),
 ])
 def test_values_of_the_wrong_type_are_one_line_errors(values, expected):
     """A recipe's value of the wrong type reached a comparison and raised TypeError there (a traceback)."""
@@ -70,6 +71,9 @@ def test_right_types_pass_the_type_check():
     o = OptimizeOptions.from_dict({"gate": {"max_accuracy_drop": 0}, "bench": {"threads": None, "iterations": 5},
                                    "prune": {"ffn": 1 / 2, "layers": 1}, "quantize": {"op_types": ["MatMul"]}})
     assert o.gate.max_accuracy_drop == 0 and o.bench.iterations == 5 and o.quantize.op_types == ["MatMul"]
+    # a string field given None is left to the option's own checks (no KeyError from the type check)
+    with pytest.raises(InputError, match="calibration method|Unknown"):
+        OptimizeOptions.from_dict({"quantize": {"calibration_method": None}}).validate()
 
 
 def _flags_in_help() -> tuple[str, set[str]]:
