@@ -169,7 +169,7 @@ def _check_target(options: LMOptimizeOptions) -> None:
               ("--calibration-rows", options.calibration_rows, options.calibration_rows >= 1, "at least 1"),
               ("--block-size", options.block_size, options.block_size >= 0, "0 (auto) or more"),
               ("--max-accuracy-drop", g.max_accuracy_drop, 0 <= g.max_accuracy_drop <= 100, "in points, 0 to 100"),
-              ("--min-agreement", g.min_agreement, 0 <= g.min_agreement <= 1, "a fraction in [0, 1]"),
+              ("--min-agreement", g.min_agreement, g.min_agreement >= 0, "a fraction >= 0"),
               ("--max-ppl-increase", g.max_ppl_increase, g.max_ppl_increase >= 0, "a relative increase >= 0")]
     for flag, value, ok, valid in checks:
         if not ok:

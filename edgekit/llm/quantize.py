@@ -248,8 +248,8 @@ def _check(options: LMQuantizeOptions) -> None:
             raise InputError(f"Invalid accuracy_level {a}", "MatMulNBits takes 1 to 4", "Pass 1 (fp32) or 4 (int8)")
     for flag, value, ok, valid in (("--threads", options.threads, options.threads >= 1, "at least 1"),
                                    ("--tokens", options.tokens, options.tokens >= 1, "at least 1"),
-                                   ("--min-agreement", options.min_agreement, 0 <= options.min_agreement <= 1,
-                                    "a fraction in [0, 1]"),
+                                   ("--min-agreement", options.min_agreement, options.min_agreement >= 0,
+                                    "a fraction >= 0"),
                                    ("agreement_slack", options.agreement_slack, 0 <= options.agreement_slack <= 1,
                                     "a fraction in [0, 1]")):
         if not ok:  # before the model is read (these ran into the export first)

@@ -76,7 +76,7 @@ def test_search_refuses_no_gate_rows_up_front(tiny_model, tiny_data, tmp_path):
 
 
 @pytest.mark.parametrize("flag,value", [("--rows", "-5"), ("--threads", "0"), ("--rounds", "0"),
-                                        ("--max-accuracy-drop", "-1"), ("--min-agreement", "2"),
+                                        ("--max-accuracy-drop", "-1"), ("--min-agreement", "-0.5"),
                                         ("--calibration-rows", "0"), ("--max-ppl-increase", "-1")])
 def test_optimize_lm_checks_counts_and_budgets_first(tmp_path, flag, value):
     """Before the model or the data is read: these ran for minutes (or the whole job) before."""
@@ -92,7 +92,7 @@ def test_optimize_lm_checks_counts_and_budgets_first(tmp_path, flag, value):
     assert len(lines) == 1 and lines[0].startswith(f"Error: Invalid {flag} ") and not out.exists(), result.stderr
 
 
-@pytest.mark.parametrize("flag,value", [("--threads", "0"), ("--tokens", "0"), ("--min-agreement", "3"),
+@pytest.mark.parametrize("flag,value", [("--threads", "0"), ("--tokens", "0"), ("--min-agreement", "-1"),
                                         ("--calibration-rows", "0")])
 def test_quantize_lm_checks_counts_first(tmp_path, flag, value):
     from click.testing import CliRunner
