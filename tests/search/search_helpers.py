@@ -2,6 +2,7 @@
 
 import os
 import queue
+import signal
 import subprocess
 import threading
 
@@ -14,7 +15,8 @@ def started(n: int):
 def interrupt_at(cmd, until, sig: int) -> tuple[int, list[str]]:
     """Run ``cmd``; send ``sig`` as soon as ``until(stderr lines so far)`` holds. Returns the exit code and the lines."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+                            preexec_fn=_signals_as_in_a_shell)
     lines: queue.Queue = queue.Queue()
     reader = threading.Thread(target=lambda: [lines.put(line.rstrip()) for line in proc.stderr], daemon=True)
     reader.start()
@@ -31,3 +33,12 @@ def interrupt_at(cmd, until, sig: int) -> tuple[int, list[str]]:
     while not lines.empty():
         seen.append(lines.get())
     return rc, seen
+
+
+def _signals_as_in_a_shell() -> None:
+    """In the child before exec: SIGINT / SIGTERM at their defaults and unblocked, as a shell starts a command.
+    A child inherits an ignored or blocked signal from the test process (something earlier in a long suite may
+    leave one so), and a Python started with SIGINT ignored never turns Ctrl-C into KeyboardInterrupt."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
