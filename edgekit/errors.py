@@ -43,6 +43,15 @@ class InputError(EdgekitError):
     """A path, model folder or option the user gave cannot be used."""
 
 
+def refuse_invalid(checks, hint: bool = True) -> None:
+    """``Invalid FLAG VALUE: it must be VALID`` for the first ``(flag, value, ok, valid)`` of ``checks`` whose
+    ``ok`` is false (``hint``: and ``Pass FLAG VALID``): the option checks run before any model or data is read."""
+    for flag, value, ok, valid in checks:
+        if not ok:
+            fix = f"Pass {flag} {valid}" if hint else None
+            raise InputError(f"Invalid {flag} {value}", f"it must be {valid}", fix)
+
+
 class DataError(InputError):
     """A dataset is missing, empty, malformed or does not fit the model."""
 

@@ -27,7 +27,7 @@ from . import progress
 from .artifact import atomic_dir, check_output_dir, resolve, sha256_folder, write_manifest
 from .data import TextDataset, encode_labels, label_names, load_dataset
 from .deps import require
-from .errors import DataError, InputError, ModelError, first_line
+from .errors import DataError, ModelError, first_line, refuse_invalid
 
 PKG_PREFIX = "pkg:"
 EVAL_RESULTS = "eval_results.json"
@@ -149,9 +149,7 @@ def _check_options(o: FinetuneOptions) -> None:
               ("weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0"),
               ("warmup_ratio", o.warmup_ratio, 0 <= o.warmup_ratio < 1, "in [0, 1)"),
               ("eval_batch_size", o.eval_batch_size, o.eval_batch_size >= 1, ">= 1")]
-    for flag, value, ok, valid in checks:
-        if not ok:
-            raise InputError(f"Invalid {flag} {value}", f"it must be {valid}", f"Pass {flag} {valid}")
+    refuse_invalid(checks)
 
 
 def _label_names(train: TextDataset) -> list[str]:

@@ -40,7 +40,7 @@ from .artifact import TOKENIZER_FILES, atomic_dir, check_output_dir, resolve, sh
 from .check import labeled_data
 from .data import TextDataset, load_dataset
 from .deps import require
-from .errors import InputError, ModelError, first_line
+from .errors import InputError, ModelError, first_line, refuse_invalid
 from .schema import opt
 from .sparsity import KeepMasks, apply_masks, parse_sparsity, sparsity_masks, sparsity_report
 
@@ -88,9 +88,7 @@ class PruneOptions:
                   ("--lr", self.lr, 0 < self.lr < 1, "in (0, 1)"),
                   ("--batch-size", self.batch_size, self.batch_size >= 1, ">= 1"),
                   ("--max-length", self.max_length, self.max_length >= 4, ">= 4")]
-        for flag, value, ok, valid in checks:
-            if not ok:
-                raise InputError(f"Invalid {flag} {value}", f"it must be {valid}", f"Pass {flag} {valid}")
+        refuse_invalid(checks)
         parse_sparsity(self.sparsity)
 
     @classmethod

@@ -90,14 +90,13 @@ def quantize_lm_cmd(model, out, precision, block_size, accuracy_level, block_siz
                     source_blocks, threads, cache_dir, force):
     """Quantize a causal LM to int4/int8 weight-only, choosing block size and accuracy_level by measurement."""
     from ..data import load_dataset
-    from ..errors import InputError
+    from ..errors import refuse_invalid
     from .prompts import DEFAULT_TEMPLATE, template as make_template
     from .quantize import LMQuantizeOptions, quantize_lm
     from .source_blocks import Q8_0_KEPT
 
     calibration: tuple[str, ...] = ()
-    if calibration_rows < 1:
-        raise InputError(f"Invalid --calibration-rows {calibration_rows}", "it must be at least 1", None)
+    refuse_invalid([("--calibration-rows", calibration_rows, calibration_rows >= 1, "at least 1")], hint=False)
     if calibration_data:
         prompt = make_template(template or DEFAULT_TEMPLATE)
         calibration = tuple(map(prompt.question, load_dataset(calibration_data).texts[:calibration_rows]))

@@ -25,7 +25,7 @@ from .. import progress
 from ..artifact import atomic_dir, check_output_dir, sha256_folder, write_manifest
 from ..data import _rows, load_dataset
 from ..deps import require
-from ..errors import DataError, EdgekitError, InputError, ModelError, first_line
+from ..errors import DataError, EdgekitError, InputError, ModelError, first_line, refuse_invalid
 from ..finetune import _Progress, _quiet, _save, resolve_base
 from .source import find_package_gguf, resolve_source
 
@@ -152,9 +152,7 @@ def _check_options(o: LMFinetuneOptions) -> None:
               ("--max-new-tokens", o.max_new_tokens, o.max_new_tokens >= 1, ">= 1"),
               ("--save-steps", o.save_steps, o.save_steps >= 1, ">= 1"),
               ("--threads", o.threads, o.threads is None or o.threads >= 1, ">= 1")]
-    for flag, value, ok, valid in checks:
-        if not ok:
-            raise InputError(f"Invalid {flag} {value}", f"it must be {valid}", f"Pass {flag} {valid}")
+    refuse_invalid(checks)
     if "{text}" not in o.prompt_template:
         raise InputError("Invalid --prompt-template", "it has no {text} placeholder",
                          "Write the instruction with {text} where the row's text goes")

@@ -19,7 +19,7 @@ from ..artifact import atomic_dir, read_manifest, sha256_file, sha256_folder, ve
 from ..cache import StepCache
 from ..data import load_dataset
 from ..environment import environment
-from ..errors import DataError, GateFailedError, InputError
+from ..errors import DataError, GateFailedError, InputError, refuse_invalid
 from .bench import ArtifactRunner, LMBenchOptions, TorchRunner, bench_prompt, peak_rss_mb, run_bench
 from .gate import LMGateOptions, run_gate
 from .prompts import template
@@ -171,9 +171,7 @@ def _check_target(options: LMOptimizeOptions) -> None:
               ("--max-accuracy-drop", g.max_accuracy_drop, 0 <= g.max_accuracy_drop <= 100, "in points, 0 to 100"),
               ("--min-agreement", g.min_agreement, g.min_agreement >= 0, "a fraction >= 0"),
               ("--max-ppl-increase", g.max_ppl_increase, g.max_ppl_increase >= 0, "a relative increase >= 0")]
-    for flag, value, ok, valid in checks:
-        if not ok:
-            raise InputError(f"Invalid {flag} {value}", f"it must be {valid}", None)
+    refuse_invalid(checks, hint=False)
 
 
 def _rtx_artifact(hf: Path, tmp: Path, options: LMOptimizeOptions, stages: list, texts: list[str]) -> dict | None:

@@ -47,7 +47,7 @@ from .. import progress
 from ..artifact import ONNX_NAME, Artifact, atomic_dir, sha256_folder, versions, write_manifest
 from ..cache import StepCache
 from ..deps import require
-from ..errors import BackendError, InputError
+from ..errors import BackendError, InputError, refuse_invalid
 from . import builder as genai_builder
 from .awq import check_awq
 from .export import _inputs, choose_route, dynamo_export
@@ -246,14 +246,11 @@ def _check(options: LMQuantizeOptions) -> None:
     for a in (options.accuracy_level, *options.accuracy_levels):
         if a not in (0, 1, 2, 3, 4):
             raise InputError(f"Invalid accuracy_level {a}", "MatMulNBits takes 1 to 4", "Pass 1 (fp32) or 4 (int8)")
-    for flag, value, ok, valid in (("--threads", options.threads, options.threads >= 1, "at least 1"),
-                                   ("--tokens", options.tokens, options.tokens >= 1, "at least 1"),
-                                   ("--min-agreement", options.min_agreement, options.min_agreement >= 0,
-                                    "a fraction >= 0"),
-                                   ("agreement_slack", options.agreement_slack, 0 <= options.agreement_slack <= 1,
-                                    "a fraction in [0, 1]")):
-        if not ok:  # before the model is read (these ran into the export first)
-            raise InputError(f"Invalid {flag} {value}", f"it must be {valid}", None)
+    refuse_invalid([("--threads", options.threads, options.threads >= 1, "at least 1"),  # before the model is read
+                    ("--tokens", options.tokens, options.tokens >= 1, "at least 1"),
+                    ("--min-agreement", options.min_agreement, options.min_agreement >= 0, "a fraction >= 0"),
+                    ("agreement_slack", options.agreement_slack, 0 <= options.agreement_slack <= 1,
+                     "a fraction in [0, 1]")], hint=False)
     _levels(options)
 
 
