@@ -29,6 +29,7 @@ import os
 import sys
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
@@ -126,8 +127,6 @@ def projection_variants(rng) -> dict[str, tuple[bytes, int]]:
     out = f"x{len(shapes)}"
     variants = {"DynamicQuantizeMatMul, per-channel int8 (default)": (_model(int8_nodes, [x], out, int8_inits, 18),
                                                                         len(shapes))}
-    import onnx
-
     for block in (32, 128):
         model = onnx.load_from_string(_model(fp32_nodes, [x], out, weights, 18))
         config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=4, bits=8)

@@ -24,8 +24,8 @@ from edgekit.deps import available
 pytestmark = [requires_shared, requires_toolchain, pytest.mark.shared,
               pytest.mark.skipif(not (ROOT.parent / "shared" / "models").is_dir(),
                                  reason="the recipe reads ../shared beside the project; not found there")]
-LEAN = ["--max-samples", "200", "--iterations", "20", "--warmup", "5"]
-LEAN_BENCH = LEAN[2:]
+LEAN_BENCH = ["--iterations", "20", "--warmup", "5"]
+LEAN = ["--max-samples", "200", *LEAN_BENCH]
 DEV_ROWS = 872  # ../shared/data/sst2/dev.tsv
 
 
