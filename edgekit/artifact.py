@@ -16,13 +16,13 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
+from .atomic import discard, finished, signals_held, temp_dir
 from .errors import InputError, ModelError
 
 MANIFEST = "manifest.json"
@@ -203,30 +203,39 @@ def atomic_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``out``; on success it replaces ``out`` in one rename.
 
     On any exception (including KeyboardInterrupt, and SIGTERM through the
-    CLI) the temporary folder is removed and ``out`` is left as it was. The
-    temporary name carries the writer's pid, so what a killed (SIGKILL) run
-    left behind is removed by the next write of ``out``.
+    CLI) the temporary folder is removed and ``out`` is left as it was; a
+    signal landing before the ``try`` below is in force is covered by
+    :mod:`edgekit.atomic`'s registry. The temporary name carries the writer's
+    pid, so what a killed (SIGKILL) run left behind is removed by the next
+    write of ``out``.
     """
     out = Path(out)
     check_output_dir(out, force)
     parent = out.resolve().parent
     sweep_stale_temps(out)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=parent))
+        tmp = temp_dir(f".{out.name}.tmp-{os.getpid()}-", parent)
     except OSError as exc:
         raise InputError(f"Output '{out}' cannot be written", exc.strerror, "Choose a writable --out") from None
     try:
         yield tmp
         tmp.chmod(0o755)  # mkdtemp makes it 0700
-        if out.exists():
-            old = parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        with signals_held():  # both renames or neither: a signal between them would leave no ``out``
+            if out.exists():
+                old = parent / f".{out.name}.old-{os.getpid()}"
+                out.rename(old)
+                try:
+                    tmp.rename(out)
+                except OSError:
+                    old.rename(out)  # put the previous output back
+                    raise
+                finished(tmp)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(out)
+                finished(tmp)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(tmp)
         raise
 
 

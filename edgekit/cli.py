@@ -30,6 +30,7 @@ from pathlib import Path
 
 import click
 
+from .atomic import remove_unfinished
 from .errors import EdgekitError, Terminated
 
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -66,6 +67,7 @@ class EdgekitGroup(click.Group):
                 raise  # a bug: keep the traceback
             _fail(message, 1)
         finally:
+            remove_unfinished()  # what a signal landing outside every writer's try left (edgekit.atomic)
             restore()
 
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from .artifact import sha256_file, versions
+from .atomic import discard, signals_held, temp_dir, write_file
 from .errors import InputError
 
 
@@ -36,7 +35,7 @@ class EngineOutputs:
         folder = self.engine.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.engine.name}.tmp-", dir=folder))
+            self.tmp = temp_dir(f".{self.engine.name}.tmp-{os.getpid()}-", folder)
         except OSError as exc:
             raise InputError(f"Engine folder '{folder}' cannot be written", exc.strerror,
                              "Choose a writable --out") from None
@@ -45,9 +44,10 @@ class EngineOutputs:
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is None:
-                self._commit()
+                with signals_held():  # the engine and its sidecar land together or not at all
+                    self._commit()
         finally:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            discard(self.tmp)
 
     def stage(self, name: str) -> Path:
         path = self.tmp / name
@@ -89,6 +89,4 @@ class EngineOutputs:
         if self._cache is not None:
             target, data = self._cache
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+            write_file(target, lambda partial: partial.write_bytes(data))

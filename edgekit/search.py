@@ -36,13 +36,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import re
 import shutil
-import signal
-import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -51,6 +48,7 @@ from typing import Callable
 
 from . import progress
 from .artifact import MANIFEST, atomic_dir, check_output_dir, read_manifest, resolve, sha256_folder, write_manifest
+from .atomic import signals_held
 from .errors import BackendError, InputError
 from .export import ExportOptions
 from .options import DataOptions
@@ -326,7 +324,7 @@ def _commit(out: Path, state: dict, best_dir: Path, fp32, options: SearchOptions
     """Rewrite OUT in one rename: the best artifact's files, report.json, report.md, state and manifest."""
     report = build_report(state, options, model, data, out)
     winner = resolve(best_dir) if state.get("best") else None
-    with _signals_held(), atomic_dir(out, force=True) as tmp:
+    with signals_held(), atomic_dir(out, force=True) as tmp:
         if winner is not None:
             for f in winner.folder.iterdir():
                 if f.is_file() and f.name not in OWN_FILES:
@@ -353,20 +351,6 @@ def _lineage(best_dir: Path, fp32) -> list[dict]:
     if manifest.get("step") == "search":
         return manifest.get("lineage") or [{}]
     return [manifest] if Path(best_dir) == Path(fp32.path) else [fp32.manifest, manifest]
-
-
-@contextlib.contextmanager
-def _signals_held():
-    """Hold SIGINT/SIGTERM while OUT is swapped (both renames happen), then deliver them."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 __all__ = ["SearchOptions", "Candidate", "candidates", "search", "pick_winner", "pareto_front", "parse_duration",

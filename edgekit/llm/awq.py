@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from pathlib import Path
 
 from .. import progress
 from ..artifact import sha256_folder, versions
+from ..atomic import write_file
 from ..cache import StepCache
 from ..deps import require
 from ..errors import InputError
@@ -158,9 +158,7 @@ def awq_folder(src: Path, dst: Path, prompt_ids: list[list[int]], block: int = 3
         with progress.stage("awq: calibrate", f"{len(prompt_ids)} prompts through {len(layers)} layers"):
             sums = _collect(model, layers, prompt_ids, stats)
         if grams is not None:  # written whole or not at all: a concurrent reader never sees half a file
-            partial = grams.with_name(f"{grams.name}.tmp-{os.getpid()}")
-            torch.save((stats.tokens, sums), partial)
-            os.replace(partial, grams)
+            write_file(grams, lambda partial: torch.save((stats.tokens, sums), partial))
     rounding = "gptq rounding" if gptq else "clips"
     with torch.no_grad():
         kept = sensitive_linears(model, sums, keep, (block, bits, grid)) if keep > 0 else {}

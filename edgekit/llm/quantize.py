@@ -45,6 +45,7 @@ from pathlib import Path
 
 from .. import progress
 from ..artifact import ONNX_NAME, Artifact, atomic_dir, sha256_folder, versions, write_manifest
+from ..atomic import write_file
 from ..cache import StepCache
 from ..deps import require
 from ..errors import BackendError, InputError, refuse_invalid
@@ -279,9 +280,7 @@ def _references(folder: Path, options: LMQuantizeOptions) -> list[tuple[list[int
         refs = [(ids, torch_greedy(model, ids, options.tokens)[0]) for ids in encode_prompts(tokenizer, prompts)]
     with contextlib.suppress(OSError):
         stored.parent.mkdir(parents=True, exist_ok=True)
-        partial = stored.with_suffix(f".tmp-{os.getpid()}")
-        partial.write_text(json.dumps(refs))
-        os.replace(partial, stored)
+        write_file(stored, lambda partial: partial.write_text(json.dumps(refs)))
     return refs
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_file
 from ..deps import require
 
 
@@ -77,9 +77,8 @@ class MemoLM:
             return
         with contextlib.suppress(OSError):
             self.store.parent.mkdir(parents=True, exist_ok=True)
-            partial = self.store.with_name(f"{self.store.name}.tmp-{os.getpid()}")
-            partial.write_text(json.dumps([[list(ids), n, out] for (ids, n), out in self._greedy.items()]))
-            os.replace(partial, self.store)
+            answers = [[list(ids), n, out] for (ids, n), out in self._greedy.items()]
+            write_file(self.store, lambda partial: partial.write_text(json.dumps(answers)))
             self._added = 0
 
     def logits(self, ids: list[int]) -> np.ndarray:

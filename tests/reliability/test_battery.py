@@ -17,7 +17,7 @@ import shutil
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -126,6 +126,8 @@ def _cases(d: dict) -> list[Case]:
              shim=Shim(fsize=100_000), contains="File too large"),
         Case("export: SIGINT mid-export", ["export", model, "--out", "{out}"], code=130, signal=signal.SIGINT,
              contains="interrupted"),
+        Case("export: SIGINT as OUT's temporary folder is made", ["export", model, "--out", "{out}"], code=130,
+             shim=Shim(signal_after_mkdtemp=(signal.SIGINT, "{work}")), contains="interrupted"),
         Case("quantize: truncated ONNX (manifest hash)", ["quantize", r / "onnx_trunc", "--out", "{out}"],
              contains="corrupt or truncated"),
         Case("quantize: corrupt ONNX bytes", ["quantize", r / "garbage.onnx", "--out", "{out}"], contains="cannot be read"),
@@ -163,6 +165,9 @@ def _cases(d: dict) -> list[Case]:
         Case("optimize: missing --data", ["optimize", model, "--out", "{out}"], code=2),
         Case("optimize: SIGTERM mid-export", ["optimize", model, "--data", data, "--out", "{out}"], code=143,
              signal=signal.SIGTERM, contains="terminated"),
+        Case("optimize: SIGTERM as the cache entry's temporary folder is made",
+             ["optimize", model, "--data", data, "--out", "{out}"], code=143,
+             shim=Shim(signal_after_mkdtemp=(signal.SIGTERM, "{cache}/export")), contains="terminated"),
         Case("finetune: empty training data", ["finetune", model, "--data", r / "empty.tsv", "--out", "{out}"]),
     ]
 
@@ -183,20 +188,24 @@ def _prepare(case: Case, d: dict, index: int) -> tuple[list[str], dict]:
             a = a.replace(k, v)
         args.append(a)
     cache = d["root"] / "cache" / f"{index:02d}"
+    if case.shim is not None and case.shim.signal_after_mkdtemp is not None:
+        sig, where = case.shim.signal_after_mkdtemp
+        where = where.replace("{work}", str(work.resolve())).replace("{cache}", str(cache.resolve()))
+        case.shim = replace(case.shim, signal_after_mkdtemp=(sig, where))
     return args, {"EDGEKIT_CACHE": str(cache), "HOME": str(d["root"])}
 
 
 def _run(case: Case, d: dict, index: int):
     args, env = _prepare(case, d, index)
     before, started = snapshot(case.work), time.perf_counter()
+    cache = Path(env["EDGEKIT_CACHE"])
     if case.signal is None:
         result = run_cli(args, case.shim, env)
     else:
-        cache = Path(env["EDGEKIT_CACHE"])
         ready = lambda: temps_in(case.work, "out") and (args[0] != "optimize" or temps_in(cache / "export"))  # noqa: E731
         result = run_and_signal(args, ready, case.signal, env)
-        assert not temps_in(cache / "export") and not [p for p in (cache / "export").glob("*") if p.is_dir()], \
-            "a half-written cache entry was kept"
+    assert not temps_in(cache / "export") and not [p for p in (cache / "export").glob("*") if p.is_dir()], \
+        f"{case.name}: a half-written cache entry was kept"
     result.seconds = time.perf_counter() - started
     return result, before, snapshot(case.work)
 
@@ -211,6 +220,7 @@ def test_bad_inputs_fail_cleanly(inputs):
             assert_clean_failure(result, case.code)
             assert case.contains in result.stderr, f"expected {case.contains!r} in: {result.stderr}"
             assert before == after, f"the work folder changed: {sorted(set(after) ^ set(before))}"
+            assert not temps_in(case.work), f"temporary folders were left: {temps_in(case.work)}"
             assert case.after is None or case.after(result), "post-condition failed"
             assert case.signal is None or result.returncode == SIGNAL_EXIT[case.signal]
         except AssertionError as exc:

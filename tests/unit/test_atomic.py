@@ -1,0 +1,102 @@
+"""edgekit.atomic: temporaries are recorded the moment they exist, and removed when a run is stopped.
+
+The CLI-level proof (a real signal landing right after ``mkdtemp``, before the
+writer's ``try``) is in tests/reliability/test_battery.py; these pin the pieces.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from edgekit import atomic
+from edgekit.artifact import atomic_dir
+
+
+def test_a_signal_landing_as_mkdtemp_returns_finds_the_folder_recorded(tmp_path, monkeypatch):
+    made = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp(*args, **kwargs):  # the folder exists and the signal arrives before the caller has its path
+        made.append(Path(real_mkdtemp(*args, **kwargs)))
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # let whichever thread the kernel chose take it
+        return str(made[-1])
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    # a second thread, as ONNX Runtime and torch have: blocking the signal in the main thread alone would let the
+    # kernel hand it to this one, and Python would run the handler in the main thread at once
+    stop = threading.Event()
+    waiter = threading.Thread(target=stop.wait, daemon=True)
+    waiter.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            atomic.temp_dir(".x.tmp-", tmp_path)
+    finally:
+        stop.set()
+    assert made and made[0].is_dir() and made[0] in atomic._UNFINISHED
+    assert atomic.remove_unfinished() == made and not made[0].exists() and made[0] not in atomic._UNFINISHED
+
+
+def test_signals_held_delivers_a_deferred_sigterm_through_the_handler_that_was_there():
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: seen.append(signum))
+    try:
+        with atomic.signals_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert seen == []
+        assert seen == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_remove_unfinished_leaves_what_another_process_recorded(tmp_path):
+    other = tmp_path / ".y.tmp-1-abc"
+    other.mkdir()
+    atomic._UNFINISHED[other] = os.getpid() + 1  # e.g. the parent of a forked child
+    try:
+        assert atomic.remove_unfinished() == [] and other.is_dir()
+    finally:
+        atomic._UNFINISHED.pop(other)
+
+
+def test_write_file_replaces_whole_or_leaves_the_old_file(tmp_path):
+    target = tmp_path / "refs.json"
+    target.write_text("old")
+
+    def half(partial: Path):
+        partial.write_text("ne")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic.write_file(target, half)
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["refs.json"]
+    atomic.write_file(target, lambda partial: partial.write_text("new"))
+    assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["refs.json"]
+    assert not [p for p in atomic._UNFINISHED if p.parent == tmp_path]
+
+
+def test_atomic_dir_puts_the_previous_output_back_when_the_second_rename_fails(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    with atomic_dir(out) as tmp:
+        (tmp / "a.txt").write_text("first")
+    real_rename = Path.rename
+
+    def rename(self, target):
+        if self.name.startswith(".out.tmp-"):
+            raise OSError(5, "Input/output error")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(OSError):
+        with atomic_dir(out, force=True) as tmp:
+            (tmp / "a.txt").write_text("second")
+    monkeypatch.undo()
+    assert (out / "a.txt").read_text() == "first" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
