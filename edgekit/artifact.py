@@ -10,7 +10,6 @@ artifact; an existing directory without one is never overwritten without
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import json
 import os
@@ -22,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
-from .atomic import discard, finished, signals_held, temp_dir
+from .atomic import discard, finished, signals_held, sweep_stale_temps, temp_dir
 from .errors import InputError, ModelError
 
 MANIFEST = "manifest.json"
@@ -237,32 +236,6 @@ def atomic_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
     except BaseException:
         discard(tmp)
         raise
-
-
-def sweep_stale_temps(out: Path, any_owner: bool = False) -> None:
-    """Remove ``.<name>.tmp-<pid>-*`` / ``.<name>.old-<pid>`` siblings of ``out`` left by dead processes.
-
-    ``any_owner=True`` removes them whatever their pid: for callers that hold
-    a lock proving no live writer of ``out`` exists (the step cache).
-    """
-    parent = out.resolve().parent
-    if not parent.is_dir():
-        return
-    for kind in ("tmp", "old"):
-        for stale in parent.glob(f".{glob.escape(out.name)}.{kind}-*"):
-            pid = stale.name[len(f".{out.name}.{kind}-"):].split("-")[0]
-            if any_owner or (pid.isdigit() and not _alive(int(pid))):
-                shutil.rmtree(stale, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: it exists, owned by someone else
-        return True
-    return True
 
 
 #: below this much free space, an unexplained failure while writing is reported as a full disk

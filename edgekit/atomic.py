@@ -9,13 +9,14 @@ before its ``with`` body began. So each temporary is created with SIGINT and
 SIGTERM held off and recorded in a registry in the same held moment; the CLI's
 error boundary calls :func:`remove_unfinished` when a run stops, which removes
 whatever is still recorded. (A SIGKILL leaves the temporary behind; its pid in
-the name lets the next writer of the same target sweep it.)
+the name lets the next writer of the same target sweep it: :func:`sweep_stale_temps`.)
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import glob
 import os
 import shutil
 import signal
@@ -30,29 +31,42 @@ _UNFINISHED: dict[Path, int] = {}
 
 
 @contextlib.contextmanager
-def signals_held() -> Iterator[None]:
+def signals_held(deliver: bool = True) -> Iterator[None]:
     """Defer SIGINT/SIGTERM to the end of the block, then deliver the first that came; main thread only.
 
     The Python handlers are swapped for one that only records: blocking the
     signals (``pthread_sigmask``) would not do, since the kernel then hands a
     process-directed signal to another thread (ONNX Runtime's, torch's) and
-    Python runs the handler in the main thread at once anyway.
+    Python runs the handler in the main thread at once anyway. Each handler
+    is read before it is swapped and each is put back even if a real handler
+    fires while the others are put back. ``deliver=False`` drops what came
+    (for cleanup on the way out, when a signal already decided the exit).
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     came: list[int] = []
-    previous = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(sig) is not None:  # None: a handler not set from Python, which we could not restore
-            previous[sig] = signal.signal(sig, lambda signum, _frame: came.append(signum))
+    previous: list[tuple[int, object]] = []
     try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handler = signal.getsignal(sig)
+            if handler is not None:  # None: a handler not set from Python, which we could not put back
+                previous.append((sig, handler))
+                signal.signal(sig, lambda signum, _frame: came.append(signum))
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if came:
+        _restore(previous)
+        if came and deliver:
             signal.raise_signal(came[0])  # now the real handler runs (Ctrl-C -> KeyboardInterrupt, ...)
+
+
+def _restore(handlers: list[tuple[int, object]]) -> None:
+    """Put each handler back; one that fires as soon as it is back cannot keep the rest from going back."""
+    if handlers:
+        try:
+            signal.signal(*handlers[0])
+        finally:
+            _restore(handlers[1:])
 
 
 def temp_dir(prefix: str, parent: Path) -> Path:
@@ -78,22 +92,63 @@ def discard(tmp: Path) -> None:
     finished(tmp)
 
 
+def is_unfinished(path: Path) -> bool:
+    """True when this process is still writing ``path`` (a temporary it created)."""
+    return _UNFINISHED.get(Path(path)) == os.getpid()
+
+
 def remove_unfinished() -> list[Path]:
     """Remove every temporary this process created and did not finish; returns them.
 
     The CLI's error boundary calls it when a command ends; it also runs at
-    interpreter exit, for a script that calls the library and is stopped.
+    interpreter exit (a script ended by Ctrl-C; a SIGTERM left at its default
+    kills without it, and the next writer of the same target sweeps).
+    A second signal while it runs is dropped: the first decided the exit.
     """
-    left = sorted(tmp for tmp, pid in _UNFINISHED.items() if pid == os.getpid())
-    with signals_held():
+    left = sorted(tmp for tmp, pid in list(_UNFINISHED.items()) if pid == os.getpid())
+    with signals_held(deliver=False):
         for tmp in left:
             discard(tmp)
     return left
 
 
+def sweep_stale_temps(target: Path, any_owner: bool = False) -> None:
+    """Remove ``.<name>.tmp-<pid>*`` / ``.<name>.old-<pid>`` siblings of ``target`` whose writer is gone.
+
+    A writer is gone when no process has its pid, or when the pid is this
+    process's own but this process is not writing that temporary (a killed
+    run whose pid came round again: PID 1 in a container). ``any_owner=True``
+    removes them whatever their pid: for callers that hold a lock proving no
+    live writer of ``target`` exists (the step cache).
+    """
+    parent = Path(target).resolve().parent
+    if not parent.is_dir():
+        return
+    name = Path(target).name
+    for kind in ("tmp", "old"):
+        for stale in parent.glob(f".{glob.escape(name)}.{kind}-*"):
+            pid = stale.name[len(f".{name}.{kind}-"):].split("-")[0]
+            if not pid.isdigit() and not any_owner:
+                continue
+            mine = pid.isdigit() and int(pid) == os.getpid()
+            if any_owner or (mine and not is_unfinished(stale)) or (not mine and not _alive(int(pid))):
+                discard(stale)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
 def write_file(target: Path, write: Callable[[Path], object]) -> None:
     """Write ``target`` whole or not at all: ``write(partial)`` fills a temporary sibling that replaces it."""
     target = Path(target)
+    sweep_stale_temps(target)
     with signals_held():
         partial = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         _UNFINISHED[partial] = os.getpid()
@@ -106,4 +161,5 @@ def write_file(target: Path, write: Callable[[Path], object]) -> None:
 
 atexit.register(remove_unfinished)
 
-__all__ = ["signals_held", "temp_dir", "finished", "discard", "remove_unfinished", "write_file"]
+__all__ = ["signals_held", "temp_dir", "finished", "discard", "is_unfinished", "remove_unfinished", "sweep_stale_temps",
+           "write_file"]

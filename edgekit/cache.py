@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .artifact import MANIFEST, read_manifest, sha256_file, sweep_stale_temps, versions
+from .artifact import MANIFEST, read_manifest, sha256_file, versions
+from .atomic import sweep_stale_temps
 from .errors import InputError
 
 CACHE_ENV = "EDGEKIT_CACHE"

@@ -67,8 +67,10 @@ class EdgekitGroup(click.Group):
                 raise  # a bug: keep the traceback
             _fail(message, 1)
         finally:
-            remove_unfinished()  # what a signal landing outside every writer's try left (edgekit.atomic)
-            restore()
+            try:
+                remove_unfinished()  # what a signal landing outside every writer's try left (edgekit.atomic)
+            finally:
+                restore()
 
 
 def _fail(message: str, code: int):

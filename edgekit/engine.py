@@ -15,13 +15,14 @@ and its precision check succeeded.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .artifact import ENGINE_SUFFIXES, Artifact, copy_tokenizer_and_config, resolve, sha256_file
+from .atomic import discard, temp_dir
 from .deps import require
 from .engine_io import EngineOutputs, sidecar_path
 from .errors import BackendError, InputError, ModelError
@@ -273,11 +274,14 @@ def _copy_runtime_files(src: Path, dst: Path) -> None:
     with contextlib.suppress(OSError):
         missing = [p for p in ("config.json", "tokenizer.json") if not (dst / p).exists()]
         if missing:
-            with tempfile.TemporaryDirectory(dir=dst) as tmp:
-                copy_tokenizer_and_config(src, Path(tmp))
-                for f in Path(tmp).iterdir():
+            tmp = temp_dir(f".runtime-files.tmp-{os.getpid()}-", dst)
+            try:
+                copy_tokenizer_and_config(src, tmp)
+                for f in tmp.iterdir():
                     if not (dst / f.name).exists():
                         shutil.move(str(f), dst / f.name)
+            finally:
+                discard(tmp)
 
 
 __all__ = ["BuildOptions", "build", "engine_path", "compute_capabilities", "sidecar_path"]

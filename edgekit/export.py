@@ -203,4 +203,5 @@ def _save_tokenizer(src: Path, dst: Path) -> None:
     if not (dst / "tokenizer.json").is_file():
         from .sessions import fast_tokenizer_folder
 
-        copy_tokenizer_and_config(fast_tokenizer_folder(src), dst)
+        with fast_tokenizer_folder(src) as converted:
+            copy_tokenizer_and_config(converted, dst)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 from .artifact import Artifact, resolve
+from .atomic import discard, temp_dir
 from .errors import ModelError, first_line
 from .runtime.session import OrtSession, Session
 from .runtime.tokenizer import TextEncoder
@@ -32,11 +35,13 @@ def encoder_for(artifact: Artifact | str | Path, max_length: int | None = None) 
     folder = art.folder
     if (folder / "tokenizer.json").is_file() or art.kind != "hf":
         return TextEncoder(folder, max_length)
-    return TextEncoder(fast_tokenizer_folder(folder), max_length)
+    with fast_tokenizer_folder(folder) as converted:  # TextEncoder reads everything it needs here
+        return TextEncoder(converted, max_length)
 
 
-def fast_tokenizer_folder(folder: Path) -> Path:
-    """Save the folder's tokenizer as a fast tokenizer (tokenizer.json) in a temporary folder."""
+@contextlib.contextmanager
+def fast_tokenizer_folder(folder: Path) -> Iterator[Path]:
+    """The folder's tokenizer saved as a fast tokenizer (tokenizer.json) in a temporary folder, removed after."""
     from .deps import require
 
     transformers = require("transformers")
@@ -45,9 +50,11 @@ def fast_tokenizer_folder(folder: Path) -> Path:
     except (OSError, ValueError) as exc:
         raise ModelError(f"Model folder '{folder}' has no usable tokenizer", first_line(exc),
                          "Save the tokenizer with the model (tokenizer.save_pretrained)") from None
-    tmp = Path(tempfile.mkdtemp(prefix="edgekit-tok-"))
-    tok.save_pretrained(str(tmp))
-    for name in ("config.json",):
-        if (folder / name).is_file():
-            (tmp / name).write_bytes((folder / name).read_bytes())
-    return tmp
+    tmp = temp_dir("edgekit-tok-", Path(tempfile.gettempdir()))
+    try:
+        tok.save_pretrained(str(tmp))
+        if (folder / "config.json").is_file():
+            (tmp / "config.json").write_bytes((folder / "config.json").read_bytes())
+        yield tmp
+    finally:
+        discard(tmp)

@@ -100,3 +100,62 @@ def test_atomic_dir_puts_the_previous_output_back_when_the_second_rename_fails(t
             (tmp / "a.txt").write_text("second")
     monkeypatch.undo()
     assert (out / "a.txt").read_text() == "first" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_second_signal_while_the_unfinished_are_removed_keeps_the_first_exit_code(tmp_path, monkeypatch):
+    from edgekit.cli import EdgekitGroup
+
+    group = EdgekitGroup(name="edgekit")
+    real_rmtree, fired = atomic.shutil.rmtree, []
+
+    def rmtree(path, *args, **kwargs):  # a second SIGTERM (a supervisor's timeout, kill twice) during the cleanup
+        if not fired:
+            fired.append(path)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_rmtree(path, *args, **kwargs)
+
+    @group.command("write")
+    def write():
+        atomic.temp_dir(".out.tmp-", tmp_path)
+        os.kill(os.getpid(), signal.SIGTERM)  # the first: lands with the temporary not yet in any try
+        time.sleep(1)
+
+    monkeypatch.setattr(atomic.shutil, "rmtree", rmtree)
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exit_:
+        group.main(["write"], prog_name="edgekit")
+    assert exit_.value.code == 143 and fired and list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) == previous
+
+
+def test_a_leftover_with_this_process_pid_is_swept(tmp_path):
+    """A killed run whose pid came round again (PID 1 in a container) must not block every later write."""
+    out = tmp_path / "out"
+    with atomic_dir(out) as tmp:
+        (tmp / "a.txt").write_text("first")
+    old = tmp_path / f".out.old-{os.getpid()}"
+    old.mkdir()
+    (old / "x").write_text("left by a killed run with the same pid")
+    (tmp_path / f".out.tmp-{os.getpid()}-abc").mkdir()
+    partial = tmp_path / f".refs.json.tmp-{os.getpid()}"
+    partial.write_text("half")
+    with atomic_dir(out, force=True) as tmp:
+        (tmp / "a.txt").write_text("second")
+    atomic.write_file(tmp_path / "refs.json", lambda p: p.write_text("[]"))
+    assert (out / "a.txt").read_text() == "second" and sorted(p.name for p in tmp_path.iterdir()) == ["out", "refs.json"]
+
+
+def test_a_tokenizer_converted_for_a_folder_without_tokenizer_json_leaves_nothing_in_tmp(ref_model, tmp_path,
+                                                                                          monkeypatch):
+    from edgekit.sessions import encoder_for
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for f in ref_model.iterdir():
+        if f.name != "tokenizer.json" and f.is_file():
+            (folder / f.name).symlink_to(f)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    encoder = encoder_for(folder)
+    assert encoder.max_length == 512 and list(scratch.iterdir()) == []
