@@ -12,13 +12,13 @@ The fp32 model and the data travel to the workers as bytes
 from __future__ import annotations
 
 import contextlib
-import shutil
 import signal
 import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .artifact import atomic_dir
 from .errors import BackendError, EdgekitError, Terminated, first_line
 from .search_trial import Candidate, TrialSetup, failed, pack, ray_trial, run_trial
 
@@ -104,10 +104,9 @@ def _unpack(record: dict, trials: Path, log) -> dict:
     files = record.pop("files", None)
     if files:
         folder = trials / record["id"]
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        for name, data in files.items():
-            (folder / name).write_bytes(data)
+        with atomic_dir(folder, force=True) as tmp:  # a stopped driver leaves no trial folder without its manifest
+            for name, data in files.items():
+                (tmp / name).write_bytes(data)
         record["artifact"] = str(folder)
     else:
         record["artifact"] = None  # failed, or fp32: the driver's own source is its artifact
