@@ -50,7 +50,8 @@ def signals_held(deliver: bool = True) -> Iterator[None]:
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
             handler = signal.getsignal(sig)
-            if handler is not None:  # None: a handler not set from Python, which we could not put back
+            # None: a handler not set from Python, which we could not put back; SIG_IGN: nothing to defer
+            if handler is not None and handler != signal.SIG_IGN:
                 previous.append((sig, handler))
                 signal.signal(sig, lambda signum, _frame: came.append(signum))
         yield
