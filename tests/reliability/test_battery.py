@@ -205,7 +205,9 @@ def _run(case: Case, d: dict, index: int):
         ready = lambda: temps_in(case.work, "out") and (args[0] != "optimize" or temps_in(cache / "export"))  # noqa: E731
         result = run_and_signal(args, ready, case.signal, env)
     assert not temps_in(cache / "export") and not [p for p in (cache / "export").glob("*") if p.is_dir()], \
-        f"{case.name}: a half-written cache entry was kept"
+        (f"{case.name}: a half-written cache entry was kept (rc {result.returncode}; files in it: "
+         f"{sorted(str(f.relative_to(cache)) for f in (cache / 'export').rglob('*'))}; stderr tail: "
+         f"{result.stderr[-600:]!r})")
     result.seconds = time.perf_counter() - started
     return result, before, snapshot(case.work)
 
