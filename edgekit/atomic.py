@@ -10,6 +10,12 @@ SIGTERM held off and recorded in a registry in the same held moment; the CLI's
 error boundary calls :func:`remove_unfinished` when a run stops, which removes
 whatever is still recorded. (A SIGKILL leaves the temporary behind; its pid in
 the name lets the next writer of the same target sweep it: :func:`sweep_stale_temps`.)
+
+A signal must not raise while a module is being imported either: a native
+extension's initialisation calls back into Python (nanobind building ``onnx``'s
+enums), and an exception raised there ends in ``std::terminate`` -- the process
+aborts or segfaults with its temporaries in place. :func:`import_safe` wraps a
+handler so that such a signal is sent again once the import is over.
 """
 
 from __future__ import annotations
@@ -61,6 +67,37 @@ def signals_held(deliver: bool = True) -> Iterator[None]:
             signal.raise_signal(came[0])  # now the real handler runs (Ctrl-C -> KeyboardInterrupt, ...)
 
 
+#: how long a signal that landed mid-import waits before it is sent again
+IMPORT_RETRY_S = 0.05
+
+
+def import_safe(handler: Callable[[int, object], object]) -> Callable[[int, object], object]:
+    """``handler``, except that a signal landing while a module is being imported is sent again 50 ms later.
+
+    Imports are short, so the signal is delivered as soon as the import is
+    over, at a point where raising is safe. See the module docstring for why.
+    """
+    def on_signal(signum, frame):
+        if _importing(frame):
+            timer = threading.Timer(IMPORT_RETRY_S, os.kill, (os.getpid(), signum))
+            timer.daemon = True
+            timer.start()
+            return None
+        return handler(signum, frame)
+
+    on_signal.wrapped = handler
+    return on_signal
+
+
+def _importing(frame) -> bool:
+    """True when ``frame`` or a caller of it is importlib's machinery (a module body is running)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _restore(handlers: list[tuple[int, object]]) -> None:
     """Put each handler back; one that fires as soon as it is back cannot keep the rest from going back."""
     if handlers:
@@ -91,6 +128,19 @@ def discard(tmp: Path) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
     finished(tmp)
+
+
+@contextlib.contextmanager
+def work_folder(tmp: Path) -> Iterator[Path]:
+    """Scratch space inside a writer's temporary folder ``tmp``: removed before ``tmp`` is renamed into place,
+    and with ``tmp`` when the run stops. Unlike a folder in /tmp, what a killed (SIGKILL) run leaves here goes
+    when the next writer of the same target sweeps ``tmp``."""
+    work = Path(tmp) / ".work"
+    work.mkdir()
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def is_unfinished(path: Path) -> bool:
@@ -162,5 +212,5 @@ def write_file(target: Path, write: Callable[[Path], object]) -> None:
 
 atexit.register(remove_unfinished)
 
-__all__ = ["signals_held", "temp_dir", "finished", "discard", "is_unfinished", "remove_unfinished", "sweep_stale_temps",
+__all__ = ["signals_held", "import_safe", "temp_dir", "finished", "discard", "work_folder", "is_unfinished", "remove_unfinished", "sweep_stale_temps",
            "write_file"]

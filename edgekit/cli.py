@@ -30,7 +30,7 @@ from pathlib import Path
 
 import click
 
-from .atomic import remove_unfinished
+from .atomic import import_safe, remove_unfinished
 from .errors import EdgekitError, Terminated
 
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -112,19 +112,24 @@ def _environment_message(exc: BaseException) -> str | None:
 
 
 def _install_handlers():
-    """SIGTERM raises Terminated (like Ctrl-C); warnings print as one line. Returns the undo."""
+    """SIGTERM raises Terminated (like Ctrl-C), neither while a module is being imported
+    (:func:`edgekit.atomic.import_safe`); warnings print as one line. Returns the undo."""
     previous_show = warnings.showwarning
     warnings.showwarning = _show_warning
-    previous_term = None
+    previous = []
     try:
-        previous_term = signal.signal(signal.SIGTERM, _on_sigterm)
+        for sig, handler in ((signal.SIGTERM, _on_sigterm), (signal.SIGINT, signal.default_int_handler)):
+            current = signal.getsignal(sig)
+            if sig == signal.SIGINT and current is not signal.default_int_handler:
+                continue  # Ctrl-C ignored (a background job) or handled by an embedding app: leave it
+            previous.append((sig, signal.signal(sig, import_safe(handler))))
     except (ValueError, OSError):  # not the main thread (e.g. an embedding app): leave signals alone
         pass
 
     def restore():
         warnings.showwarning = previous_show
-        if previous_term is not None:
-            signal.signal(signal.SIGTERM, previous_term)
+        for sig, handler in previous:
+            signal.signal(sig, handler)
 
     return restore
 

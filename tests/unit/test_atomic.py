@@ -178,3 +178,38 @@ def test_a_tokenizer_converted_for_a_folder_without_tokenizer_json_leaves_nothin
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     encoder = encoder_for(folder)
     assert encoder.max_length == 512 and list(scratch.iterdir()) == []
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum, frame):
+    raise _Stop(signum)
+
+
+@pytest.mark.parametrize("safe", [True, False])
+def test_a_signal_landing_mid_import_is_sent_again_once_the_import_is_over(tmp_path, monkeypatch, safe):
+    # raising inside a module's import is what crashed the CLI (SIGABRT/SIGSEGV in onnx's nanobind init): the
+    # wrapped handler lets the import finish and raises right after it; the bare one raises inside the module body
+    name = f"edgekit_import_probe_{int(safe)}"
+    (tmp_path / f"{name}.py").write_text(
+        "import os, signal, time\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "for _ in range(20):\n"
+        "    time.sleep(0.01)  # the handler runs between these bytecodes\n"
+        "DONE = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    previous = signal.signal(signal.SIGTERM, atomic.import_safe(_raise_stop) if safe else _raise_stop)
+    started = time.perf_counter()
+    try:
+        with pytest.raises(_Stop):
+            import importlib
+
+            importlib.import_module(name)
+            time.sleep(5)  # the re-sent signal lands here
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        module = __import__("sys").modules.pop(name, None)
+    assert (getattr(module, "DONE", False) is True) == safe
+    assert time.perf_counter() - started < 2
