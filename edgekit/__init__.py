@@ -7,6 +7,12 @@ torch, no onnxruntime) until a step is called.
 from __future__ import annotations
 
 import importlib
+import os
+
+# ONNX Runtime 1.32's Linux wheel carries Microsoft's 1DS telemetry client: at import it writes $TMPDIR/.ses
+# (a file outside any output folder, on every device the runtime is embedded in) and queues usage events.
+# Off unless the user set the variable themselves; README "What edgekit changes in your process".
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 __version__ = "0.1.0"
 

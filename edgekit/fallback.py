@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 
 from . import progress
 from .artifact import ONNX_NAME, Artifact, atomic_dir, resolve, write_manifest
+from .atomic import work_folder
 from .bench import summarize
 from .check import evaluate, gate_metric, labeled_data
 from .data import TextDataset, load_dataset
@@ -163,8 +163,7 @@ def quantize_with_fallback(onnx: str | Path, out: str | Path, qoptions: Quantize
     src = resolve(onnx)
     if src.kind != "onnx":
         raise InputError(f"'{onnx}' is not an ONNX model", f"it is a {src.kind} artifact", "Run edgekit export first")
-    with tempfile.TemporaryDirectory(prefix="edgekit-fb-") as work, atomic_dir(out, force) as tmp:
-        work = Path(work)
+    with atomic_dir(out, force) as tmp, work_folder(tmp) as work:
         requested = qoptions  # what the manifest records; the trials run on the fused graph with fusion off
         src, qoptions, prepared = _fused_source(src, qoptions, work)
         validation = load_dataset(validation_data)

@@ -17,7 +17,6 @@ import io
 import json
 import logging
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from . import progress
 from .artifact import atomic_dir, check_output_dir, resolve, sha256_folder, write_manifest
+from .atomic import work_folder
 from .data import TextDataset, encode_labels, label_names, load_dataset
 from .deps import require
 from .errors import DataError, ModelError, first_line, refuse_invalid
@@ -84,7 +84,7 @@ def finetune(base_model: str | Path, data: str | Path, out: str | Path, options:
     train_rows = _features(tokenizer, train, [label2id[x] for x in train.labels], options.max_length)
     eval_rows = _features(tokenizer, evalset, eval_ids, options.max_length) if evalset is not None else None
     started = time.perf_counter()
-    with atomic_dir(out, force) as tmp, tempfile.TemporaryDirectory(prefix="edgekit-finetune-") as work:
+    with atomic_dir(out, force) as tmp, work_folder(tmp) as work:
         trainer = _trainer(model, tokenizer, train_rows, options, work)
         metrics = _train(trainer, len(train_rows))
         metrics.update(_evaluate(trainer, eval_rows, eval_data))
@@ -222,12 +222,12 @@ def _features(tokenizer, ds: TextDataset, ids: list[int], max_length: int) -> li
     return [{**{k: enc[k][i] for k in keys}, "labels": ids[i]} for i in range(len(ds))]
 
 
-def _trainer(model, tokenizer, rows: list[dict], o: FinetuneOptions, work: str):
+def _trainer(model, tokenizer, rows: list[dict], o: FinetuneOptions, work: str | Path):
     transformers = require("transformers")
     require("accelerate")
     sampling = "group_by_length" if o.group_by_length else "random"
     args = transformers.TrainingArguments(
-        output_dir=work, num_train_epochs=o.epochs, learning_rate=o.lr, per_device_train_batch_size=o.batch_size,
+        output_dir=str(work), num_train_epochs=o.epochs, learning_rate=o.lr, per_device_train_batch_size=o.batch_size,
         per_device_eval_batch_size=o.eval_batch_size, weight_decay=o.weight_decay,
         warmup_steps=float(o.warmup_ratio),  # a float in [0, 1) is a share of the steps (5.x dropped warmup_ratio)
         lr_scheduler_type="linear", seed=o.seed, data_seed=o.seed, train_sampling_strategy=sampling,

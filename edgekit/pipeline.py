@@ -18,6 +18,7 @@ import numpy as np
 
 from . import progress
 from .artifact import ONNX_NAME, atomic_dir, resolve, sha256_file, sha256_folder, write_manifest
+from .atomic import work_folder
 from .bench import bench
 from .cache import StepCache, file_digest
 from .check import compare, evaluate, gate_reader, labeled_data
@@ -122,7 +123,7 @@ def optimize(model: str | Path, data: str | Path, out: str | Path, options: Opti
                              "Pass the fine-tuned model folder (save_pretrained output)")
         rows = load_run_data(src, data, options)
     stages, started = _Stages(), time.perf_counter()
-    with atomic_dir(out, force) as tmp, _workdir(tmp) as work:
+    with atomic_dir(out, force) as tmp, work_folder(tmp) as work:
         export_src = src
         if options.pruning:
             from .prune import prune_stage
@@ -257,17 +258,6 @@ def _add_speedup(report: dict, paired: dict | None, base_bench: dict, opt_bench:
                              "load_average": [paired["load_average_before"], paired["load_average_after"]]}
         warnings += paired["warnings"]
     report["warnings"] = list(dict.fromkeys(warnings))
-
-
-@contextmanager
-def _workdir(tmp: Path):
-    """Scratch space inside OUT's temporary folder: removed with it on failure, before the rename on success."""
-    work = tmp / ".work"
-    work.mkdir()
-    try:
-        yield work
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def export_step(src, data: TextDataset, options: ExportOptions, scratch: Path, cache: StepCache | None):

@@ -30,13 +30,13 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import progress
 from .artifact import TOKENIZER_FILES, atomic_dir, check_output_dir, resolve, sha256_folder, write_manifest
+from .atomic import work_folder
 from .check import labeled_data
 from .data import TextDataset, load_dataset
 from .deps import require
@@ -129,7 +129,7 @@ def prune(model: str | Path, data: str | Path | TextDataset, out: str | Path, op
     evaluated = _eval_rows(tokenizer, evalset, options.max_length)
     metrics["original_accuracy"] = _accuracy(original, evaluated, tokenizer, options)
     metrics["pruned_accuracy"] = _accuracy(pruned, evaluated, tokenizer, options)
-    with atomic_dir(out, force) as tmp, tempfile.TemporaryDirectory(prefix="edgekit-prune-") as work:
+    with atomic_dir(out, force) as tmp, work_folder(tmp) as work:
         metrics["recovery"] = _recover(pruned, original, tokenizer, rows, masks, options, work)
         metrics["accuracy"] = _accuracy(pruned, evaluated, tokenizer, options)
         if masks:
@@ -281,7 +281,7 @@ def _logits(model, rows: list[dict], tokenizer, batch_size: int):
     return logits, torch.tensor([int(r["labels"]) for r in rows])
 
 
-def _recover(model, teacher, tokenizer, rows: list[dict], masks: dict, options: PruneOptions, work: str) -> dict | None:
+def _recover(model, teacher, tokenizer, rows: list[dict], masks: dict, options: PruneOptions, work: Path) -> dict | None:
     """Fine-tune ``model`` in place on (a seeded subset of) ``rows``; distil ``teacher``'s logits when asked."""
     if options.recover_epochs == 0:
         return None

@@ -28,13 +28,13 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from . import progress
 from .artifact import ONNX_NAME, Artifact, atomic_dir, copy_tokenizer_and_config, resolve, sha256_file, write_manifest
+from .atomic import work_folder
 from .data import load_dataset
 from .schema import opt
 from .deps import require
@@ -124,7 +124,7 @@ def quantize(onnx: str | Path, out: str | Path, options: QuantizeOptions | None 
                         "Pass --calibration-data with sentences from your task (tsv/csv/jsonl)")
     started = time.perf_counter()
     steps = {}
-    with atomic_dir(out, force) as tmp, tempfile.TemporaryDirectory(prefix="edgekit-q-") as work:
+    with atomic_dir(out, force) as tmp, work_folder(tmp) as work:
         source = src.model_file
         if options.target == "cpu":
             source, steps = cpu_graph(source, Path(work), src.folder, options)

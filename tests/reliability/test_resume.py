@@ -25,9 +25,9 @@ def _entries(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*") if p.is_dir() and not p.name.startswith("."))
 
 
-def _kill_mid_quantize(args: list, cache: Path, marker: Path, timeout: float = 240) -> None:
+def _kill_mid_quantize(args: list, cache: Path, marker: Path, tmpdir: Path, timeout: float = 240) -> None:
     """Start optimize paused at quantize's first file write (edgekit.cache's test hook); SIGKILL it there."""
-    env = {**os.environ, PAUSE_ENV: f"quantize:{marker}"}
+    env = {**os.environ, PAUSE_ENV: f"quantize:{marker}", "TMPDIR": str(tmpdir)}
     proc = subprocess.Popen(command(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + timeout
     try:
@@ -52,8 +52,14 @@ def test_killed_optimize_resumes_from_cache_with_identical_result(tiny_model, ti
     out.parent.mkdir()
     args = ["optimize", tiny_model, "--data", tiny_data, "--out", out, "--iterations", "3", "--warmup", "1",
             "--cache-dir", cache, "--json"]
-    _kill_mid_quantize(args, cache, tmp_path / "paused")
+    tmpdir = tmp_path / "system-tmp"
+    tmpdir.mkdir()
+    _kill_mid_quantize(args, cache, tmp_path / "paused", tmpdir)
     assert not out.exists(), "a killed run must leave no OUT"
+    # scratch space lives inside the writer's temporary folder, which the next writer sweeps; a folder in the
+    # system's temp dir would outlive the SIGKILL (one edgekit-q-* was left in /tmp per suite run)
+    # (and nothing else: ONNX Runtime's telemetry file .ses stays out too, edgekit/__init__.py)
+    assert not list(tmpdir.iterdir()), f"the killed run left files in the temp dir: {list(tmpdir.iterdir())}"
     assert temps_in(cache / "quantize"), "the killed writer's temporary folder is still there"
 
     rerun = run_cli(args)
