@@ -121,13 +121,15 @@ def finished(tmp: Path) -> None:
 
 
 def discard(tmp: Path) -> None:
-    """Remove ``tmp`` (a folder or a file) and forget it."""
+    """Remove ``tmp`` (a folder or a file) and forget it once it is gone (what could not be removed now stays
+    recorded, so :func:`remove_unfinished` tries again when the run ends)."""
     if tmp.is_dir() and not tmp.is_symlink():
         shutil.rmtree(tmp, ignore_errors=True)
     else:
         with contextlib.suppress(OSError):
             tmp.unlink()
-    finished(tmp)
+    if not os.path.lexists(tmp):
+        finished(tmp)
 
 
 @contextlib.contextmanager

@@ -213,3 +213,14 @@ def test_a_signal_landing_mid_import_is_sent_again_once_the_import_is_over(tmp_p
         module = __import__("sys").modules.pop(name, None)
     assert (getattr(module, "DONE", False) is True) == safe
     assert time.perf_counter() - started < 2
+
+
+def test_a_temporary_that_could_not_be_removed_stays_recorded_for_the_end_of_the_run(tmp_path, monkeypatch):
+    tmp = atomic.temp_dir(".y.tmp-", tmp_path)
+    (tmp / "f").write_text("x")
+    real_rmtree = atomic.shutil.rmtree
+    monkeypatch.setattr(atomic.shutil, "rmtree", lambda *a, **k: None)  # a removal that fails (ignore_errors)
+    atomic.discard(tmp)
+    assert tmp.exists() and atomic.is_unfinished(tmp)
+    monkeypatch.setattr(atomic.shutil, "rmtree", real_rmtree)
+    assert atomic.remove_unfinished() == [tmp] and not tmp.exists() and not atomic.is_unfinished(tmp)
