@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
-from .atomic import discard, finished, signals_held, sweep_stale_temps, temp_dir
+from .atomic import discard, finished, signals_held, temp_sibling
 from .errors import InputError, ModelError
 
 MANIFEST = "manifest.json"
@@ -211,28 +211,26 @@ def atomic_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
     out = Path(out)
     check_output_dir(out, force)
     parent = out.resolve().parent
-    sweep_stale_temps(out)
     try:
-        tmp = temp_dir(f".{out.name}.tmp-{os.getpid()}-", parent)
+        tmp = temp_sibling(out)
     except OSError as exc:
         raise InputError(f"Output '{out}' cannot be written", exc.strerror, "Choose a writable --out") from None
     try:
         yield tmp
         tmp.chmod(0o755)  # mkdtemp makes it 0700
         with signals_held():  # both renames or neither: a signal between them would leave no ``out``
-            if out.exists():
-                old = parent / f".{out.name}.old-{os.getpid()}"
+            old = parent / f".{out.name}.old-{os.getpid()}" if out.exists() else None
+            if old is not None:
                 out.rename(old)
-                try:
-                    tmp.rename(out)
-                except OSError:
-                    old.rename(out)  # put the previous output back
-                    raise
-                finished(tmp)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
+            try:
                 tmp.rename(out)
-                finished(tmp)
+            except OSError:
+                if old is not None:
+                    old.rename(out)  # put the previous output back
+                raise
+            finished(tmp)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         discard(tmp)
         raise

@@ -115,6 +115,17 @@ def temp_dir(prefix: str, parent: Path) -> Path:
     return tmp
 
 
+def temp_sibling(target: Path) -> Path:
+    """A fresh folder ``.<name>.tmp-<pid>-*`` beside ``target``, recorded as unfinished (raises OSError).
+
+    This is the one place that spells the name :func:`sweep_stale_temps` reads;
+    what a killed writer of ``target`` left is swept first.
+    """
+    target = Path(target)
+    sweep_stale_temps(target)
+    return temp_dir(f".{target.name}.tmp-{os.getpid()}-", target.resolve().parent)
+
+
 def finished(tmp: Path) -> None:
     """``tmp`` was renamed into place or removed by its writer: nothing left to clean."""
     _UNFINISHED.pop(tmp, None)
@@ -214,5 +225,5 @@ def write_file(target: Path, write: Callable[[Path], object]) -> None:
 
 atexit.register(remove_unfinished)
 
-__all__ = ["signals_held", "import_safe", "temp_dir", "finished", "discard", "work_folder", "is_unfinished", "remove_unfinished", "sweep_stale_temps",
+__all__ = ["signals_held", "import_safe", "temp_dir", "temp_sibling", "finished", "discard", "work_folder", "is_unfinished", "remove_unfinished", "sweep_stale_temps",
            "write_file"]

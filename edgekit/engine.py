@@ -15,14 +15,13 @@ and its precision check succeeded.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .artifact import ENGINE_SUFFIXES, Artifact, copy_tokenizer_and_config, resolve, sha256_file
-from .atomic import discard, temp_dir
+from .atomic import discard, temp_sibling
 from .deps import require
 from .engine_io import EngineOutputs, sidecar_path
 from .errors import BackendError, InputError, ModelError
@@ -274,7 +273,7 @@ def _copy_runtime_files(src: Path, dst: Path) -> None:
     with contextlib.suppress(OSError):
         missing = [p for p in ("config.json", "tokenizer.json") if not (dst / p).exists()]
         if missing:
-            tmp = temp_dir(f".runtime-files.tmp-{os.getpid()}-", dst)
+            tmp = temp_sibling(dst / "runtime-files")  # a killed copy's leftover is swept here
             try:
                 copy_tokenizer_and_config(src, tmp)
                 for f in tmp.iterdir():

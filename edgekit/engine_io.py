@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from .artifact import sha256_file, versions
-from .atomic import discard, signals_held, sweep_stale_temps, temp_dir, write_file
+from .atomic import discard, signals_held, temp_sibling, write_file
 from .errors import InputError
 
 
@@ -35,8 +35,7 @@ class EngineOutputs:
         folder = self.engine.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            sweep_stale_temps(self.engine)  # what a killed build of this engine left
-            self.tmp = temp_dir(f".{self.engine.name}.tmp-{os.getpid()}-", folder)
+            self.tmp = temp_sibling(self.engine)  # after sweeping what a killed build of this engine left
         except OSError as exc:
             raise InputError(f"Engine folder '{folder}' cannot be written", exc.strerror,
                              "Choose a writable --out") from None

@@ -224,3 +224,16 @@ def test_a_temporary_that_could_not_be_removed_stays_recorded_for_the_end_of_the
     assert tmp.exists() and atomic.is_unfinished(tmp)
     monkeypatch.setattr(atomic.shutil, "rmtree", real_rmtree)
     assert atomic.remove_unfinished() == [tmp] and not tmp.exists() and not atomic.is_unfinished(tmp)
+
+
+def test_temp_sibling_sweeps_what_a_killed_writer_of_the_same_target_left(tmp_path):
+    dead = 2**22 + 12345  # above the default pid_max: no process has it
+    stale = tmp_path / f".runtime-files.tmp-{dead}-abc"
+    stale.mkdir()
+    (stale / "tokenizer.json").write_text("{}")
+    fresh = atomic.temp_sibling(tmp_path / "runtime-files")
+    try:
+        assert not stale.exists() and fresh.parent == tmp_path.resolve()
+        assert fresh.name.startswith(f".runtime-files.tmp-{os.getpid()}-") and atomic.is_unfinished(fresh)
+    finally:
+        atomic.discard(fresh)
