@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
+from ..atomic import work_folder
 from ..deps import require
 from ..errors import BackendError, MissingDependencyError
 
@@ -21,7 +21,8 @@ MODULE = "onnxruntime_genai.models.builder"
 def build(folder: Path, out: Path, precision: str, extra: dict[str, object] | None = None) -> None:
     """Write ``out/model.onnx`` (+ ``model.onnx.data``, ``genai_config.json``) for ``precision`` on the CPU EP."""
     require_llm("onnxruntime_genai")
-    with tempfile.TemporaryDirectory(prefix="edgekit-genai-") as work:
+    out.mkdir(parents=True, exist_ok=True)
+    with work_folder(out) as work:  # inside ``out`` (a writer's temporary folder): a SIGKILL leaves nothing in /tmp
         cmd = [sys.executable, "-m", MODULE, "-i", str(folder), "-o", str(out), "-p", precision, "-e", "cpu",
                "-c", str(Path(work) / "cache")]
         if extra:
