@@ -85,7 +85,6 @@ def import_safe(handler: Callable[[int, object], object]) -> Callable[[int, obje
             return None
         return handler(signum, frame)
 
-    on_signal.wrapped = handler
     return on_signal
 
 
@@ -225,5 +224,5 @@ def write_file(target: Path, write: Callable[[Path], object]) -> None:
 
 atexit.register(remove_unfinished)
 
-__all__ = ["signals_held", "import_safe", "temp_dir", "temp_sibling", "finished", "discard", "work_folder", "is_unfinished", "remove_unfinished", "sweep_stale_temps",
-           "write_file"]
+__all__ = ["signals_held", "import_safe", "temp_dir", "temp_sibling", "finished", "discard", "work_folder",
+           "is_unfinished", "remove_unfinished", "sweep_stale_temps", "write_file"]

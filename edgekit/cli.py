@@ -112,8 +112,8 @@ def _environment_message(exc: BaseException) -> str | None:
 
 
 def _install_handlers():
-    """SIGTERM raises Terminated (like Ctrl-C), neither while a module is being imported
-    (:func:`edgekit.atomic.import_safe`); warnings print as one line. Returns the undo."""
+    """SIGTERM raises Terminated (like Ctrl-C); either signal landing while a module is being imported is sent
+    again once the import is over (:func:`edgekit.atomic.import_safe`); warnings print as one line. Returns the undo."""
     previous_show = warnings.showwarning
     warnings.showwarning = _show_warning
     previous = []
