@@ -117,12 +117,16 @@ def temp_dir(prefix: str, parent: Path) -> Path:
 def temp_sibling(target: Path) -> Path:
     """A fresh folder ``.<name>.tmp-<pid>-*`` beside ``target``, recorded as unfinished (raises OSError).
 
-    This is the one place that spells the name :func:`sweep_stale_temps` reads;
-    what a killed writer of ``target`` left is swept first.
+    What a killed writer of ``target`` left is swept first.
     """
     target = Path(target)
     sweep_stale_temps(target)
-    return temp_dir(f".{target.name}.tmp-{os.getpid()}-", target.resolve().parent)
+    return temp_dir(f"{_temp_name(target)}-", target.resolve().parent)
+
+
+def _temp_name(target: Path) -> str:
+    """``.<name>.tmp-<pid>``: the one place that spells the name :func:`sweep_stale_temps` reads."""
+    return f".{target.name}.tmp-{os.getpid()}"
 
 
 def finished(tmp: Path) -> None:
@@ -213,7 +217,7 @@ def write_file(target: Path, write: Callable[[Path], object]) -> None:
     target = Path(target)
     sweep_stale_temps(target)
     with signals_held():
-        partial = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        partial = target.with_name(_temp_name(target))
         _UNFINISHED[partial] = os.getpid()
     try:
         write(partial)

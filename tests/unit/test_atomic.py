@@ -6,8 +6,10 @@ writer's ``try``) is in tests/reliability/test_battery.py; these pin the pieces.
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -204,13 +206,11 @@ def test_a_signal_landing_mid_import_is_sent_again_once_the_import_is_over(tmp_p
     started = time.perf_counter()
     try:
         with pytest.raises(_Stop):
-            import importlib
-
             importlib.import_module(name)
             time.sleep(5)  # the re-sent signal lands here
     finally:
         signal.signal(signal.SIGTERM, previous)
-        module = __import__("sys").modules.pop(name, None)
+        module = sys.modules.pop(name, None)
     assert (getattr(module, "DONE", False) is True) == safe
     assert time.perf_counter() - started < 2
 
