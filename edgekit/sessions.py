@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .artifact import Artifact, resolve
-from .atomic import discard, temp_dir
+from .atomic import discard, temp_sibling
 from .errors import ModelError, first_line
 from .runtime.session import OrtSession, Session
 from .runtime.tokenizer import TextEncoder
@@ -41,7 +41,10 @@ def encoder_for(artifact: Artifact | str | Path, max_length: int | None = None) 
 
 @contextlib.contextmanager
 def fast_tokenizer_folder(folder: Path) -> Iterator[Path]:
-    """The folder's tokenizer saved as a fast tokenizer (tokenizer.json) in a temporary folder, removed after."""
+    """The folder's tokenizer saved as a fast tokenizer (tokenizer.json) in a temporary folder, removed after.
+
+    The folder is ``$TMPDIR/.edgekit-tok.tmp-<pid>-*``: what a killed (SIGKILL) run left there is swept by the next.
+    """
     from .deps import require
 
     transformers = require("transformers")
@@ -50,7 +53,7 @@ def fast_tokenizer_folder(folder: Path) -> Iterator[Path]:
     except (OSError, ValueError) as exc:
         raise ModelError(f"Model folder '{folder}' has no usable tokenizer", first_line(exc),
                          "Save the tokenizer with the model (tokenizer.save_pretrained)") from None
-    tmp = temp_dir("edgekit-tok-", Path(tempfile.gettempdir()))
+    tmp = temp_sibling(Path(tempfile.gettempdir()) / "edgekit-tok")
     try:
         tok.save_pretrained(str(tmp))
         if (folder / "config.json").is_file():

@@ -177,6 +177,8 @@ def test_a_tokenizer_converted_for_a_folder_without_tokenizer_json_leaves_nothin
             (folder / f.name).symlink_to(f)
     scratch = tmp_path / "tmp"
     scratch.mkdir()
+    stale = scratch / f".edgekit-tok.tmp-{2**22 + 12345}-abc"  # a SIGKILLed run's (no process has that pid)
+    stale.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     encoder = encoder_for(folder)
     assert encoder.max_length == 512 and list(scratch.iterdir()) == []
