@@ -6,8 +6,10 @@ each a chain of the reference model's layer shapes (MiniLM-L6: hidden 384, 12 he
 timed in interleaved rounds in one process on the same input:
 
 - attention: five layers of QKV projection + attention with a padding mask (shared by the layers) --
-  QAttention (the default), DynamicQuantizeMatMul + Split + MultiHeadAttention, and DynamicQuantizeMatMul +
-  Split + the ONNX ``Attention`` op (opset 23);
+  QAttention (the default), DynamicQuantizeMatMul + Split + MultiHeadAttention, DynamicQuantizeMatMul +
+  Split + the ONNX ``Attention`` op (opset 23), and three DynamicQuantizeMatMul (Q, K, V apart: no Split) +
+  MultiHeadAttention; the QKV projection alone (DynamicQuantizeMatMul + Split, no attention) bounds what any
+  of them could reach (MultiHeadAttention's packed-QKV form, which would need no Split, is not implemented on CPU);
 - activation: six bias + GELU over the FFN width -- BiasGelu (the default, exact erf) and FastGelu (tanh
   approximation; ONNX Runtime's optimizer turns Add + ``Gelu`` (opset 20) into these two, so they are the choice);
 - projection: three FFN pairs (384 -> 1536 -> 384) -- DynamicQuantizeMatMul (the default) and MatMulNBits with
@@ -38,6 +40,7 @@ from edgekit.paired import PairedOptions, interleaved
 HIDDEN, HEADS, FFN = 384, 12, 1536
 LAYERS, ACTIVATIONS, PAIRS = 5, 6, 3
 MS = "com.microsoft"
+BOUND = "QKV projection alone, no attention (a bound, not an alternative)"
 
 
 def _model(nodes, inputs, output, inits, opset: int) -> bytes:
@@ -64,7 +67,13 @@ def attention_variants(rng) -> dict[str, tuple[bytes, int]]:
                      numpy_helper.from_array(np.array([1], np.int64), "one")], []
     for i in range(LAYERS):
         _, qkv = _int8(rng, HIDDEN, 3 * HIDDEN, f"l{i}")
-        inits += qkv + [numpy_helper.from_array((rng.standard_normal(3 * HIDDEN) * 0.1).astype(np.float32), f"l{i}b")]
+        bias = (rng.standard_normal(3 * HIDDEN) * 0.1).astype(np.float32)
+        inits += qkv + [numpy_helper.from_array(bias, f"l{i}b")]
+        packed = [numpy_helper.to_array(t) for t in qkv]
+        for j, part in enumerate("QKV"):  # the same int8 weights, one projection each (for 3 x DynamicQuantizeMatMul)
+            cols = slice(j * HIDDEN, (j + 1) * HIDDEN)
+            inits += [numpy_helper.from_array(np.ascontiguousarray(w[..., cols]), f"l{i}{part}{kind}")
+                      for w, kind in zip(packed, "Wsz")] + [numpy_helper.from_array(bias[cols], f"l{i}{part}b")]
         layers.append(f"l{i}")
 
     def build(kind: str) -> tuple[bytes, int]:
@@ -83,10 +92,18 @@ def attention_variants(rng) -> dict[str, tuple[bytes, int]]:
                           helper.make_node("QAttention", [f"{p}q", f"{p}W", f"{p}b", f"{p}qs", f"{p}s", "mask32",
                                                           f"{p}qz", f"{p}z"], [x_out], domain=MS, num_heads=HEADS)]
                 continue
+            if kind == "mha3":
+                nodes += [helper.make_node("DynamicQuantizeMatMul", [x_in] + [f"{p}{part}{k}" for k in "Wszb"],
+                                           [f"{p}{part}"], domain=MS) for part in "QKV"]
+                nodes.append(helper.make_node("MultiHeadAttention", [f"{p}Q", f"{p}K", f"{p}V", "", "mask32"],
+                                              [x_out], domain=MS, num_heads=HEADS))
+                continue
             nodes += [helper.make_node("DynamicQuantizeMatMul", [x_in, f"{p}W", f"{p}s", f"{p}z", f"{p}b"],
                                        [f"{p}qkv"], domain=MS),
                       helper.make_node("Split", [f"{p}qkv", "sizes"], [f"{p}Q", f"{p}K", f"{p}V"], axis=2)]
-            if kind == "mha":
+            if kind == "projection":  # Q feeds the next layer: the QKV GEMM's cost with no attention after it
+                nodes.append(helper.make_node("Identity", [f"{p}Q"], [x_out]))
+            elif kind == "mha":
                 nodes.append(helper.make_node("MultiHeadAttention", [f"{p}Q", f"{p}K", f"{p}V", "", "mask32"],
                                               [x_out], domain=MS, num_heads=HEADS))
             else:
@@ -96,7 +113,9 @@ def attention_variants(rng) -> dict[str, tuple[bytes, int]]:
 
     return {"DynamicQuantizeLinear + QAttention (default)": build("qattention"),
             "DynamicQuantizeMatMul + Split + MultiHeadAttention": build("mha"),
-            "DynamicQuantizeMatMul + Split + Attention (opset 23)": build("onnx")}
+            "DynamicQuantizeMatMul + Split + Attention (opset 23)": build("onnx"),
+            "3 x DynamicQuantizeMatMul + MultiHeadAttention": build("mha3"),
+            BOUND: build("projection")}
 
 
 def activation_variants(rng) -> dict[str, tuple[bytes, int]]:
@@ -201,7 +220,8 @@ def main() -> int:
             results = [measure(group, feed, t, args.rounds, args.runs, reference) for t in threads]
             for i, name in enumerate(n for n in group if n != "fp32 reference"):
                 cells = " | ".join(f"{r[i][1]:.1f} | {r[0][1] / r[i][1]:.2f}x" for r in results)
-                print(f"| {name} | {text} | {cells} | {results[0][i][2]:.1e} |")
+                diff = "—" if name == BOUND else f"{results[0][i][2]:.1e}"
+                print(f"| {name} | {text} | {cells} | {diff} |")
     return 0
 
 
