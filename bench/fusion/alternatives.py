@@ -65,6 +65,7 @@ def attention_variants(rng) -> dict[str, tuple[bytes, int]]:
     inits, layers = [numpy_helper.from_array(np.array([HIDDEN] * 3, np.int64), "sizes"),
                      numpy_helper.from_array(np.array([1, 2], np.int64), "axes"),
                      numpy_helper.from_array(np.array([1], np.int64), "one")], []
+    apart = []  # Q, K and V weights one by one: only the 3 x DynamicQuantizeMatMul variant carries them
     for i in range(LAYERS):
         _, qkv = _int8(rng, HIDDEN, 3 * HIDDEN, f"l{i}")
         bias = (rng.standard_normal(3 * HIDDEN) * 0.1).astype(np.float32)
@@ -72,7 +73,7 @@ def attention_variants(rng) -> dict[str, tuple[bytes, int]]:
         packed = [numpy_helper.to_array(t) for t in qkv]
         for j, part in enumerate("QKV"):  # the same int8 weights, one projection each (for 3 x DynamicQuantizeMatMul)
             cols = slice(j * HIDDEN, (j + 1) * HIDDEN)
-            inits += [numpy_helper.from_array(np.ascontiguousarray(w[..., cols]), f"l{i}{part}{kind}")
+            apart += [numpy_helper.from_array(np.ascontiguousarray(w[..., cols]), f"l{i}{part}{kind}")
                       for w, kind in zip(packed, "Wsz")] + [numpy_helper.from_array(bias[cols], f"l{i}{part}b")]
         layers.append(f"l{i}")
 
@@ -109,7 +110,8 @@ def attention_variants(rng) -> dict[str, tuple[bytes, int]]:
             else:
                 nodes.append(helper.make_node("Attention", [f"{p}Q", f"{p}K", f"{p}V", "m4"], [x_out],
                                               q_num_heads=HEADS, kv_num_heads=HEADS))
-        return _model(nodes, [x, m], f"x{LAYERS}", inits, 23 if kind == "onnx" else 18), LAYERS
+        return _model(nodes, [x, m], f"x{LAYERS}", inits + (apart if kind == "mha3" else []),
+                      23 if kind == "onnx" else 18), LAYERS
 
     return {"DynamicQuantizeLinear + QAttention (default)": build("qattention"),
             "DynamicQuantizeMatMul + Split + MultiHeadAttention": build("mha"),
