@@ -31,11 +31,11 @@ import os
 import sys
 
 import numpy as np
+from edgekit.paired import PairedOptions, interleaved  # before onnxruntime: edgekit turns ORT's telemetry off
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.paired import PairedOptions, interleaved
 
 HIDDEN, HEADS, FFN = 384, 12, 1536
 LAYERS, ACTIVATIONS, PAIRS = 5, 6, 3

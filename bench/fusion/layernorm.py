@@ -17,6 +17,7 @@ import sys
 import time
 
 import numpy as np
+import edgekit  # noqa: F401  (before onnxruntime: it turns ORT's telemetry off, which writes $TMPDIR/.ses)
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 

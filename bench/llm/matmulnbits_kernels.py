@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import edgekit  # noqa: F401  (before onnxruntime: it turns ORT's telemetry off, which writes $TMPDIR/.ses)
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
