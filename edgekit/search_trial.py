@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .artifact import atomic_dir, copy_tokenizer_and_config, resolve, sha256_file, write_manifest
+from .atomic import discard, temp_sibling
 from .bench import BenchOptions, measure
 from .check import evaluate, gate_metric, labeled_data
 from .data import TextDataset
@@ -188,9 +189,12 @@ def pack(setup: TrialSetup) -> dict:
 
 
 def ray_trial(candidate: Candidate, setup: TrialSetup, bundle: dict) -> dict:
-    """The body of a Ray task: materialize the bundle on this node, run the trial, return its files as bytes."""
-    with tempfile.TemporaryDirectory(prefix="edgekit-trial-") as tmp:
-        root = Path(tmp)
+    """The body of a Ray task: materialize the bundle on this node, run the trial, return its files as bytes.
+
+    The node's scratch is ``$TMPDIR/.edgekit-trial.tmp-<pid>-*``, removed after; a worker killed mid-trial
+    (SIGKILL: Ray's cancel or its OOM killer) leaves one that the node's next trial sweeps."""
+    root = temp_sibling(Path(tempfile.gettempdir()) / "edgekit-trial")
+    try:
         (root / "source").mkdir()
         for name, data in bundle["source"].items():
             (root / "source" / name).write_bytes(data)
@@ -200,3 +204,5 @@ def ray_trial(candidate: Candidate, setup: TrialSetup, bundle: dict) -> dict:
             folder = Path(record["artifact"])
             record["files"] = {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file()}
         return record
+    finally:
+        discard(root)
