@@ -230,3 +230,39 @@ atexit.register(remove_unfinished)
 
 __all__ = ["signals_held", "import_safe", "temp_dir", "temp_sibling", "finished", "discard", "work_folder",
            "is_unfinished", "remove_unfinished", "sweep_stale_temps", "write_file"]
+
+
+def _torch_cache_default() -> Path:
+    """Where torch puts its compile cache when ``TORCHINDUCTOR_CACHE_DIR`` is unset (as
+    ``torch._inductor.runtime.cache_dir_utils.default_cache_dir`` spells it, without importing torch)."""
+    import getpass
+    import re
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, ModuleNotFoundError, OSError):
+        user = f"uid_{os.getuid()}" if hasattr(os, "getuid") else "unknown_user"
+    return Path(os.path.abspath(tempfile.gettempdir())) / ("torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user))
+
+
+@contextlib.contextmanager
+def no_stray_torch_cache() -> Iterator[None]:
+    """Remove the empty ``$TMPDIR/torchinductor_<user>`` a command made by importing ``torch._dynamo``.
+
+    torch.onnx's dynamo exporter imports it, and that import makes torch's
+    compile-cache folder at once, though edgekit compiles nothing; a command
+    would leave it in ``$TMPDIR``. Only a folder that was not there before and
+    is still empty goes (``rmdir``); one the user set (``TORCHINDUCTOR_CACHE_DIR``
+    before the command) or one with files in it stays.
+    """
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        yield
+        return
+    default = _torch_cache_default()
+    existed = default.exists()
+    try:
+        yield
+    finally:
+        if not existed:
+            with contextlib.suppress(OSError):
+                default.rmdir()

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import click
 
-from .atomic import import_safe, remove_unfinished
+from .atomic import import_safe, no_stray_torch_cache, remove_unfinished
 from .errors import EdgekitError, Terminated
 
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -48,7 +48,8 @@ class EdgekitGroup(click.Group):
     def invoke(self, ctx):
         restore = _install_handlers()
         try:
-            return super().invoke(ctx)
+            with no_stray_torch_cache():
+                return super().invoke(ctx)
         except _CLICK_FLOW:
             raise  # usage errors (exit 2) and --help/--version exits are Click's to print
         except EdgekitError as exc:
