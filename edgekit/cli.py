@@ -422,11 +422,11 @@ def optimize_cmd(model, data, out, recipe, force, as_json, quiet, cache_dir, no_
         raise click.UsageError(f"Missing {', '.join(missing)} (give them as arguments/flags or in --recipe).")
     given = nested(flags)
     options = OptimizeOptions.from_dict(merge(rec.options if rec else {}, given))
+    explicit = dotted(given) | dotted(rec.options if rec else {})
     if options.export.task == "text-generation" or _is_causal_lm(model):
-        return _optimize_lm(model, data, out, options, force)
+        return _optimize_lm(model, data, out, options, force, explicit)
     searching = {"--time-budget": time_budget, "--resume": resume or None, "--ray-address": ray_address, "--seed": seed}
     if search_mode or any(v is not None for v in searching.values()):
-        explicit = dotted(given) | dotted(rec.options if rec else {})
         return _search_cmd(model, data, out, options, explicit, search_mode, searching, force, as_json,
                            None if no_cache else StepCache(cache_dir))
     r = optimize(model, data, out, options, force=force, cache=None if no_cache else StepCache(cache_dir))
@@ -476,24 +476,40 @@ def _is_causal_lm(model) -> bool:
     return any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
 
 
-def _optimize_lm(model, data, out, options, force) -> None:
-    """``optimize`` on a causal LM: edgekit.llm's pipeline (int4 export, generated-answer gate, TTFT/tokens/s)."""
+#: optimize's options that reach a causal LM's pipeline (edgekit.llm); given any other, optimize refuses it
+_LM_OPTIONS = ("target", "precision", "data.max_samples", "gate.max_accuracy_drop", "bench.threads",
+               "build.compute_capabilities", "export.task")
+
+
+def _optimize_lm(model, data, out, options, force, explicit: set[str]) -> None:
+    """``optimize`` on a causal LM: edgekit.llm's pipeline (int4 export, generated-answer gate, TTFT/tokens/s).
+
+    ``explicit``: the options given as flags or in the recipe. The precision is int4 unless one was given; an
+    option the LM pipeline does not take is refused, not dropped."""
     from .errors import InputError
     from .llm.bench import LMBenchOptions
     from .llm.cli_optimize import run
     from .llm.gate import LMGateOptions
     from .llm.pipeline import LMOptimizeOptions
 
-    target = options.target if options.target == "tensorrt-rtx" else "cpu"
+    unused = sorted(explicit - set(_LM_OPTIONS))
+    if unused:
+        ctx = click.get_current_context(silent=True)
+        flags = {p.name.replace("__", "."): p.opts[0] for p in (ctx.command.params if ctx else [])
+                 if isinstance(p, click.Option)}
+        named = [f"{flags[k]} ({k})" if k in flags else k for k in unused]
+        raise InputError(f"{', '.join(named)} {'does' if len(unused) == 1 else 'do'} not apply to a causal LM",
+                         "optimize hands a causal LM to edgekit.llm's pipeline, which takes only "
+                         f"{', '.join(_LM_OPTIONS)}", "Drop them; edgekit optimize-lm --help lists the LM's own options")
     if options.target == "tensorrt":
         raise InputError("Causal LMs get TensorRT-RTX decoder engines, not classic TensorRT ones",
                          "classic TensorRT builds on the target GPU", "Pass --target tensorrt-rtx")
-    if target == "tensorrt-rtx" and options.precision == "fp32":
-        raise InputError("--precision fp32 is not offered for causal-LM engines", None,
-                         "Pass --precision fp16, or leave it out for int4 weight-only")
-    precision = "fp16" if target == "tensorrt-rtx" and options.precision == "fp16" else "int4"
+    if options.build.compute_capabilities and options.target != "tensorrt-rtx":
+        raise InputError("--compute-capability applies to --target tensorrt-rtx only", f"this run is {options.target}",
+                         "Drop --compute-capability, or pass --target tensorrt-rtx")
+    precision = options.precision if "precision" in explicit else "int4"
     run(str(model), str(data), Path(out), LMOptimizeOptions(
-        precision=precision, target=target, threads=options.bench.threads or 2,
+        precision=precision, target=options.target, threads=options.bench.threads or 2,
         compute_capabilities=list(options.build.compute_capabilities),
         gate=LMGateOptions(rows=options.data.max_samples or 200,
                            max_accuracy_drop=options.gate.max_accuracy_drop * 100),

@@ -153,7 +153,10 @@ class TorchSession(Session):
 
 def _config(folder: Path) -> dict:
     try:
-        return json.loads((folder / "config.json").read_text())
+        config = json.loads((folder / "config.json").read_text())
+        if not isinstance(config, dict):
+            raise ValueError(f"it holds a JSON {type(config).__name__}, not an object")
+        return config
     except FileNotFoundError:
         raise ModelError(f"'{folder}' is not a Hugging Face model folder", "config.json is missing",
                          "Pass a folder written by save_pretrained()") from None

@@ -123,9 +123,10 @@ def task_of(folder: str | Path) -> str:
             continue
         if not isinstance(record, dict):
             continue
-        if record.get("task") in TASKS:
+        if isinstance(record.get("task"), str) and record["task"] in TASKS:
             return record["task"]
-        for arch in record.get("architectures") or []:
+        archs = record.get("architectures") or []
+        for arch in [archs] if isinstance(archs, str) else archs if isinstance(archs, list) else []:
             for suffix, task in ARCHITECTURE_SUFFIXES.items():
                 if str(arch).endswith(suffix):
                     return task

@@ -51,14 +51,25 @@ class LMExportOptions:
     prompts: tuple[str, ...] = field(default=(), metadata={"help": "validation prompts (default: built-in ones)"})
     cache_dir: str | None = field(default=None, metadata={"help": "where imported GGUF folders are cached"})
 
+    def validate(self) -> None:
+        """Refuse bad values before the minutes of export they would otherwise wait through."""
+        if self.route not in ROUTES:
+            raise InputError(f"Unknown export route '{self.route}'", f"expected one of {', '.join(ROUTES)}",
+                             "Pass --route auto, builder or dynamo")
+        if isinstance(self.validation_tokens, bool) or not isinstance(self.validation_tokens, int) \
+                or self.validation_tokens < 1:
+            raise InputError(f"--validation-tokens must be a whole number >= 1, got {self.validation_tokens!r}",
+                             "the export is judged on that many greedy tokens per prompt", "Use the default, 16")
+        if not (isinstance(self.atol, (int, float)) and 0 <= self.atol < float("inf")):
+            raise InputError(f"--atol must be a finite number >= 0, got {self.atol!r}",
+                             "it bounds |logit diff| against PyTorch", "Use the default, 0.01")
+
 
 def export_lm(model: str | Path, out: str | Path, options: LMExportOptions | None = None,
               force: bool = False) -> Artifact:
     """Export a causal LM (HF folder, .gguf or pkg:NAME) to ``out`` with its KV cache, validated on prompts."""
     options = options or LMExportOptions()
-    if options.route not in ROUTES:
-        raise InputError(f"Unknown export route '{options.route}'", f"expected one of {', '.join(ROUTES)}",
-                         "Pass --route auto, builder or dynamo")
+    options.validate()
     source = resolve_source(model, options.cache_dir)
     config = check_causal_lm(source.folder)
     route = choose_route(config, options.route)

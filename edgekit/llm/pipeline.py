@@ -157,6 +157,9 @@ def _check_target(options: LMOptimizeOptions) -> None:
             raise InputError(f"{flag} applies to quantizing for --target cpu only",
                              "this run uses --artifact (nothing is quantized)" if options.artifact else
                              f"this run is {options.target}", f"Drop {flag}")
+    if options.compute_capabilities and options.target != "tensorrt-rtx":
+        raise InputError("--compute-capability applies to --target tensorrt-rtx only", f"this run is {options.target}",
+                         "Drop --compute-capability, or pass --target tensorrt-rtx")
     if options.keep_sensitive and (options.target, options.precision) != ("tensorrt-rtx", "int4"):
         raise InputError("--keep-sensitive applies to --target tensorrt-rtx --precision int4 only",
                          f"this run is {options.target} {options.precision}; on the CPU the gate's fallback keeps "

@@ -24,7 +24,8 @@ DEFAULT_TEMPLATE = "oneword"
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """A user message with ``{text}``, sent through the chat template; ``words`` maps label ids to answers."""
+    """A user message with ``{text}`` (no other placeholder), sent through the chat template; ``words`` maps
+    label ids to answers."""
 
     text: str
     words: dict
@@ -33,8 +34,9 @@ class PromptTemplate:
         return [{"role": "user", "content": self.question(review)}]
 
     def question(self, review: str) -> str:
-        """The user message for ``review`` (before the chat template)."""
-        return self.text.format(text=review.strip())
+        """The user message for ``review`` (before the chat template): each ``{text}`` replaced by it, every other
+        brace kept as written (a template may hold JSON or a literal ``{label}``)."""
+        return self.text.replace("{text}", review.strip())
 
     def parse(self, answer: str) -> int | None:
         """The label whose word appears first among the first 10 words of ``answer`` (None: no label named)."""

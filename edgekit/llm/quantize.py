@@ -237,6 +237,9 @@ def _check(options: LMQuantizeOptions) -> None:
     if options.keep_fp not in KEEP:
         raise InputError(f"Unknown --keep-fp '{options.keep_fp}'", f"expected one of {', '.join(KEEP)}",
                          "Pass --keep-fp auto, none or lm_head")
+    if not options.block_size and not options.block_sizes:
+        raise InputError("No block size to measure", "--block-size is 0 (measure) and --block-sizes is empty",
+                         "Pass --block-size 32, or --block-sizes 32,128")
     for b in (options.block_size, *options.block_sizes):
         if b and (b < 16 or b & (b - 1)):
             raise InputError(f"Invalid block size {b}", "MatMulNBits takes a power of two >= 16",

@@ -79,7 +79,15 @@ def check_causal_lm(folder: Path) -> dict:
     if not any(f.name.endswith((".safetensors", ".bin")) for f in folder.iterdir()):
         raise ModelError(f"Model folder '{folder}' has no weights", "config.json is there but no *.safetensors",
                          "Save the model with save_pretrained()")
+    if not isinstance(config, dict):
+        raise ModelError(f"config.json in '{folder}' is not a model config",
+                         f"it holds a JSON {type(config).__name__}, not an object", "Re-save the model (save_pretrained)")
     archs = config.get("architectures") or []
+    archs = [archs] if isinstance(archs, str) else archs
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise ModelError(f"config.json in '{folder}' has a malformed 'architectures'",
+                         f"expected a list of class names, got {json.dumps(archs)[:80]}",
+                         "Re-save the model (save_pretrained) or fix the field, e.g. [\"LlamaForCausalLM\"]")
     if config.get("is_encoder_decoder"):
         raise ModelError(f"'{folder}' is an encoder-decoder model ({', '.join(archs) or config.get('model_type')})",
                          "--task text-generation exports decoder-only causal language models",

@@ -9,11 +9,12 @@ generator. Tokenization, the chat template, sampling options, stop strings and e
 from __future__ import annotations
 
 import json
+import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError, ModelError
+from ..errors import InputError, ModelError, first_line
 from .generate_engines import ENGINES, Engine, GenaiEngine, OrtLoopEngine, SamplingOptions
 
 DEFAULT_ENGINE = "genai"  # chosen by measurement: bench/llm.md (decode tok/s, TTFT, both engines interleaved)
@@ -36,11 +37,20 @@ class LMInfo:
 def read_lm_info(folder: Path) -> LMInfo:
     """Model facts from manifest.json ``llm``, else genai_config.json, else config.json."""
     manifest = _read_json(folder / "manifest.json")
-    llm = manifest.get("llm") or {}
-    genai = (_read_json(folder / "genai_config.json").get("model") or {})
-    dec = genai.get("decoder") or {}
+    llm = manifest.get("llm") if isinstance(manifest.get("llm"), dict) else {}
+    genai = _read_json(folder / "genai_config.json").get("model")
+    genai = genai if isinstance(genai, dict) else {}
     cfg = _read_json(folder / "config.json")
-    cfg = cfg.get("text_config") or cfg
+    cfg = cfg["text_config"] if isinstance(cfg.get("text_config"), dict) else cfg
+    try:
+        return _lm_info(folder, llm, genai, cfg)
+    except (TypeError, ValueError, AttributeError) as exc:  # a field of the wrong type in one of the three files
+        raise ModelError(f"'{folder}' has malformed model facts", f"{type(exc).__name__}: {exc}"[:200],
+                         "Re-create the artifact with edgekit optimize (or export-lm)") from None
+
+
+def _lm_info(folder: Path, llm: dict, genai: dict, cfg: dict) -> LMInfo:
+    dec = genai.get("decoder") or {}
     for ours, gpt2 in (("num_hidden_layers", "n_layer"), ("num_attention_heads", "n_head"),
                        ("hidden_size", "n_embd"), ("max_position_embeddings", "n_positions")):
         cfg.setdefault(ours, cfg.get(gpt2))
@@ -141,6 +151,8 @@ class TextGenerator:
         """
         opts = _options(max_new_tokens, temperature, top_p, top_k, seed)
         stops = [stop] if isinstance(stop, str) else [s for s in (stop or []) if s]
+        if not all(isinstance(s, str) for s in stops):
+            raise InputError("stop must be a string or a list of strings", f"got {stop!r}"[:120], None)
         if isinstance(prompt, list | tuple) and prompt and not isinstance(prompt[0], dict):
             if stream:
                 raise InputError("stream=True takes one prompt", "a list of prompts was given",
@@ -202,7 +214,11 @@ def load_generator(folder: str | Path, engine: str = "auto", threads: int | None
     info = read_lm_info(folder)
     from ..deps import require  # noqa: PLC0415
 
-    tokenizer = require("tokenizers").Tokenizer.from_file(str(folder / "tokenizer.json"))
+    try:
+        tokenizer = require("tokenizers").Tokenizer.from_file(str(folder / "tokenizer.json"))
+    except Exception as exc:  # tokenizers raises a bare Exception for a file it cannot parse
+        raise ModelError(f"tokenizer.json in '{folder}' cannot be loaded", first_line(exc, 200),
+                         "Copy tokenizer.json from the model the artifact was made from") from None
     name = _resolve_engine(folder, engine)
     if name == TRT_ENGINE:  # a TensorRT-RTX decoder engine: needs its GPU (one-line BackendError without one)
         from .generate_trt import TrtDecoderEngine  # noqa: PLC0415
@@ -237,6 +253,13 @@ def _resolve_engine(folder: Path, engine: str) -> str:
 
 
 def _options(max_new_tokens, temperature, top_p, top_k, seed) -> SamplingOptions:
+    for name, value, kind, what in (("max_new_tokens", max_new_tokens, numbers.Integral, "a whole number"),
+                                    ("temperature", temperature, numbers.Real, "a number"),
+                                    ("top_p", top_p, numbers.Real, "a number"),
+                                    ("top_k", top_k, numbers.Integral, "a whole number"),
+                                    ("seed", 0 if seed is None else seed, numbers.Integral, "a whole number or None")):
+        if isinstance(value, bool) or not isinstance(value, kind) or value != value:  # value != value: NaN
+            raise InputError(f"{name} must be {what}, got {value!r}", None, None)
     if int(max_new_tokens) < 1:
         raise InputError(f"max_new_tokens={max_new_tokens} is not allowed", "it must be at least 1", None)
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:

@@ -155,15 +155,6 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def id2label_of(folder: Path, n_outputs: int | None = None) -> dict[int, str]:
-    config = read_config(folder)
-    raw = config.get("id2label") or {}
-    mapping = {int(k): str(v) for k, v in raw.items()}
-    if not mapping and n_outputs:
-        mapping = {i: f"LABEL_{i}" for i in range(n_outputs)}
-    return mapping
-
-
 def load(artifact: str | Path, backend: str = "auto", threads: int | None = None, batch_size: int | None = None,
          device: int = 0, max_batch: int | None = None, max_length: int | None = None,
          allow_failed: bool = False):
@@ -190,6 +181,11 @@ def load(artifact: str | Path, backend: str = "auto", threads: int | None = None
     if is_generation_folder(folder):  # a causal LM: TextGenerator (generate, stream) on its own engines
         _refuse_failed(folder, allow_failed)
         return load_generator(folder, engine="auto", threads=threads)
+    archs = read_config(folder).get("architectures")
+    if isinstance(archs, list) and any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        raise ModelError(f"'{folder}' holds a causal LM ({', '.join(map(str, archs))}) but no manifest.json or "
+                         "genai_config.json", "nothing says which text-generation artifact it is",
+                         "Pass the folder edgekit export-lm / optimize-lm wrote, with its manifest.json")
     backend = resolve_backend(folder, backend)
     task = _servable_task(folder, allow_failed)
     model_file = ONNX_NAME if backend == "onnxruntime" else None
@@ -207,8 +203,55 @@ def load(artifact: str | Path, backend: str = "auto", threads: int | None = None
     encoder = TextEncoder(folder, max_length=min(lengths), min_length=limits.min_length)
     session.open()
     if batch_size is None:
-        batch_size = int(_read_json(folder / "manifest.json").get("eval_batch_size") or DEFAULT_BATCH_SIZE)
-    return _predictor_class(task)(session, encoder, id2label_of(folder), batch_size=batch_size, limits=limits)
+        batch_size = _gated_batch(folder)
+    return _predictor_class(task)(session, encoder, _labels(folder, session, task), batch_size=batch_size,
+                                  limits=limits)
+
+
+def _gated_batch(folder: Path) -> int:
+    """The batch the artifact was gated at (its manifest's ``eval_batch_size``), else DEFAULT_BATCH_SIZE."""
+    size = _read_json(folder / "manifest.json").get("eval_batch_size")
+    if size is None:
+        return DEFAULT_BATCH_SIZE
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ModelError(f"manifest.json in '{folder}' has a malformed eval_batch_size",
+                         f"expected a whole number >= 1, got {json.dumps(size)[:60]}",
+                         "Pass batch_size= to load(), or restore manifest.json from edgekit's output")
+    return size
+
+
+def _labels(folder: Path, session: Session, task: str) -> dict[int, str]:
+    """config.json's id2label, checked against the model's output width where the graph fixes it.
+
+    A missing or malformed label map, or one whose size is not the model's,
+    would only surface at the first ``predict`` (as a numpy shape error, or
+    labels silently off by one): refused here, at load, in one line.
+    """
+    config = read_config(folder)
+    if not config:
+        raise ModelError(f"config.json in '{folder}' cannot be read as a model config",
+                         "it is not a JSON object (corrupt or truncated?)",
+                         "Copy config.json from the model the artifact was made from")
+    raw = config.get("id2label") or {}
+    try:
+        labels = {int(k): str(v) for k, v in raw.items()}
+    except (AttributeError, TypeError, ValueError):
+        labels = None
+    if labels is None or sorted(labels) != list(range(len(labels))):
+        raise ModelError(f"config.json in '{folder}' has a malformed id2label",
+                         f"expected label ids 0..N-1 mapped to names, got {json.dumps(raw)[:80]}",
+                         "Copy config.json from the model the artifact was made from")
+    shapes = getattr(session, "output_shapes", None) or []
+    width = shapes[0][-1] if shapes and shapes[0] and isinstance(shapes[0][-1], int) else None
+    if task not in ("text-classification", "token-classification") or width is None:
+        return labels or ({i: f"LABEL_{i}" for i in range(width)} if width else labels)
+    if not labels:
+        return {i: f"LABEL_{i}" for i in range(width)}
+    if len(labels) != width:
+        raise ModelError(f"config.json in '{folder}' names {len(labels)} labels but the model scores {width}",
+                         "its id2label does not belong to this model.onnx",
+                         "Copy config.json from the model the artifact was made from")
+    return labels
 
 
 def _predictor_class(task: str):
@@ -289,13 +332,20 @@ def _lowest(*values: int | None) -> int | None:
 
 
 def check_texts(texts) -> list[str]:
-    """``texts`` as a list of strings, or a TypeError naming the first bad item."""
+    """``texts`` as a list of strings, or a TypeError naming the first bad item (an InputError for a string that
+    is not valid Unicode: a lone surrogate, which the tokenizer refuses with an unhelpful TypeError)."""
     if isinstance(texts, str):
-        return [texts]
+        texts = [texts]
     if not isinstance(texts, (list, tuple)):
         raise TypeError(f"predict() takes a string or a list of strings, not {type(texts).__name__}")
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise TypeError(f"predict() takes strings only: item {i} is {type(t).__name__}")
+        if not t.isascii():
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InputError(f"Text {i} is not valid Unicode", f"{exc.reason} at character {exc.start}",
+                                 "Decode the input with errors='replace', or drop the lone surrogate") from None
     return list(texts)
 

@@ -7,12 +7,13 @@ on enter. Timing lives in ``edgekit.bench``, not here.
 
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendError, ModelError, first_line
+from ..errors import BackendError, InputError, ModelError, first_line
 
 
 class Session:
@@ -60,6 +61,11 @@ class OrtSession(Session):
         self._sess = None
         self.input_names: list[str] = []
         self.output_names: list[str] = []
+        self.output_shapes: list[list] = []   # per output: ints where fixed, names or None where dynamic
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)
+                                    or threads < 0):
+            raise InputError(f"threads must be a whole number >= 1 (or None / 0: ONNX Runtime's default), got "
+                             f"{threads!r}", None, "Pass e.g. threads=2, or leave it out")
 
     def open(self) -> "OrtSession":
         if self._sess is not None:
@@ -88,6 +94,7 @@ class OrtSession(Session):
                              "Re-export the model with edgekit export; the file may be corrupt or truncated") from None
         self.input_names = [i.name for i in self._sess.get_inputs()]
         self.output_names = [o.name for o in self._sess.get_outputs()]
+        self.output_shapes = [list(o.shape) for o in self._sess.get_outputs()]
         return self
 
     def close(self) -> None:

@@ -106,6 +106,52 @@ def test_quantize_lm_checks_counts_first(tmp_path, flag, value):
     assert len(lines) == 1 and lines[0].startswith(f"Error: Invalid {flag} ") and not out.exists(), result.stderr
 
 
+@pytest.mark.parametrize("args,expected", [
+    (["--mode", "static"], "--mode (quantize.mode) does not apply to a causal LM"),
+    (["--precision", "fp32"], "Unknown precision 'fp32' for a causal LM on cpu"),
+    (["--target", "tensorrt-rtx", "--precision", "int8"], "Unknown precision 'int8' for a causal LM on tensorrt-rtx"),
+    (["--compute-capability", "8.6"], "--compute-capability applies to --target tensorrt-rtx only"),
+    (["recipe: target: 5"], "Unknown target '5' for a causal LM"),
+])
+def test_optimize_on_a_causal_lm_refuses_what_its_pipeline_would_not_honour(tmp_path, args, expected):
+    """``optimize`` hands a causal LM to edgekit.llm: a target other than tensorrt-rtx used to become cpu, any
+    precision int4 (an asked-for int8 too), and classifier options were dropped without a word."""
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    out = tmp_path / "out"
+    flags = ["pkg:not-read", "--task", "text-generation", "--data", str(tmp_path / "not-read.tsv"), "--out", str(out)]
+    if args[0].startswith("recipe: "):
+        recipe = tmp_path / "lm.yaml"
+        recipe.write_text(f"model: pkg:not-read\ndata: not-read.tsv\nout: out\ntask: text-generation\n{args[0][8:]}\n")
+        flags = ["--recipe", str(recipe)]
+        args = []
+    result = CliRunner().invoke(main, ["optimize", *flags, *args])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected in lines[0] and not out.exists(), result.stderr
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["quantize-lm", "pkg:not-read", "--block-sizes", ""], "No block size to measure"),
+    (["optimize-lm", "pkg:not-read", "--data", "not-read.tsv", "--compute-capability", "8.6"],
+     "--compute-capability applies to --target tensorrt-rtx only"),
+])
+def test_lm_commands_refuse_options_that_would_do_nothing(tmp_path, args, expected):
+    """An empty --block-sizes reached "nothing was measured" after the PyTorch reference was built; a compute
+    capability for a CPU run was dropped without a word."""
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected in lines[0] and not out.exists(), result.stderr
+
+
 def test_subset_refuses_no_rows():
     from edgekit.data import TextDataset
     from edgekit.errors import DataError

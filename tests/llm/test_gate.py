@@ -60,6 +60,11 @@ def test_parse_and_task_accuracy():
     assert acc["accuracy"] == pytest.approx(1 / 3) and acc["unparsed"] == 1
 
 
+def test_a_custom_template_keeps_every_brace_but_text():
+    t = template('Classify {text} as {label}; reply {"answer": "..."}')
+    assert t.question("  a fine film ") == 'Classify a fine film as {label}; reply {"answer": "..."}'
+
+
 def test_agreement_counts_teacher_forced_top1():
     ref = Scripted(None, {(3,): [4, 5, 6, 7]})
     ref.name = "original"

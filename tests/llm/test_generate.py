@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +78,46 @@ def test_one_line_errors(gen):
         assert needle in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(InputError, match="max_new_tokens"):
         gen.generate(PROMPT, max_new_tokens=0)
+
+
+@pytest.mark.parametrize("kwargs,needle", [({"max_new_tokens": "4"}, "max_new_tokens must be a whole number"),
+                                           ({"max_new_tokens": None}, "max_new_tokens must be a whole number"),
+                                           ({"temperature": None}, "temperature must be a number"),
+                                           ({"top_p": float("nan")}, "top_p must be a number"),
+                                           ({"seed": "abc"}, "seed must be a whole number or None"),
+                                           ({"stop": [None, 5]}, "stop must be a string or a list of strings")])
+def test_argument_types_are_one_line_errors(artifact, kwargs, needle):
+    """Each raised a bare ValueError / TypeError from int(), float(), numpy's seeding or str.find."""
+    from edgekit.runtime.generate import load_generator
+
+    with pytest.raises(InputError, match=needle):
+        load_generator(artifact, engine="ort", threads=1).generate(PROMPT, **{"max_new_tokens": 4, **kwargs})
+
+
+@pytest.mark.parametrize("file,edit,needle", [
+    ("tokenizer.json", lambda text: "{}", "tokenizer.json in .* cannot be loaded"),
+    ("manifest.json", lambda text: json.dumps({**json.loads(text), "llm": {"eos_token_ids": "abc"}}),
+     "has malformed model facts"),
+])
+def test_a_damaged_artifact_is_a_model_error(artifact, tmp_path, file, edit, needle):
+    from edgekit.errors import ModelError
+    from edgekit.runtime import load
+
+    broken = shutil.copytree(artifact, tmp_path / "broken")
+    (broken / file).write_text(edit((broken / file).read_text()))
+    with pytest.raises(ModelError, match=needle):
+        load(broken)
+
+
+def test_a_causal_lm_without_its_manifest_is_not_taken_for_a_classifier(artifact, tmp_path):
+    from edgekit.errors import ModelError
+    from edgekit.runtime import load
+
+    bare = shutil.copytree(artifact, tmp_path / "bare")
+    for name in ("manifest.json", "genai_config.json"):
+        (bare / name).unlink(missing_ok=True)
+    with pytest.raises(ModelError, match="holds a causal LM .* but no manifest.json or genai_config.json"):
+        load(bare)
 
 
 def test_stops_at_context_end(gen):

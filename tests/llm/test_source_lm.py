@@ -44,6 +44,29 @@ def test_encoder_model_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("config,expected", [
+    ("[1, 2]", "is not a model config"),                                  # was AttributeError: 'list' ... 'get'
+    ('{"architectures": [1]}', "has a malformed 'architectures'"),
+    ('{"architectures": "BertModel"}', "its architecture is BertModel"),  # a bare name read as its letters
+])
+def test_a_malformed_config_is_one_line(tmp_path, config, expected):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(config)
+    (folder / "model.safetensors").write_bytes(b"")
+    line = _one_line_error(["export-lm", str(folder), "--out", str(tmp_path / "out")], tmp_path)
+    assert expected in line and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag,value", [("--validation-tokens", "0"), ("--validation-tokens", "-3"),
+                                        ("--atol", "-1"), ("--atol", "nan")])
+def test_export_lm_checks_its_numbers_before_exporting(tmp_path, flag, value):
+    """--validation-tokens 0 failed in max() after the whole export; --atol -1 failed every export it judged."""
+    line = _one_line_error(["export-lm", str(tmp_path / "not-read"), "--out", str(tmp_path / "out"), flag, value],
+                           tmp_path)
+    assert line.startswith(f"Error: {flag} must be")
+
+
 def test_missing_gguf(tmp_path):
     line = _one_line_error(["quantize-lm", str(tmp_path / "nope.gguf"), "--out", str(tmp_path / "out")], tmp_path)
     assert "not found" in line

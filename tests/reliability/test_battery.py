@@ -80,10 +80,11 @@ def inputs(tiny_model, tiny_onnx, tiny_data, tmp_path_factory):
     (root / "notmodel" / "notes.txt").write_text("not a model")
     shutil.copy(tiny_model / "config.json", root / "noweights" / "config.json")
     for name, edit in (("badconfig", lambda f: f.write_text("{not json")),
+                       ("listconfig", lambda f: f.write_text("[1, 2]")),
                        ("corrupt_weights", lambda f: f.write_bytes(os.urandom(4096))),
                        ("truncated_weights", lambda f: f.write_bytes(f.read_bytes()[: f.stat().st_size // 2]))):
         shutil.copytree(tiny_model, root / name)
-        edit(root / name / ("config.json" if name == "badconfig" else "model.safetensors"))
+        edit(root / name / ("config.json" if name.endswith("config") else "model.safetensors"))
     _pickle_checkpoint(root / "pickle_bin", tiny_model, d["marker"])
     _remote_code_model(root / "remote_code", tiny_model, d["marker"])
     shutil.copytree(tiny_onnx, root / "onnx_trunc")
@@ -112,6 +113,8 @@ def _cases(d: dict) -> list[Case]:
         Case("export: folder without a model", ["export", r / "notmodel", "--out", "{out}"]),
         Case("export: config.json but no weights", ["export", r / "noweights", "--out", "{out}"], contains="no weights"),
         Case("export: corrupt config.json", ["export", r / "badconfig", "--out", "{out}"]),
+        Case("export: config.json holding a JSON list", ["export", r / "listconfig", "--out", "{out}"],
+             contains="not an object"),
         Case("export: corrupt safetensors", ["export", r / "corrupt_weights", "--out", "{out}"]),
         Case("export: truncated safetensors", ["export", r / "truncated_weights", "--out", "{out}"]),
         Case("export: pickle payload in pytorch_model.bin", ["export", r / "pickle_bin", "--out", "{out}"],

@@ -162,6 +162,39 @@ def test_empty_and_bad_inputs(tiny_optimized):
             load(tiny_optimized, **kwargs)
 
 
+def test_a_lone_surrogate_and_bad_threads_are_one_line_errors(tiny_optimized):
+    clf = load(tiny_optimized)
+    with pytest.raises(InputError, match="Text 1 is not valid Unicode: surrogates not allowed"):
+        clf.predict(["fine", "bad \ud800 text"])  # was the tokenizer's TypeError: TextEncodeInput must be ...
+    assert clf.predict("caf\u00e9 \U0001f3ac")["label"] in clf.id2label.values()
+    with pytest.raises(InputError, match="threads must be a whole number"):
+        load(tiny_optimized, threads="2")
+
+
+@pytest.mark.parametrize("file,edit,message", [
+    ("config.json", lambda c: "{nope", "cannot be read as a model config"),
+    ("config.json", lambda c: json.dumps({**c, "id2label": {"0": "NEG"}}), "names 1 labels but the model scores 2"),
+    ("config.json", lambda c: json.dumps({**c, "id2label": ["NEG", "POS"]}), "has a malformed id2label"),
+    ("config.json", lambda c: json.dumps({**c, "id2label": {"neg": "NEG", "pos": "POS"}}), "malformed id2label"),
+    ("manifest.json", lambda m: json.dumps({**m, "eval_batch_size": "abc"}), "malformed eval_batch_size"),
+    ("manifest.json", lambda m: json.dumps({**m, "eval_batch_size": -4}), "malformed eval_batch_size"),
+])
+def test_load_checks_labels_and_batch_against_the_model(tiny_optimized, tmp_path, file, edit, message):
+    """Each of these loaded and failed at the first predict (a numpy shape error, AttributeError, ValueError)."""
+    broken = shutil.copytree(tiny_optimized, tmp_path / "broken")
+    (broken / file).write_text(edit(json.loads((broken / file).read_text())))
+    with pytest.raises(ModelError, match=message) as err:
+        load(broken)
+    assert "\n" not in str(err.value)
+
+
+def test_a_config_without_labels_gets_the_models_width(tiny_optimized, tmp_path):
+    bare = shutil.copytree(tiny_optimized, tmp_path / "bare")
+    config = json.loads((bare / "config.json").read_text())
+    (bare / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k not in ("id2label", "label2id")}))
+    assert load(bare).id2label == {0: "LABEL_0", 1: "LABEL_1"}
+
+
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
