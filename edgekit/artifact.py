@@ -180,8 +180,20 @@ def write_manifest(folder: Path, kind: str, step: str, inputs: dict, options: di
     return manifest
 
 
-def check_output_dir(out: Path, force: bool = False) -> None:
-    """Refuse an OUT that is a file, or a non-empty folder edgekit did not write (unless ``force``)."""
+def check_output_dir(out: Path, force: bool = False, inputs: tuple = ()) -> None:
+    """Refuse an OUT that is a file, a non-empty folder edgekit did not write (unless ``force``), or one that is or
+    holds one of ``inputs`` (local paths; others, such as hub ids or datasets in memory, are skipped): the result
+    replaces OUT whole, so the input would be lost, ``force`` or not."""
+    target = out.resolve()
+    for given in inputs:
+        if not isinstance(given, (str, os.PathLike)) or not Path(given).exists():
+            continue
+        source = Path(given).resolve()
+        if target == source or target in source.parents:
+            raise InputError(f"Output '{out}' would replace the input '{given}'",
+                             "the result replaces --out as a whole, and the input "
+                             f"{'is that folder' if target == source else 'lies inside it'}",
+                             "Choose an --out outside the input")
     if out.exists() and not out.is_dir():
         raise InputError(f"Output '{out}' is a file", "an output directory is needed",
                          "Pass a new or empty directory for --out")
@@ -198,7 +210,7 @@ def check_output_dir(out: Path, force: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
+def atomic_dir(out: str | Path, force: bool = False, inputs: tuple = ()) -> Iterator[Path]:
     """Yield a temporary sibling of ``out``; on success it replaces ``out`` in one rename.
 
     On any exception (including KeyboardInterrupt, and SIGTERM through the
@@ -206,10 +218,10 @@ def atomic_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
     signal landing before the ``try`` below is in force is covered by
     :mod:`edgekit.atomic`'s registry. The temporary name carries the writer's
     pid, so what a killed (SIGKILL) run left behind is removed by the next
-    write of ``out``.
+    write of ``out``. ``inputs``: the run's input paths, which ``out`` must not be or hold.
     """
     out = Path(out)
-    check_output_dir(out, force)
+    check_output_dir(out, force, inputs)
     parent = out.resolve().parent
     try:
         tmp = temp_sibling(out)

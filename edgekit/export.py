@@ -76,7 +76,7 @@ def export(model: str | Path, out: str | Path, options: ExportOptions | None = N
     check_padding(torch_model.config, task)
     encoder = encoder_for(src)
     started = time.perf_counter()
-    with atomic_dir(out, force) as tmp:
+    with atomic_dir(out, force, inputs=(model, src.path, data)) as tmp:
         input_names = model_input_names(torch_model, task)
         onnx_path = tmp / ONNX_NAME
         _torch_export(torch_model, task, input_names, encoder(texts[:2]), onnx_path, options.opset)

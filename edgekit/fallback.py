@@ -163,7 +163,8 @@ def quantize_with_fallback(onnx: str | Path, out: str | Path, qoptions: Quantize
     src = resolve(onnx)
     if src.kind != "onnx":
         raise InputError(f"'{onnx}' is not an ONNX model", f"it is a {src.kind} artifact", "Run edgekit export first")
-    with atomic_dir(out, force) as tmp, work_folder(tmp) as work:
+    with atomic_dir(out, force, inputs=(onnx, validation_data, calibration_data)) as tmp, \
+            work_folder(tmp) as work:
         requested = qoptions  # what the manifest records; the trials run on the fused graph with fusion off
         src, qoptions, prepared = _fused_source(src, qoptions, work)
         validation = load_dataset(validation_data)

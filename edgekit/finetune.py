@@ -76,7 +76,7 @@ def finetune(base_model: str | Path, data: str | Path, out: str | Path, options:
     if eval_data is not None:
         evalset = load_dataset(eval_data, options.text_column, options.label_column, split="validation")
         eval_ids = encode_labels(evalset.labels, label2id, str(eval_data))
-    check_output_dir(Path(out), force)  # fail before training, not after
+    check_output_dir(Path(out), force, inputs=(base_model, data, eval_data))  # fail before training, not after
     torch = require("torch")
     if options.threads:
         torch.set_num_threads(int(options.threads))
@@ -84,7 +84,8 @@ def finetune(base_model: str | Path, data: str | Path, out: str | Path, options:
     train_rows = _features(tokenizer, train, [label2id[x] for x in train.labels], options.max_length)
     eval_rows = _features(tokenizer, evalset, eval_ids, options.max_length) if evalset is not None else None
     started = time.perf_counter()
-    with atomic_dir(out, force) as tmp, work_folder(tmp) as work:
+    inputs = (base_model, data, eval_data)
+    with atomic_dir(out, force, inputs=inputs) as tmp, work_folder(tmp) as work:
         trainer = _trainer(model, tokenizer, train_rows, options, work)
         metrics = _train(trainer, len(train_rows))
         metrics.update(_evaluate(trainer, eval_rows, eval_data))

@@ -123,7 +123,7 @@ def optimize(model: str | Path, data: str | Path, out: str | Path, options: Opti
                              "Pass the fine-tuned model folder (save_pretrained output)")
         rows = load_run_data(src, data, options)
     stages, started = _Stages(), time.perf_counter()
-    with atomic_dir(out, force) as tmp, work_folder(tmp) as work:
+    with atomic_dir(out, force, inputs=(model, src.path, data)) as tmp, work_folder(tmp) as work:
         export_src = src
         if options.pruning:
             from .prune import prune_stage

@@ -120,7 +120,7 @@ def prune(model: str | Path, data: str | Path | TextDataset, out: str | Path, op
     plan = _plan(_config(src.path), options)  # impossible cuts fail before anything is loaded
     train, train_labels = labeled_data(src, load_dataset(data, split="train"))  # a TextDataset passes as it is
     evalset = labeled_data(src, eval_data) if eval_data is not None else None
-    check_output_dir(Path(out), force)  # fail before the slow part, not after
+    check_output_dir(Path(out), force, inputs=(model, data, eval_data))  # fail before the slow part, not after
     started, cpu_started = time.perf_counter(), time.process_time()
     original, tokenizer = _load(src.path, options)
     rows = _rows(tokenizer, train, train_labels, options.max_length)
@@ -129,7 +129,8 @@ def prune(model: str | Path, data: str | Path | TextDataset, out: str | Path, op
     evaluated = _eval_rows(tokenizer, evalset, options.max_length)
     metrics["original_accuracy"] = _accuracy(original, evaluated, tokenizer, options)
     metrics["pruned_accuracy"] = _accuracy(pruned, evaluated, tokenizer, options)
-    with atomic_dir(out, force) as tmp, work_folder(tmp) as work:
+    inputs = (model, src.path, data, eval_data)
+    with atomic_dir(out, force, inputs=inputs) as tmp, work_folder(tmp) as work:
         metrics["recovery"] = _recover(pruned, original, tokenizer, rows, masks, options, work)
         metrics["accuracy"] = _accuracy(pruned, evaluated, tokenizer, options)
         if masks:

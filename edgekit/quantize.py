@@ -124,7 +124,7 @@ def quantize(onnx: str | Path, out: str | Path, options: QuantizeOptions | None 
                         "Pass --calibration-data with sentences from your task (tsv/csv/jsonl)")
     started = time.perf_counter()
     steps = {}
-    with atomic_dir(out, force) as tmp, work_folder(tmp) as work:
+    with atomic_dir(out, force, inputs=(onnx, calibration_data)) as tmp, work_folder(tmp) as work:
         source = src.model_file
         if options.target == "cpu":
             source, steps = cpu_graph(source, Path(work), src.folder, options)

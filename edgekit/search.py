@@ -202,7 +202,7 @@ def search(model: str | Path, data: str | Path, out: str | Path, options: Search
         warnings.warn("no --calibration-data: calibration and the per-layer fallback are judged on the gate data "
                       "itself; pass labeled training rows to keep the gate independent", stacklevel=2)
     out, log = Path(out), log or (lambda line: None)
-    check_output_dir(out, force)
+    check_output_dir(out, force, inputs=(model, data))
     run_started = time.perf_counter()
     state = _initial_state(out, options, model, data, resume)
     work = work_dir(out)

@@ -74,7 +74,7 @@ def export_lm(model: str | Path, out: str | Path, options: LMExportOptions | Non
     config = check_causal_lm(source.folder)
     route = choose_route(config, options.route)
     started = time.perf_counter()
-    with atomic_dir(out, force) as tmp:
+    with atomic_dir(out, force, inputs=(model, source.folder)) as tmp:
         with progress.stage("export", f"{route} route, fp32, KV cache") as info:
             if route == "builder":
                 genai_builder.build(source.folder, tmp, "fp32")

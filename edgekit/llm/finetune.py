@@ -104,7 +104,7 @@ def finetune_lm(base_model: str | Path, data: str | Path, out: str | Path, optio
     train = _subset(load_examples(data, o), o.max_samples, o.seed)
     held = _subset(load_examples(eval_data, o), o.eval_samples, o.seed) if eval_data is not None else None
     out = Path(out)
-    check_output_dir(out, force)
+    check_output_dir(out, force, inputs=(base_model, data, eval_data))
     work = out.resolve().parent / f".{out.name}.work"
     if o.resume and not any(work.glob("checkpoint-*")):
         raise InputError(f"Nothing to resume for '{out}'", f"no checkpoint in {work}", "Run without --resume")
@@ -120,7 +120,7 @@ def finetune_lm(base_model: str | Path, data: str | Path, out: str | Path, optio
         model = add_lora(model, o)
     rows = [encode_example(tokenizer, ex, o.max_length) for ex in train]
     started = time.perf_counter()
-    with atomic_dir(out, force) as tmp:
+    with atomic_dir(out, force, inputs=(base_model, base, data, eval_data)) as tmp:
         trainer = _trainer(model, tokenizer, rows, o, work)
         metrics.update(_train(trainer, o.resume))
         model = trainer.model.merge_and_unload() if o.lora else trainer.model

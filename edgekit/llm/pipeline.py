@@ -85,7 +85,8 @@ def optimize_lm(model: str | Path, data: str | Path, out: str | Path, options: L
     with _stage(stages, "source", str(model)):
         source = resolve_source(model, options.cache_dir)
     rtx_fit = None
-    with atomic_dir(out, force) as tmp:
+    inputs = (model, source.folder, data, held_out, options.artifact)
+    with atomic_dir(out, force, inputs=inputs) as tmp:
         if options.artifact:
             with _stage(stages, "artifact", f"given: {options.artifact}"):
                 _copy_given(Path(options.artifact), tmp)

@@ -149,7 +149,7 @@ def quantize_lm(model: str | Path, out: str | Path, options: LMQuantizeOptions |
         options = replace(options, awq=False, block_size=BLOCK)
     refs = _references(source.folder, options)
     started = time.perf_counter()
-    with atomic_dir(out, force) as tmp:
+    with atomic_dir(out, force, inputs=(model, source.folder)) as tmp:
         work = tmp / ".candidates"
         failures: list[dict] = []
         measured = _measure_keeps(source.folder, route, options, refs, work, failures, exact)

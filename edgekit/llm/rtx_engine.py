@@ -77,7 +77,7 @@ def build_lm_engine(model: str | Path, out: str | Path, options: LMEngineOptions
     trt = require("tensorrt_rtx")
     targets = _targets(trt, options)
     check_lengths(_context_length(model, options), options)  # before minutes of export
-    with atomic_dir(out, force) as tmp:
+    with atomic_dir(out, force, inputs=(model,)) as tmp:
         if is_rtx_onnx(Path(str(model)), options.precision):
             _copy_folder(Path(str(model)), tmp)
         else:  # an fp16 decoder folder asked for int4 is quantized from its fp16 ONNX, without a second export

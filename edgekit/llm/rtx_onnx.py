@@ -68,7 +68,7 @@ def prepare_rtx_onnx(model: str | Path, out: str | Path, options: RtxOnnxOptions
     """Write the fp16 / int4 decoder ONNX of causal LM ``model`` (HF folder, .gguf, pkg:, LM artifact) to ``out``."""
     options = options or RtxOnnxOptions()
     options.validate()
-    with atomic_dir(out, force) as tmp:
+    with atomic_dir(out, force, inputs=(model,)) as tmp:
         manifest = write_rtx_onnx(model, tmp, options)
     return Artifact(Path(out), "onnx", Path(out) / ONNX_NAME, manifest)
 

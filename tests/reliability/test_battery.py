@@ -87,6 +87,8 @@ def inputs(tiny_model, tiny_onnx, tiny_data, tmp_path_factory):
         edit(root / name / ("config.json" if name.endswith("config") else "model.safetensors"))
     _pickle_checkpoint(root / "pickle_bin", tiny_model, d["marker"])
     _remote_code_model(root / "remote_code", tiny_model, d["marker"])
+    shutil.copytree(tiny_onnx, root / "onnx_self")
+    shutil.copytree(tiny_model, root / "holder" / "model")
     shutil.copytree(tiny_onnx, root / "onnx_trunc")
     onnx_file = root / "onnx_trunc" / "model.onnx"
     onnx_file.write_bytes(onnx_file.read_bytes()[:20000])
@@ -131,6 +133,12 @@ def _cases(d: dict) -> list[Case]:
              contains="interrupted"),
         Case("export: SIGINT as OUT's temporary folder is made", ["export", model, "--out", "{out}"], code=130,
              shim=Shim(signal_after_mkdtemp=(signal.SIGINT, "{work}")), contains="interrupted"),
+        Case("quantize: OUT is the input (an edgekit artifact, so no --force needed)",
+             ["quantize", r / "onnx_self", "--out", r / "onnx_self"], contains="would replace the input",
+             after=lambda res: (r / "onnx_self" / "manifest.json").read_text() == (onnx / "manifest.json").read_text()),
+        Case("export: --force on an OUT that holds the model", ["export", r / "holder" / "model", "--out", r / "holder",
+                                                              "--force"], contains="would replace the input",
+             after=lambda res: (r / "holder" / "model" / "model.safetensors").is_file()),
         Case("quantize: truncated ONNX (manifest hash)", ["quantize", r / "onnx_trunc", "--out", "{out}"],
              contains="corrupt or truncated"),
         Case("quantize: corrupt ONNX bytes", ["quantize", r / "garbage.onnx", "--out", "{out}"], contains="cannot be read"),
