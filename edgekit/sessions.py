@@ -53,6 +53,12 @@ def fast_tokenizer_folder(folder: Path) -> Iterator[Path]:
     except (OSError, ValueError) as exc:
         raise ModelError(f"Model folder '{folder}' has no usable tokenizer", first_line(exc),
                          "Save the tokenizer with the model (tokenizer.save_pretrained)") from None
+    specials = set(tok.all_special_tokens)
+    if len(tok) <= len(specials):  # no vocabulary file: transformers builds one of the special tokens alone
+        raise ModelError(f"Model folder '{folder}' has no tokenizer vocabulary",
+                         f"no tokenizer.json, vocab.txt, vocab.json or sentencepiece model: the tokenizer made from "
+                         f"it knows only its {len(tok)} special tokens, so every word would be unknown",
+                         "Save the tokenizer with the model (tokenizer.save_pretrained)")
     tmp = temp_sibling(Path(tempfile.gettempdir()) / "edgekit-tok")
     try:
         tok.save_pretrained(str(tmp))

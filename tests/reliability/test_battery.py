@@ -87,6 +87,8 @@ def inputs(tiny_model, tiny_onnx, tiny_data, tmp_path_factory):
         edit(root / name / ("config.json" if name.endswith("config") else "model.safetensors"))
     _pickle_checkpoint(root / "pickle_bin", tiny_model, d["marker"])
     _remote_code_model(root / "remote_code", tiny_model, d["marker"])
+    shutil.copytree(tiny_model, root / "no_tokenizer",
+                    ignore=lambda _, names: [n for n in names if n.startswith(("tokenizer", "vocab", "special"))])
     shutil.copytree(tiny_onnx, root / "onnx_self")
     shutil.copytree(tiny_model, root / "holder" / "model")
     shutil.copytree(tiny_onnx, root / "onnx_trunc")
@@ -117,6 +119,8 @@ def _cases(d: dict) -> list[Case]:
         Case("export: corrupt config.json", ["export", r / "badconfig", "--out", "{out}"]),
         Case("export: config.json holding a JSON list", ["export", r / "listconfig", "--out", "{out}"],
              contains="not an object"),
+        Case("export: no tokenizer files (transformers would make one of the special tokens alone)",
+             ["export", r / "no_tokenizer", "--out", "{out}"], contains="no tokenizer vocabulary"),
         Case("export: corrupt safetensors", ["export", r / "corrupt_weights", "--out", "{out}"]),
         Case("export: truncated safetensors", ["export", r / "truncated_weights", "--out", "{out}"]),
         Case("export: pickle payload in pytorch_model.bin", ["export", r / "pickle_bin", "--out", "{out}"],
