@@ -30,7 +30,7 @@ from .schema import opt
 from .environment import environment, load_average
 from .errors import InputError
 from .export import BUILTIN_SENTENCES
-from .runtime.session import default_threads
+from .runtime.session import check_threads, default_threads
 from .runtime.tokenizer import TextEncoder
 from .sessions import encoder_for, session_for
 
@@ -68,6 +68,7 @@ class BenchOptions:
         if self.threads is not None and self.threads < 1:
             raise InputError(f"--threads must be at least 1, got {self.threads}", None,
                              "Omit it to use every usable core")
+        check_threads(self.threads, "--threads")
 
 
 def bench(artifact: str | Path | Artifact, data: str | Path | None = None, options: BenchOptions | None = None,

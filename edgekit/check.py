@@ -12,7 +12,7 @@ from . import data as data_readers
 from .data import TextDataset, encode_labels, encode_tags
 from .errors import DataError, InputError, ModelError
 from .metrics import IGNORE, fit_tokens, word_tags
-from .runtime.session import Session
+from .runtime.session import Session, check_threads
 from .runtime.tokenizer import TextEncoder, read_config
 from .sessions import encoder_for, session_for
 from .tasks import Task, gated, task_of
@@ -195,6 +195,7 @@ def check(original: str | Path, candidate: str | Path, data: str | Path, text_co
         if value is not None and value < 1:
             raise InputError(f"{flag} must be at least 1, got {value}", None,
                              "Omit it for the default" if flag != "--batch-size" else "Use your serving batch size")
+    check_threads(threads, "--threads")
     orig, cand = resolve(original), resolve(candidate)
     ds, labels = labeled_data(orig, data, text_column, label_column, max_samples)
     encoder = encoder_for(orig)

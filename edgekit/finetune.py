@@ -28,6 +28,7 @@ from .atomic import work_folder
 from .data import TextDataset, encode_labels, label_names, load_dataset
 from .deps import require
 from .errors import DataError, ModelError, first_line, refuse_invalid
+from .runtime.session import max_threads
 
 PKG_PREFIX = "pkg:"
 EVAL_RESULTS = "eval_results.json"
@@ -146,7 +147,7 @@ def _check_options(o: FinetuneOptions) -> None:
               ("--batch-size", o.batch_size, o.batch_size >= 1, ">= 1"),
               ("--max-length", o.max_length, o.max_length >= 4, ">= 4"),
               ("--max-samples", o.max_samples, o.max_samples is None or o.max_samples >= 2, ">= 2"),
-              ("--threads", o.threads, o.threads is None or o.threads >= 1, ">= 1"),
+              ("--threads", o.threads, o.threads is None or 1 <= o.threads <= max_threads(), f"1 to {max_threads()}"),
               ("weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0"),
               ("warmup_ratio", o.warmup_ratio, 0 <= o.warmup_ratio < 1, "in [0, 1)"),
               ("eval_batch_size", o.eval_batch_size, o.eval_batch_size >= 1, ">= 1")]

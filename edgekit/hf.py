@@ -11,7 +11,7 @@ import numpy as np
 
 from .deps import require
 from .errors import InputError, ModelError, first_line
-from .runtime.session import Session
+from .runtime.session import Session, check_threads
 from .tasks import TASKS
 
 
@@ -123,6 +123,7 @@ class TorchSession(Session):
                  trust_remote_code: bool = False):
         self.folder = Path(folder)
         self.task = task
+        check_threads(threads)
         self.threads = threads
         self.trust_remote_code = trust_remote_code
         self.model = None

@@ -55,6 +55,7 @@ from .options import DataOptions
 from .prune import PruneOptions
 from .schema import opt
 from .quantize import CALIBRATION_METHODS, MODES, TARGETS
+from .runtime.session import check_threads
 from .search_report import (STATE_NAME, build_report, contenders, format_search, pareto_front, pick_winner,
                             search_markdown)
 from .search_engines import local_trials, ray_trials
@@ -122,6 +123,7 @@ class SearchOptions:
                              "FFN shares are in [0, 1), block counts >= 0")
         if self.threads is not None and self.threads < 1:
             raise InputError(f"--threads must be at least 1, got {self.threads}", None, None)
+        check_threads(self.threads, "--threads")
         self.data.validate()
 
     @classmethod

@@ -27,6 +27,7 @@ from ..data import _rows, load_dataset
 from ..deps import require
 from ..errors import DataError, EdgekitError, InputError, ModelError, first_line, refuse_invalid
 from ..finetune import _Progress, _quiet, _save, resolve_base
+from ..runtime.session import max_threads
 from .source import find_package_gguf, resolve_source
 
 IGNORE = -100
@@ -151,7 +152,7 @@ def _check_options(o: LMFinetuneOptions) -> None:
               ("--eval-samples", o.eval_samples, o.eval_samples is None or o.eval_samples >= 1, ">= 1"),
               ("--max-new-tokens", o.max_new_tokens, o.max_new_tokens >= 1, ">= 1"),
               ("--save-steps", o.save_steps, o.save_steps >= 1, ">= 1"),
-              ("--threads", o.threads, o.threads is None or o.threads >= 1, ">= 1")]
+              ("--threads", o.threads, o.threads is None or 1 <= o.threads <= max_threads(), f"1 to {max_threads()}")]
     refuse_invalid(checks)
     if "{text}" not in o.prompt_template:
         raise InputError("Invalid --prompt-template", "it has no {text} placeholder",

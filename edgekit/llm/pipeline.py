@@ -20,6 +20,7 @@ from ..cache import StepCache
 from ..data import load_dataset
 from ..environment import environment
 from ..errors import DataError, GateFailedError, InputError, refuse_invalid
+from ..runtime.session import max_threads
 from .bench import ArtifactRunner, LMBenchOptions, TorchRunner, bench_prompt, peak_rss_mb, run_bench
 from .gate import LMGateOptions, run_gate
 from .prompts import template
@@ -168,7 +169,7 @@ def _check_target(options: LMOptimizeOptions) -> None:
     g = options.gate
     # every count and budget before the model is read (a bad one used to surface minutes in, or never)
     checks = [("--rows", g.rows, g.rows is None or g.rows >= 1, "at least 1 (0 = all rows)"),
-              ("--threads", options.threads, options.threads >= 1, "at least 1"),
+              ("--threads", options.threads, 1 <= options.threads <= max_threads(), f"1 to {max_threads()}"),
               ("--rounds", options.bench.rounds, options.bench.rounds >= 1, "at least 1"),
               ("--calibration-rows", options.calibration_rows, options.calibration_rows >= 1, "at least 1"),
               ("--block-size", options.block_size, options.block_size >= 0, "0 (auto) or more"),

@@ -49,6 +49,7 @@ from ..atomic import write_file
 from ..cache import StepCache
 from ..deps import require
 from ..errors import BackendError, InputError, refuse_invalid
+from ..runtime.session import max_threads
 from . import builder as genai_builder
 from .awq import check_awq
 from .export import _inputs, choose_route, dynamo_export
@@ -250,7 +251,8 @@ def _check(options: LMQuantizeOptions) -> None:
     for a in (options.accuracy_level, *options.accuracy_levels):
         if a not in (0, 1, 2, 3, 4):
             raise InputError(f"Invalid accuracy_level {a}", "MatMulNBits takes 1 to 4", "Pass 1 (fp32) or 4 (int8)")
-    refuse_invalid([("--threads", options.threads, options.threads >= 1, "at least 1"),  # before the model is read
+    refuse_invalid([("--threads", options.threads, 1 <= options.threads <= max_threads(),  # before the model is read
+                     f"1 to {max_threads()}"),
                     ("--tokens", options.tokens, options.tokens >= 1, "at least 1"),
                     ("--min-agreement", options.min_agreement, options.min_agreement >= 0, "a fraction >= 0"),
                     ("agreement_slack", options.agreement_slack, 0 <= options.agreement_slack <= 1,

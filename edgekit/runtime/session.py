@@ -62,10 +62,7 @@ class OrtSession(Session):
         self.input_names: list[str] = []
         self.output_names: list[str] = []
         self.output_shapes: list[list] = []   # per output: ints where fixed, names or None where dynamic
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)
-                                    or threads < 0):
-            raise InputError(f"threads must be a whole number >= 1 (or None / 0: ONNX Runtime's default), got "
-                             f"{threads!r}", None, "Pass e.g. threads=2, or leave it out")
+        check_threads(threads)
 
     def open(self) -> "OrtSession":
         if self._sess is not None:
@@ -105,6 +102,21 @@ class OrtSession(Session):
             self.open()
         outputs = self._sess.run(None, self.feeds(feeds))
         return dict(zip(self.output_names, outputs))
+
+
+def max_threads() -> int:
+    """The most threads a session may be given: 4x the logical CPUs, at least 64 (more only thrashes; 100,000
+    ran a machine out of memory and crashed ONNX Runtime's and torch's thread pools)."""
+    return max(64, 4 * (os.cpu_count() or 1))
+
+
+def check_threads(threads, flag: str = "threads") -> None:
+    """An InputError unless ``threads`` is None, 0 (the runtime's default) or a whole number up to max_threads()."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or not 0 <= threads <= max_threads():
+        raise InputError(f"{flag} must be a whole number from 1 to {max_threads()}, got {threads!r}",
+                         "more threads than 4 per CPU (or 64) only thrash", "Leave it out to use every usable core")
 
 
 def default_threads() -> int:

@@ -68,6 +68,17 @@ def test_check_bad_counts(tiny_model, tiny_data, flag, value):
     assert f"{flag} must be at least 1, got {value}" in result.stderr
 
 
+@pytest.mark.parametrize("command", ["check", "bench", "optimize"])
+def test_a_runaway_thread_count_is_refused_up_front(tiny_model, tiny_data, tmp_path, command):
+    """--threads 100000: check grew past 16 GB and ignored SIGTERM; optimize died of 'can't start new thread'
+    and then a segfault (exit 139)."""
+    args = {"check": [tiny_model, tiny_model, "--data", tiny_data], "bench": [tiny_model],
+            "optimize": [tiny_model, "--data", tiny_data, "--out", tmp_path / "out"]}[command]
+    result = run(command, *args, "--threads", "100000")
+    assert_one_line_error(result)
+    assert "--threads must be a whole number from 1 to" in result.stderr and not (tmp_path / "out").exists()
+
+
 def test_search_refuses_no_gate_rows_up_front(tiny_model, tiny_data, tmp_path):
     out = tmp_path / "out"
     result = run("optimize", tiny_model, "--data", tiny_data, "--out", out, "--search", "--max-samples", "0")
@@ -75,7 +86,7 @@ def test_search_refuses_no_gate_rows_up_front(tiny_model, tiny_data, tmp_path):
     assert "--max-samples must be at least 1, got 0" in result.stderr and not out.exists()
 
 
-@pytest.mark.parametrize("flag,value", [("--rows", "-5"), ("--threads", "0"), ("--rounds", "0"),
+@pytest.mark.parametrize("flag,value", [("--rows", "-5"), ("--threads", "0"), ("--threads", "100000"), ("--rounds", "0"),
                                         ("--max-accuracy-drop", "-1"), ("--min-agreement", "-0.5"),
                                         ("--calibration-rows", "0"), ("--max-ppl-increase", "-1")])
 def test_optimize_lm_checks_counts_and_budgets_first(tmp_path, flag, value):
@@ -92,7 +103,8 @@ def test_optimize_lm_checks_counts_and_budgets_first(tmp_path, flag, value):
     assert len(lines) == 1 and lines[0].startswith(f"Error: Invalid {flag} ") and not out.exists(), result.stderr
 
 
-@pytest.mark.parametrize("flag,value", [("--threads", "0"), ("--tokens", "0"), ("--min-agreement", "-1"),
+@pytest.mark.parametrize("flag,value", [("--threads", "0"), ("--threads", "100000"), ("--tokens", "0"),
+                                        ("--min-agreement", "-1"),
                                         ("--calibration-rows", "0")])
 def test_quantize_lm_checks_counts_first(tmp_path, flag, value):
     from click.testing import CliRunner

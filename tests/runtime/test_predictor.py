@@ -167,8 +167,9 @@ def test_a_lone_surrogate_and_bad_threads_are_one_line_errors(tiny_optimized):
     with pytest.raises(InputError, match="Text 1 is not valid Unicode: surrogates not allowed"):
         clf.predict(["fine", "bad \ud800 text"])  # was the tokenizer's TypeError: TextEncodeInput must be ...
     assert clf.predict("caf\u00e9 \U0001f3ac")["label"] in clf.id2label.values()
-    with pytest.raises(InputError, match="threads must be a whole number"):
-        load(tiny_optimized, threads="2")
+    for threads in ("2", 10**5, -1):
+        with pytest.raises(InputError, match="threads must be a whole number from 1 to"):
+            load(tiny_optimized, threads=threads)
 
 
 @pytest.mark.parametrize("file,edit,message", [
