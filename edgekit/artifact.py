@@ -100,7 +100,8 @@ def check_integrity(art: Artifact) -> None:
     memo = (str(f.resolve()), st.st_size, st.st_mtime_ns)
     if memo in _VERIFIED:
         return
-    recorded = (art.manifest.get("files") or {}).get(f.name) if f.parent == art.folder else None
+    files = art.manifest.get("files")
+    recorded = files.get(f.name) if isinstance(files, dict) and f.parent == art.folder else None
     if recorded is not None:
         if sha256_file(f) != recorded:
             raise ModelError(f"Model file '{f}' is corrupt or truncated",
@@ -130,10 +131,12 @@ def _parse_onnx(f: Path) -> None:
 
 
 def read_manifest(folder: Path) -> dict:
+    """The folder's manifest.json, or {} when it is missing, not JSON or not a JSON object (as if absent)."""
     try:
-        return json.loads((folder / MANIFEST).read_text())
+        manifest = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError):
         return {}
+    return manifest if isinstance(manifest, dict) else {}
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

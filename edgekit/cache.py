@@ -134,7 +134,7 @@ def entry_is_complete(path: Path) -> bool:
     """True when ``path`` has a manifest and every file it lists is there with the recorded sha256."""
     manifest = read_manifest(path) if path.is_dir() else {}
     files = manifest.get("files")
-    if not files or not (path / MANIFEST).is_file():
+    if not files or not isinstance(files, dict) or not (path / MANIFEST).is_file():
         return False
     for name, digest in files.items():
         f = path / name

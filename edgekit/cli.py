@@ -30,6 +30,7 @@ from pathlib import Path
 
 import click
 
+from . import progress
 from .atomic import import_safe, no_stray_torch_cache, remove_unfinished
 from .errors import EdgekitError, Terminated
 
@@ -172,7 +173,8 @@ def export_cmd(model, out, opset, task, data, text_column, atol, trust_remote_co
     from .export import ExportOptions, export
 
     options = ExportOptions(opset=opset, task=task, atol=atol, trust_remote_code=trust_remote_code)
-    art = export(model, out, options, data=data, text_column=text_column, force=force)
+    with progress.slow_stage("export", f"{model} -> ONNX opset {opset}, validated against PyTorch"):
+        art = export(model, out, options, data=data, text_column=text_column, force=force)
     v = art.manifest["validation"]
     diffs = ", ".join(f"{k} {d:.2e}" for k, d in v["max_abs_diff"].items())
     agree = f", label agreement {v['label_agreement']:.4f}" if v["label_agreement"] is not None else ""
@@ -226,7 +228,9 @@ def quantize_cmd(onnx, out, target, mode, calibration_data, calibration_method, 
         art = quantize_with_fallback(onnx, out, options, FallbackOptions(max_accuracy_drop=max_accuracy_drop),
                                      validation, calibration, force)
     else:
-        art = quantize(onnx, out, options, calibration_data=calibration_data, text_column=text_column, force=force)
+        with progress.slow_stage("quantize", f"{onnx} -> int8 for {target}"):
+            art = quantize(onnx, out, options, calibration_data=calibration_data, text_column=text_column,
+                           force=force)
     m = art.manifest
     fb = m.get("fallback")
     kept = (f"; {len(fb['fell_back'])} node(s) kept in fp32, drop on validation "
@@ -410,8 +414,6 @@ def optimize_cmd(model, data, out, recipe, force, as_json, quiet, cache_dir, no_
     from .recipe import load_recipe
 
     if quiet:
-        from . import progress
-
         progress.set_quiet(True)
     rec = load_recipe(recipe, allow_outside_paths=allow_outside_paths) if recipe else None
     model = model or (rec.model if rec else None)

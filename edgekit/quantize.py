@@ -368,9 +368,20 @@ def _input_names(model: Path) -> set[str]:
     return {i.name for i in graph.input if i.name not in initializers}
 
 
+#: ops of a graph that is quantized already (int8 Q/DQ or QOperator, int4/int8 weight-only)
+QUANTIZED_OPS = ("DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear", "MatMulInteger", "QAttention",
+                 "DynamicQuantizeMatMul", "QLinearMatMul", "QLinearConv", "MatMulNBits", "QGemm")
+
+
 def _onnx_artifact(path) -> Artifact:
     art = resolve(path)
     if art.kind != "onnx":
         raise ModelError(f"'{path}' is not an ONNX model", f"it is a {art.kind} artifact",
                          "Run edgekit export first and pass its output folder")
+    onnx = require("onnx")
+    graph = onnx.load(str(art.model_file), load_external_data=False).graph
+    found = sorted({n.op_type for n in graph.node if n.op_type in QUANTIZED_OPS})
+    if found:
+        raise InputError(f"'{path}' is quantized already", f"its graph has {', '.join(found)}",
+                         "Quantize the fp32 export (edgekit export's output), not a quantized artifact")
     return art

@@ -67,7 +67,7 @@ def _remote_code_model(folder: Path, tiny_model: Path, marker: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def inputs(tiny_model, tiny_onnx, tiny_data, tmp_path_factory):
+def inputs(tiny_model, tiny_onnx, tiny_int8, tiny_data, tmp_path_factory):
     """The bad inputs, built once."""
     root = tmp_path_factory.mktemp("battery")
     d = {"root": root, "model": root / "model", "onnx": root / "onnx", "data": root / "data.tsv",
@@ -90,6 +90,7 @@ def inputs(tiny_model, tiny_onnx, tiny_data, tmp_path_factory):
     shutil.copytree(tiny_model, root / "no_tokenizer",
                     ignore=lambda _, names: [n for n in names if n.startswith(("tokenizer", "vocab", "special"))])
     shutil.copytree(tiny_onnx, root / "onnx_self")
+    shutil.copytree(tiny_int8, root / "int8")
     shutil.copytree(tiny_model, root / "holder" / "model")
     shutil.copytree(tiny_onnx, root / "onnx_trunc")
     onnx_file = root / "onnx_trunc" / "model.onnx"
@@ -147,6 +148,8 @@ def _cases(d: dict) -> list[Case]:
              contains="corrupt or truncated"),
         Case("quantize: corrupt ONNX bytes", ["quantize", r / "garbage.onnx", "--out", "{out}"], contains="cannot be read"),
         Case("quantize: empty ONNX file", ["quantize", r / "empty.onnx", "--out", "{out}"], contains="empty"),
+        Case("quantize: an int8 artifact (quantized twice before)", ["quantize", r / "int8", "--out", "{out}"],
+             contains="quantized already"),
         Case("quantize: HF folder instead of ONNX", ["quantize", model, "--out", "{out}"], contains="not an ONNX"),
         Case("quantize: static without calibration data", ["quantize", onnx, "--target", "tensorrt", "--out", "{out}"]),
         Case("quantize: non-UTF-8 calibration data", ["quantize", onnx, "--target", "tensorrt", "--calibration-data",
