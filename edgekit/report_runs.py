@@ -27,8 +27,53 @@ def load_runs(paths: list[str | Path]) -> list[dict]:
     runs = []
     for path in map(Path, paths):
         for file in _result_files(path):
-            runs.append(_normalize(_read(file), file))
+            data = _read(file)
+            try:
+                run = _normalize(data, file)
+            except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a field of the wrong shape
+                raise InputError(f"Result '{file}' is malformed", first_line(exc), _RESAVE) from None
+            _check(run, file)
+            runs.append(run)
     return runs
+
+
+_RESAVE = "Re-save it with edgekit bench --json, or pass an optimize --out folder"
+_NUMBER = (int, float)
+
+
+def _number(value, whole: bool = False) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int if whole else _NUMBER)
+
+
+def _check(run: dict, file: Path) -> None:
+    """Refuse a result whose fields would break the report later (a format code, a sum) or make it silently
+    empty (a bench run without latency), naming the field."""
+    def bad(field: str, want: str, got) -> None:
+        raise InputError(f"Result '{file}' has a malformed {field}",
+                         f"expected {want}, got {json.dumps(got, default=str)[:60]}", _RESAVE)
+
+    if not isinstance(run["environment"], dict):
+        bad("environment", "an object", run["environment"])
+    if not all(isinstance(w, str) for w in run["warnings"]):
+        bad("warnings", "a list of strings", run["warnings"])
+    for row in run["rows"]:
+        latency = row["latency_ms"]
+        if latency is not None and not (isinstance(latency, dict) and all(map(_number, latency.values()))):
+            bad("latency_ms", "an object of numbers (p50, p90, ...)", latency)
+        if run["kind"] == "bench" and not (isinstance(latency, dict) and _number(latency.get("p50"))):
+            bad("latency_ms", "an object with p50 (a bench run measures latency)", latency)
+        for key in ("accuracy", "cv", "throughput_per_s", "size_mb"):
+            if row[key] is not None and not _number(row[key]):
+                bad(key, "a number", row[key])
+        for key in ("batch_size", "seq_len"):
+            if row[key] is not None and not _number(row[key], whole=True):
+                bad(key, "a whole number", row[key])
+        samples = row["samples_ms"]
+        if samples is not None and not (isinstance(samples, list) and all(map(_number, samples))):
+            bad("samples_ms", "a list of numbers", samples)
+    for sweep in run["sweeps"]:
+        if not all(isinstance(p, dict) for p in sweep["points"]):
+            bad("points", "a list of objects", sweep["points"])
 
 
 def _result_files(path: Path) -> list[Path]:

@@ -88,3 +88,31 @@ def test_write_html_for_run_without_matplotlib(saved, tmp_path, monkeypatch):
     note = rep.write_html_for_run(tmp_path)
     assert "pip install 'edgekit[report]'" in note and "\n" not in note
     assert not (tmp_path / "report.html").exists()
+
+
+_BENCH = {"schema": "edgekit.bench/1", "kind": "bench", "artifact": "out/int8", "backend": "onnxruntime",
+          "mode": "model-only", "batch_size": 1, "seq_len": None, "latency_ms": {"p50": 2.5, "p90": 2.9},
+          "cv": 0.05, "noisy": False, "throughput_per_s": 400.0, "samples_ms": [2.4, 2.5, 2.6], "warnings": [],
+          "environment": {}}
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("latency_ms", "fast", "malformed latency_ms"), ("latency_ms", {}, "an object with p50"),
+    ("latency_ms", None, "an object with p50"), ("samples_ms", ["a", "b"], "malformed samples_ms"),
+    ("throughput_per_s", "x", "malformed throughput_per_s"), ("batch_size", "one", "malformed batch_size"),
+    ("environment", [1], "malformed environment"), ("artifact", 5, "is malformed"),
+])
+def test_a_result_with_a_field_of_the_wrong_shape_is_one_line(tmp_path, field, value, message):
+    """Each was a traceback (TypeError, ValueError: Unknown format code, AttributeError) or, for latency_ms {}
+    and null, a report of nothing with exit 0."""
+    from edgekit.errors import InputError
+    from edgekit.report_runs import load_runs
+
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(_BENCH))
+    assert load_runs([good])[0]["rows"][0]["latency_ms"]["p50"] == 2.5
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**_BENCH, field: value}))
+    with pytest.raises(InputError, match=message) as err:
+        load_runs([bad])
+    assert "\n" not in str(err.value)
