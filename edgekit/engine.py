@@ -15,12 +15,12 @@ and its precision check succeeded.
 from __future__ import annotations
 
 import contextlib
-import shutil
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .artifact import ENGINE_SUFFIXES, Artifact, copy_tokenizer_and_config, resolve, sha256_file
+from .artifact import ENGINE_SUFFIXES, MANIFEST, Artifact, copy_tokenizer_and_config, resolve, sha256_file
 from .atomic import discard, temp_sibling
 from .deps import require
 from .engine_io import EngineOutputs, sidecar_path
@@ -92,6 +92,7 @@ def build(onnx: str | Path, out: str | Path, options: BuildOptions | None = None
     engine = engine_path(out)
     if engine.exists() and not force:
         raise InputError(f"Engine '{engine}' already exists", "refusing to overwrite it", "Pass --force to replace it")
+    _check_engine_folder(engine.parent, src.parent, force)
     trt = require(MODULES[options.backend])
     targets = compute_capabilities(trt, options)
     gpus = _preflight(trt, options)
@@ -106,8 +107,23 @@ def build(onnx: str | Path, out: str | Path, options: BuildOptions | None = None
                             "built_from": str(outputs.final(built_from)), "conversion": conversion})
         record["build_seconds"] = round(time.perf_counter() - started, 2)
         sidecar = outputs.write_sidecar(record, options=asdict(options))
-    _copy_runtime_files(src.parent, engine.parent)
+    _copy_runtime_files(src.parent, engine.parent, replace=force)
     return Artifact(engine, "engine", engine, sidecar)
+
+
+def _check_engine_folder(folder: Path, source: Path, force: bool) -> None:
+    """Refuse (unless ``force``) an engine folder that holds files edgekit did not write: the engine's tokenizer
+    and config would sit beside someone else's (an existing config.json was kept, the wrong one for the engine).
+    The source ONNX's own folder (an engine beside its ONNX) and a folder of earlier builds are fine."""
+    if force or not folder.is_dir() or folder.resolve() == source.resolve():
+        return
+    names = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    owned = (folder / MANIFEST).is_file() or any(sidecar_path(p).is_file() for p in names
+                                                  if p.suffix in ENGINE_SUFFIXES)
+    if names and not owned:
+        raise InputError(f"Output '{folder}' is a non-empty folder that edgekit did not write",
+                         "the engine's tokenizer and config would sit beside files that are not its own",
+                         "Choose another --out or pass --force")
 
 
 def engine_path(out: str | Path) -> Path:
@@ -266,19 +282,20 @@ def _inspect(trt, plan, logger, options: BuildOptions, gpus: list[dict], warning
     return info
 
 
-def _copy_runtime_files(src: Path, dst: Path) -> None:
-    """Tokenizer and config beside the engine (when absent), so ``edgekit.runtime.load`` can run the folder."""
+def _copy_runtime_files(src: Path, dst: Path, replace: bool = False) -> None:
+    """Tokenizer and config beside the engine (when absent, or every one with ``replace``: ``--force`` into a
+    folder of other files), so ``edgekit.runtime.load`` can run the folder."""
     if src.resolve() == dst.resolve():
         return
     with contextlib.suppress(OSError):
         missing = [p for p in ("config.json", "tokenizer.json") if not (dst / p).exists()]
-        if missing:
+        if missing or replace:
             tmp = temp_sibling(dst / "runtime-files")  # a killed copy's leftover is swept here
             try:
                 copy_tokenizer_and_config(src, tmp)
                 for f in tmp.iterdir():
-                    if not (dst / f.name).exists():
-                        shutil.move(str(f), dst / f.name)
+                    if replace or not (dst / f.name).exists():
+                        os.replace(f, dst / f.name)
             finally:
                 discard(tmp)
 

@@ -170,6 +170,8 @@ def _cases(d: dict) -> list[Case]:
         Case("bench: zero-byte data file", ["bench", onnx, "--data", r / "zero.tsv"], contains="empty"),
         Case("build: TensorRT-RTX not installed", ["build", onnx, "--out", "{out}/model.engine"],
              shim=Shim(absent=["tensorrt_rtx"]), contains="edgekit[rtx]"),
+        Case("build: OUT is a folder edgekit did not write (its config.json was kept beside the engine)",
+             ["build", onnx, "--out", "{mine}"], contains="--force"),
         Case("build: corrupt ONNX", ["build", r / "garbage.onnx", "--out", "{out}/model.engine"]),
         Case("optimize: recipe with an unsupported target", ["optimize", "--recipe", r / "bad_target.yaml"],
              contains="Unknown target 'trt'"),
