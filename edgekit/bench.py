@@ -59,7 +59,7 @@ class BenchOptions:
         for name in ("batch_size", "iterations", "samples"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1", f"got {getattr(self, name)}", None)
-        if self.warmup < 0 or self.warmup_seconds < 0 or self.min_seconds < 0:
+        if not (self.warmup >= 0 and 0 <= self.warmup_seconds < float("inf") and 0 <= self.min_seconds < float("inf")):
             raise InputError("--warmup, --warmup-seconds and --min-seconds must be >= 0",
                              f"got {self.warmup}, {self.warmup_seconds}, {self.min_seconds}", None)
         if self.seq_len is not None and self.seq_len < 2:

@@ -276,7 +276,9 @@ def _sizes(ctx, param, value):
         else:
             raise click.BadParameter(f"'{item}' is not a positive integer; use e.g. 1,4,16"
                                      + (" (or 'real')" if param.name == "sweep_seq" else ""))
-    return out or None
+    if not out:
+        raise click.BadParameter("no size given; use e.g. 1,4,16" + (" (or 'real')" if param.name == "sweep_seq" else ""))
+    return out
 
 
 @main.command("bench")

@@ -114,7 +114,16 @@ def _rows(source: str | Path, split: str) -> tuple[list[dict], list[str]]:
     path = Path(source)
     if path.exists():
         rows, columns = _read_file(path)
+    elif path.is_symlink():  # dangling, or a loop
+        raise DataError(f"Dataset '{source}' not found", "it is a symbolic link to nothing readable",
+                        "Point --data at the file itself")
     elif _looks_like_hub_name(str(source)):
+        from .deps import available
+
+        if not available("datasets"):  # most often a local file given without its suffix, or mistyped
+            raise DataError(f"Dataset '{source}' not found", "no such file; read as a Hugging Face datasets name it "
+                            "needs the datasets package, which is not installed",
+                            "Pass a .tsv/.csv/.jsonl/.conll file, or pip install datasets to load it from the hub")
         rows, columns = _read_hub(str(source), split)
     else:
         raise DataError(f"Dataset '{source}' not found", "no such file",

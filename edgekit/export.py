@@ -49,6 +49,18 @@ class ExportOptions:
                                   flag="export-samples")
     trust_remote_code: bool = opt(False, help="Run Python code shipped with the model (off by default).")
 
+    def validate(self) -> None:
+        """Before the model is loaded (``optimize`` calls it with its other options, before any step)."""
+        if not 0 <= self.atol < float("inf"):  # NaN fails this too
+            raise InputError(f"--atol must be a finite number >= 0, got {self.atol}",
+                             "it bounds |diff| against PyTorch per output", "Use the default, 1e-4")
+        if not 7 <= self.opset <= 23:
+            raise InputError(f"Unsupported opset {self.opset}", "the exporter supports opsets 7 to 23",
+                             "Pass --opset 17 or 18")
+        if self.validation_samples < 1:
+            raise InputError(f"--export-samples must be at least 1, got {self.validation_samples}",
+                             "the export is validated on that many real sentences", "Use the default, 64")
+
 
 def export(model: str | Path, out: str | Path, options: ExportOptions | None = None, data: str | Path | None = None,
            text_column: str | None = None, force: bool = False) -> Artifact:
@@ -59,9 +71,7 @@ def export(model: str | Path, out: str | Path, options: ExportOptions | None = N
     ``options.atol``; then nothing is written.
     """
     options = options or ExportOptions()
-    if not 7 <= options.opset <= 23:
-        raise InputError(f"Unsupported opset {options.opset}", "the exporter supports opsets 7 to 23",
-                         "Pass --opset 17 or 18")
+    options.validate()
     from .hf import fetch
 
     src = resolve(fetch(model))

@@ -20,6 +20,7 @@ def infer_task(folder: Path, task: str | None = None) -> str:
     if task is not None:
         if task not in TASKS:
             raise InputError(f"Unsupported task '{task}'", None, f"Choose one of: {', '.join(TASKS)}")
+        _check_head(folder, task)
         return task
     config = _config(folder)
     archs = config.get("architectures") or []
@@ -38,6 +39,22 @@ def infer_task(folder: Path, task: str | None = None) -> str:
     raise ModelError(f"Cannot infer the task of '{folder}'",
                      f"architectures {archs or 'missing'} map to no supported task",
                      f"Pass --task, one of: {', '.join(TASKS)}")
+
+
+def _check_head(folder: Path, task: str) -> None:
+    """Refuse a --task whose head the model was not trained with (a *ForSequenceClassification loaded as a token
+    classifier reuses its classifier weights per token and drops the pooler: an artifact that exports, validates
+    against itself and is wrong). feature-extraction (the encoder alone) suits every model."""
+    from .tasks import ARCHITECTURE_SUFFIXES  # noqa: PLC0415
+
+    if task == "feature-extraction" or not (folder / "config.json").is_file():
+        return
+    archs = _config(folder).get("architectures") or []
+    trained = {t for a in archs if isinstance(a, str) for s, t in ARCHITECTURE_SUFFIXES.items() if a.endswith(s)}
+    if trained and task not in trained:
+        raise InputError(f"--task {task} does not match '{folder}'",
+                         f"it was saved as {', '.join(archs)}, a {' / '.join(sorted(trained))} head that does not "
+                         f"fit {task}", f"Drop --task, or pass --task {sorted(trained)[0]}")
 
 
 def load_model(folder: str | Path, task: str | None = None, trust_remote_code: bool = False):

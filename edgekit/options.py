@@ -116,9 +116,13 @@ class OptimizeOptions:
             raise InputError(f"--precision {self.precision} applies to TensorRT targets only",
                              "the cpu target is int8 on ONNX Runtime", "Drop --precision, or pass --target tensorrt-rtx")
         self.data.validate()
+        self.export.validate()
         if not 0 <= self.gate.max_accuracy_drop < 1:
             raise InputError(f"--max-accuracy-drop must be a fraction in [0, 1), got {self.gate.max_accuracy_drop}",
                              None, "Use 0.01 for one accuracy point")
+        if self.gate.eval_batch_size is not None and self.gate.eval_batch_size < 1:  # 0 ran as "default"
+            raise InputError(f"--eval-batch-size must be at least 1, got {self.gate.eval_batch_size}", None,
+                             "Leave it out for the default (the latency batch for dynamic int8)")
         if self.precision == "int8":
             self.quantize_options().validate()   # e.g. --mode dynamic for a TensorRT target: one line, up front
         if self.target in ENGINE_TARGETS:

@@ -75,6 +75,9 @@ def resolve_profile(options, folder: Path, data, text_column: str | None) -> Pro
     batch = (options.min_batch, options.opt_batch, options.max_batch)
     _check_range("batch", batch)
     _check_range("seq", (lo, opt, hi))
+    if limit and hi > limit:  # the engine would accept inputs its position table cannot hold
+        raise InputError(f"--max-seq {hi} is longer than the model's {limit} positions",
+                         "model_max_length / max_position_embeddings caps every input", f"Pass --max-seq {limit} or less")
     return Profile(batch, (lo, opt, hi), source)
 
 

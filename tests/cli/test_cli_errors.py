@@ -215,3 +215,31 @@ def test_gate_failure_exits_3_and_keeps_marked_artifact(tiny_model, tmp_path):
     assert report["passed"] is False and report["accuracy_drop"] > 0
     assert read_json(out / "manifest.json")["passed"] is False
     assert (out / "model.onnx").is_file()
+
+
+@pytest.mark.parametrize("case", ["export atol nan", "export head mismatch", "optimize eval batch 0",
+                                  "optimize export samples 0", "bench min-seconds nan", "check data without suffix",
+                                  "build max-seq past the model"])
+def test_numbers_and_mismatches_are_refused_before_any_work(tiny_model, tiny_onnx, tiny_data, tmp_path, case):
+    """Each ran the whole step and failed late (export with --atol nan), ran with a silently changed meaning
+    (--eval-batch-size 0 as the default, a sequence classifier's head put on every token, a 100000-token engine
+    profile for a 512-position model), or blamed a missing optional package for a missing file."""
+    out = tmp_path / "out"
+    args, expected = {
+        "export atol nan": (["export", tiny_model, "--out", out, "--atol", "nan"], "--atol must be a finite number"),
+        "export head mismatch": (["export", tiny_model, "--out", out, "--task", "token-classification"],
+                                 "--task token-classification does not match"),
+        "optimize eval batch 0": (["optimize", tiny_model, "--data", tiny_data, "--out", out, "--eval-batch-size", "0"],
+                                  "--eval-batch-size must be at least 1"),
+        "optimize export samples 0": (["optimize", tiny_model, "--data", tiny_data, "--out", out, "--export-samples",
+                                       "0"], "--export-samples must be at least 1"),
+        "bench min-seconds nan": (["bench", tiny_onnx, "--min-seconds", "nan"], "must be >= 0"),
+        "check data without suffix": (["check", tiny_model, tiny_onnx, "--data", tmp_path / "rows"], "not found"),
+        "build max-seq past the model": (["build", tiny_onnx, "--out", out, "--max-seq", "100000"],
+                                         "is longer than the model's"),
+    }[case]
+    if case.startswith("build"):
+        pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx not installed")
+    result = run(*args)
+    assert_one_line_error(result)
+    assert expected in result.stderr and not out.exists(), result.stderr
