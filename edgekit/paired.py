@@ -143,6 +143,13 @@ def compare(artifacts: dict[str, str | Path], data: str | Path | None = None, op
     options.validate()
     arts = {name: resolve(path) for name, path in artifacts.items()}
     first = next(iter(arts.values()))
+    from .tasks import task_of  # noqa: PLC0415
+
+    tasks = {name: task_of(art.folder) for name, art in arts.items()}
+    if len(set(tasks.values())) > 1:  # their outputs differ in kind: a ratio between them compares nothing
+        raise InputError("Interleaved timing compares artifacts of one model and task",
+                         f"these are {', '.join(f'{n} {t}' for n, t in tasks.items())}",
+                         "Bench each on its own, or compare artifacts made from the same model")
     encoder = encoder_for(resolve(encoder_from) if encoder_from else first)
     texts = _texts(data, text_column, options.samples)
     threads = options.threads or default_threads()

@@ -141,13 +141,17 @@ class _Confinement:
         self.root = project_root(recipe)
         self.read_roots = [self.root, *(self.root / r for r in _declared_read_roots(self.root))]
 
-    def locate(self, value) -> Path:
-        """``value`` relative to the project root (absolute paths and ~ as they are)."""
-        p = Path(str(value)).expanduser()
+    def locate(self, value, what: str = "path") -> Path:
+        """``value`` relative to the project root (absolute paths and ~ as they are); a path must be a string."""
+        if not isinstance(value, str) or not value.strip():
+            raise InputError(f"Recipe '{self.recipe}': {what} must be a path (a string), got {value!r}"[:200], None,
+                             f"Write e.g. {what}: ../shared/data/sst2/dev.tsv" if what != "out" else
+                             "Write e.g. out: out/my-model")
+        p = Path(value).expanduser()
         return p if p.is_absolute() else self.root / p
 
     def path(self, value, what: str, writable: bool = False) -> str:
-        p = self.locate(value).resolve()
+        p = self.locate(value, what).resolve()
         roots = [self.root] if writable else self.read_roots
         if not self.allow_outside and not any(p.is_relative_to(r.resolve()) for r in roots):
             allowed = ", ".join(f"'{r.resolve()}'" for r in roots)
@@ -163,10 +167,9 @@ class _Confinement:
             return None
         from .data import _looks_like_hub_name
 
-        text = str(value)
-        if not self.locate(text).exists() and _looks_like_hub_name(text):
-            return text
-        return self.path(text, what)
+        if not self.locate(value, what).exists() and _looks_like_hub_name(value):
+            return value
+        return self.path(value, what)
 
 
 def project_root(recipe: Path) -> Path:

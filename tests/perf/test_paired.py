@@ -58,3 +58,16 @@ def test_bench_two_artifacts_interleaved(tiny_onnx, tiny_int8, tiny_data):
     ratio = r["ratios"][names[1]]
     assert ratio["iqr"][0] <= ratio["ratio"] <= ratio["iqr"][1]
     assert r["backends"][names[0]] == r["backends"][names[1]] == "onnxruntime"
+
+
+def test_artifacts_of_different_tasks_are_not_compared(tiny_onnx, tmp_path):
+    """A text classifier against a token classifier ran and gave a ratio of unlike things."""
+    import shutil
+
+    from edgekit.paired import compare
+
+    other = shutil.copytree(tiny_onnx, tmp_path / "tagger")
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "task": "token-classification"}))
+    with pytest.raises(InputError, match="compares artifacts of one model and task"):
+        compare({"a": tiny_onnx, "b": other}, options=PairedOptions(rounds=4, runs=1, warmup=0))

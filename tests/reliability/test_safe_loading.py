@@ -170,6 +170,17 @@ def test_declared_read_roots_allow_reads_but_never_writes(tmp_path):
         load_recipe(recipe)
 
 
+@pytest.mark.parametrize("text,what", [("data: 7\n", "data"), ("out: [1, 2]\n", "out"),
+                                       ("data: {path: 5}\n", "data"), ("data: {calibration_data: 3}\n",
+                                                                         "calibration_data")])
+def test_a_recipe_path_that_is_not_a_string_is_one_line(tmp_path, text, what):
+    """data: 7 was taken for a Hugging Face dataset name; out: [1, 2] would have made a folder named '[1, 2]'."""
+    from edgekit.recipe import load_recipe
+
+    with pytest.raises(InputError, match=rf"{what} must be a path \(a string\)"):
+        load_recipe(_project(tmp_path, text))
+
+
 def test_recipe_cannot_turn_on_remote_code(tmp_path):
     from edgekit.recipe import load_recipe
 
