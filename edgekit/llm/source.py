@@ -63,6 +63,9 @@ def resolve_source(model: str | Path, cache_dir: str | Path | None = None) -> LM
     ggufs = sorted(path.glob("*.gguf"))
     if not (path / "config.json").is_file() and len(ggufs) == 1:
         return import_gguf(ggufs[0], cache_dir, origin=str(ggufs[0]))
+    if not (path / "config.json").is_file() and len(ggufs) > 1:
+        raise InputError(f"'{path}' holds {len(ggufs)} GGUF files", f"{', '.join(g.name for g in ggufs[:4])}: "
+                         "which one is the model is not for edgekit to guess", "Pass the .gguf file you want")
     check_causal_lm(path)
     return LMSource(path, str(path))
 

@@ -67,6 +67,14 @@ def test_export_lm_checks_its_numbers_before_exporting(tmp_path, flag, value):
     assert line.startswith(f"Error: {flag} must be")
 
 
+def test_a_folder_of_several_ggufs_asks_which(tmp_path):
+    """It said 'has no config.json', which hid the real question."""
+    for name in ("a.gguf", "b.gguf"):
+        (tmp_path / name).write_bytes(b"GGUF" + b"\0" * 60)
+    line = _one_line_error(["export-lm", str(tmp_path), "--out", str(tmp_path / "out")], tmp_path)
+    assert "holds 2 GGUF files" in line and "a.gguf, b.gguf" in line
+
+
 def test_missing_gguf(tmp_path):
     line = _one_line_error(["quantize-lm", str(tmp_path / "nope.gguf"), "--out", str(tmp_path / "out")], tmp_path)
     assert "not found" in line
