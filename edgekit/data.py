@@ -243,16 +243,20 @@ def _read_file(path: Path) -> tuple[list[dict], list[str]]:
         return _read_conll(text)
     delimiter = "\t" if fmt == "tsv" else ","
     quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
-    reader = csv.reader(text.splitlines(), delimiter=delimiter, quoting=quoting)
-    header = [h.strip() for h in next(reader)]
+    reader = csv.reader(text.splitlines(), delimiter=delimiter, quoting=quoting, strict=True)
     rows = []
-    for i, values in enumerate(reader):
-        if not values:
-            continue
-        if len(values) != len(header):
-            raise DataError(f"Dataset '{path}' line {i + 2} has {len(values)} fields, the header has {len(header)}",
-                            None, f"Fix the line or check that the file is {fmt}")
-        rows.append(dict(zip(header, values)))
+    try:
+        header = [h.strip() for h in next(reader)]
+        for values in reader:
+            if not values:
+                continue
+            if len(values) != len(header):
+                raise DataError(f"Dataset '{path}' line {reader.line_num} has {len(values)} fields, the header has "
+                                f"{len(header)}", None, f"Fix the line or check that the file is {fmt}")
+            rows.append(dict(zip(header, values)))
+    except csv.Error as exc:  # strict: an unterminated quote no longer swallows every row after it
+        raise DataError(f"Dataset '{path}' line {reader.line_num} is not valid {fmt}", str(exc),
+                        "Close the quote (a quote inside a field is written twice: \"\")") from None
     return rows, header
 
 

@@ -108,3 +108,14 @@ def test_token_rows_with_mismatched_tags_are_one_line_errors(tmp_path):
     bad.write_text('{"tokens": "a b", "ner_tags": ["O"]}\n')
     with pytest.raises(DataError, match="not a non-empty list of words"):
         load_token_dataset(bad)
+
+
+def test_an_unterminated_csv_quote_is_an_error_not_fewer_rows(tmp_path):
+    """The quote swallowed every row after it: 2 rows read as 1, exit 0."""
+    bad = tmp_path / "rows.csv"
+    bad.write_text('label,sentence\n1,"good film\n0,bad film\n')
+    with pytest.raises(DataError, match="is not valid csv: unexpected end of data"):
+        load_dataset(bad)
+    good = tmp_path / "good.csv"
+    good.write_text('label,sentence\n1,"a ""quoted"" film, fine"\n0,bad film\n')
+    assert load_dataset(good).texts == ['a "quoted" film, fine', "bad film"]
