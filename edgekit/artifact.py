@@ -74,6 +74,10 @@ def _identify(p: Path) -> Artifact:
     if engines and not weights:  # an engine folder (build/optimize copy config.json and the tokenizer beside it)
         return Artifact(p, "engine", engines[0], manifest)
     if (p / "config.json").is_file():
+        if not weights and manifest.get("edgekit_artifact") in ("onnx", "engine"):  # an artifact that lost its model
+            raise ModelError(f"Artifact '{p}' is missing its model file", f"its manifest.json describes an "
+                             f"{manifest['edgekit_artifact']} artifact, but no {ONNX_NAME} or engine is there",
+                             "Re-run the step that made it, or restore the file")
         if not weights:
             raise ModelError(f"Model folder '{p}' has no weights", "config.json is there but no *.safetensors or *.bin",
                              "Save the model with save_pretrained() or copy its weight files")

@@ -90,6 +90,8 @@ def inputs(tiny_model, tiny_onnx, tiny_int8, tiny_data, tmp_path_factory):
     shutil.copytree(tiny_model, root / "no_tokenizer",
                     ignore=lambda _, names: [n for n in names if n.startswith(("tokenizer", "vocab", "special"))])
     shutil.copytree(tiny_onnx, root / "onnx_self")
+    shutil.copytree(tiny_onnx, root / "onnx_gone")
+    (root / "onnx_gone" / "model.onnx").unlink()
     shutil.copytree(tiny_int8, root / "int8")
     shutil.copytree(tiny_model, root / "holder" / "model")
     shutil.copytree(tiny_onnx, root / "onnx_trunc")
@@ -150,6 +152,8 @@ def _cases(d: dict) -> list[Case]:
         Case("quantize: empty ONNX file", ["quantize", r / "empty.onnx", "--out", "{out}"], contains="empty"),
         Case("quantize: an int8 artifact (quantized twice before)", ["quantize", r / "int8", "--out", "{out}"],
              contains="quantized already"),
+        Case("quantize: an artifact whose model.onnx is gone (was: 'no weights ... save_pretrained()')",
+             ["quantize", r / "onnx_gone", "--out", "{out}"], contains="is missing its model file"),
         Case("quantize: HF folder instead of ONNX", ["quantize", model, "--out", "{out}"], contains="not an ONNX"),
         Case("quantize: static without calibration data", ["quantize", onnx, "--target", "tensorrt", "--out", "{out}"]),
         Case("quantize: non-UTF-8 calibration data", ["quantize", onnx, "--target", "tensorrt", "--calibration-data",
