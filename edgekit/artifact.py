@@ -187,7 +187,7 @@ def write_manifest(folder: Path, kind: str, step: str, inputs: dict, options: di
     return manifest
 
 
-def check_output_dir(out: Path, force: bool = False, inputs: tuple = ()) -> None:
+def check_output_dir(out: Path, force: bool = False, inputs: tuple = (), kind: str | None = None) -> None:
     """Refuse an OUT that is a file, a non-empty folder edgekit did not write (unless ``force``), or one that is or
     holds one of ``inputs`` (local paths; others, such as hub ids or datasets in memory, are skipped): the result
     replaces OUT whole, so the input would be lost, ``force`` or not."""
@@ -207,6 +207,10 @@ def check_output_dir(out: Path, force: bool = False, inputs: tuple = ()) -> None
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file() and not force:
         raise InputError(f"Output '{out}' is a non-empty folder that edgekit did not write",
                          "refusing to replace files edgekit does not own", "Choose another --out or pass --force")
+    held = read_manifest(out).get("edgekit_artifact") if out.is_dir() else None
+    if kind and held and held != kind and not force:  # e.g. a report written over an optimized model
+        raise InputError(f"Output '{out}' holds an edgekit {held} artifact", f"this run writes a {kind}, which would "
+                         "replace it", "Choose another --out or pass --force")
     parent = out.resolve().parent
     if not parent.exists():
         with contextlib.suppress(OSError):
@@ -217,7 +221,7 @@ def check_output_dir(out: Path, force: bool = False, inputs: tuple = ()) -> None
 
 
 @contextlib.contextmanager
-def atomic_dir(out: str | Path, force: bool = False, inputs: tuple = ()) -> Iterator[Path]:
+def atomic_dir(out: str | Path, force: bool = False, inputs: tuple = (), kind: str | None = None) -> Iterator[Path]:
     """Yield a temporary sibling of ``out``; on success it replaces ``out`` in one rename.
 
     On any exception (including KeyboardInterrupt, and SIGTERM through the
@@ -225,10 +229,11 @@ def atomic_dir(out: str | Path, force: bool = False, inputs: tuple = ()) -> Iter
     signal landing before the ``try`` below is in force is covered by
     :mod:`edgekit.atomic`'s registry. The temporary name carries the writer's
     pid, so what a killed (SIGKILL) run left behind is removed by the next
-    write of ``out``. ``inputs``: the run's input paths, which ``out`` must not be or hold.
+    write of ``out``. ``inputs``: the run's input paths, which ``out`` must not be or hold; ``kind``: what this
+    run writes, which an existing edgekit folder of another kind is not replaced by without ``force``.
     """
     out = Path(out)
-    check_output_dir(out, force, inputs)
+    check_output_dir(out, force, inputs, kind)
     parent = out.resolve().parent
     try:
         tmp = temp_sibling(out)

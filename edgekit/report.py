@@ -145,7 +145,7 @@ def report(runs: list[str | Path], out: str | Path, force: bool = False) -> dict
     loaded = load_runs(runs)
     combined = build_report(loaded)
     figs = figures([r for run in loaded for r in run["rows"]], [s for run in loaded for s in run["sweeps"]])
-    with atomic_dir(out, force, inputs=tuple(runs)) as tmp:
+    with atomic_dir(out, force, inputs=tuple(runs), kind="report") as tmp:
         (tmp / "report.md").write_text(report_markdown(combined), encoding="utf-8")
         (tmp / "report.html").write_text(render_html(combined, figs), encoding="utf-8")
         combined["figures"] = [title for title, _, _ in figs]

@@ -54,7 +54,8 @@ def latency_distribution(rows: list[dict]):
     ax.boxplot([r["samples_ms"] for r in rows], orientation="horizontal", whis=(1, 99), showfliers=False,
                tick_labels=[_label(r["name"]) for r in rows])
     for i, r in enumerate(rows, start=1):
-        ax.plot([r["latency_ms"]["p99"]], [i], marker="|", markersize=14, color="tab:red")
+        if (r["latency_ms"] or {}).get("p99") is not None:
+            ax.plot([r["latency_ms"]["p99"]], [i], marker="|", markersize=14, color="tab:red")
     _log_if_wide(ax, [t for r in rows for t in r["samples_ms"]], axis="x")
     ax.invert_yaxis()
     ax.set_xlabel("latency per run (ms)")
@@ -64,7 +65,9 @@ def latency_distribution(rows: list[dict]):
 
 
 def latency_percentiles(rows: list[dict]):
-    """Grouped bars of p50/p90/p95/p99 for every measured row, on a linear axis from zero, each bar labelled."""
+    """Grouped bars of p50/p90/p95/p99 for every measured row that has all four (interleaved peers tables keep
+    p50/p90/mean only), on a linear axis from zero, each bar labelled."""
+    rows = [r for r in rows if all((r["latency_ms"] or {}).get(k) is not None for k in PERCENTILES)]
     if not rows:
         return None
     fig = _figure(9, 1.6 + 1.0 * len(rows))

@@ -16,6 +16,7 @@ from .errors import InputError, first_line
 
 BENCH_SCHEMA = "edgekit.bench/1"
 PEERS_SCHEMA = "edgekit.peers/1"
+PEERS_SCHEMA_2 = "edgekit.peers/2"   # bench/peers/run_peers.py now: interleaved timings per table, not per row
 ROW_KEYS = ("name", "run", "backend", "mode", "precision", "batch_size", "seq_len", "accuracy", "latency_ms", "cv",
             "noisy", "throughput_per_s", "size_mb", "samples_ms", "status", "error")
 
@@ -111,10 +112,12 @@ def _normalize(data: dict, file: Path) -> dict:
         return _from_bench(data, source)
     if data.get("schema") == PEERS_SCHEMA:
         return _from_peers(data, source)
+    if data.get("schema") == PEERS_SCHEMA_2:
+        return _from_peers2(data, source)
     if {"baseline", "optimized", "passed"} <= set(data):
         return _from_optimize(data, source)
     raise InputError(f"'{file}' is not an edgekit result", "expected an optimize report.json, bench --json output "
-                     f"(schema {BENCH_SCHEMA}) or bench/peers results ({PEERS_SCHEMA})",
+                     f"(schema {BENCH_SCHEMA}) or bench/peers results ({PEERS_SCHEMA_2})",
                      "Save a bench run with: edgekit bench ARTIFACT --json > run.json")
 
 
@@ -176,5 +179,32 @@ def _from_peers(r: dict, source: str) -> dict:
     for p in r.get("rows", []):
         rows.append(_bench_row(p, source, p["name"], precision=p.get("precision"), accuracy=p.get("accuracy"),
                                size_mb=p.get("size_mb"), status=p.get("status"), error=p.get("error")))
+    return {"source": source, "kind": "peers", "title": r.get("title", "peers side by side"), "rows": rows,
+            "sweeps": [], "warnings": list(r.get("warnings", [])), "environment": r.get("environment", {})}
+
+
+def _from_peers2(r: dict, source: str) -> dict:
+    """``edgekit.peers/2``: a row per peer (accuracy, size, status) and a table per shape (``batch1``,
+    ``throughput``: per-peer p50/p90/mean over interleaved rounds); a report row per peer and measured table."""
+    rows = []
+    for key in ("batch1", "throughput"):
+        table = r.get(key)
+        if not table:
+            continue
+        opts = table.get("options") or {}
+        for peer in r.get("rows", []):
+            measured = (table.get("artifacts") or {}).get(peer["name"])
+            shape = "" if key == "batch1" else f" (batch {opts.get('batch_size')} x {opts.get('seq_len')})"
+            if measured is None:
+                if key == "batch1":
+                    rows.append(_row(name=peer["name"], run=source, precision=peer.get("precision"),
+                                     status=peer.get("status") or "failed", error=peer.get("error")))
+                continue
+            rows.append(_row(name=peer["name"] + shape, run=source, backend=peer.get("backend"), mode="model-only",
+                             precision=peer.get("precision"), batch_size=opts.get("batch_size"),
+                             seq_len=opts.get("seq_len"), accuracy=peer.get("accuracy"),
+                             latency_ms={"p50": measured["p50_ms"], "p90": measured["p90_ms"],
+                                         "mean": measured["mean_ms"]},
+                             throughput_per_s=measured.get("throughput_per_s"), size_mb=peer.get("size_mb")))
     return {"source": source, "kind": "peers", "title": r.get("title", "peers side by side"), "rows": rows,
             "sweeps": [], "warnings": list(r.get("warnings", [])), "environment": r.get("environment", {})}

@@ -116,3 +116,31 @@ def test_a_result_with_a_field_of_the_wrong_shape_is_one_line(tmp_path, field, v
     with pytest.raises(InputError, match=message) as err:
         load_runs([bad])
     assert "\n" not in str(err.value)
+
+
+def test_the_committed_peers_results_make_a_report(tmp_path):
+    """run_peers.py writes edgekit.peers/2, which report refused as 'not an edgekit result'."""
+    from edgekit.report_runs import load_runs
+
+    peers = SAVED.parent / "peers" / "results.json"
+    run = load_runs([peers])[0]
+    measured = [r for r in run["rows"] if r["status"] == "ok"]
+    assert run["kind"] == "peers" and {r["batch_size"] for r in measured} == {1, 8}
+    assert all(r["latency_ms"]["p50"] > 0 for r in measured) and any(r["status"] == "failed" for r in run["rows"])
+    rep.report([peers], tmp_path / "out")
+    assert "edgekit optimize default int8" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_report_does_not_replace_another_kind_of_edgekit_folder(tmp_path):
+    """report --out on an optimized model folder deleted the model (it has a manifest, so no --force was asked)."""
+    from edgekit.errors import InputError
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.onnx").write_bytes(b"onnx")
+    (model / "manifest.json").write_text(json.dumps({"edgekit_artifact": "onnx", "step": "optimize"}))
+    with pytest.raises(InputError, match="holds an edgekit onnx artifact"):
+        rep.report([SAVED], model)
+    assert (model / "model.onnx").read_bytes() == b"onnx"
+    rep.report([SAVED], tmp_path / "again")
+    rep.report([SAVED], tmp_path / "again")  # a report over a report: a rerun
