@@ -15,6 +15,7 @@ chosen batch size.
 
 from __future__ import annotations
 
+import numbers
 import queue
 import threading
 import time
@@ -36,6 +37,10 @@ class _Request:
         self.future: Future = Future()
 
 
+#: the longest a group may wait for company (ms): longer is a misconfiguration, not a batching policy
+MAX_WAIT_MS = 60_000
+
+
 class DynamicBatcher:
     """Thread-safe front of a :class:`TextClassifier` that groups concurrent requests.
 
@@ -53,10 +58,18 @@ class DynamicBatcher:
         if not isinstance(classifier, TextClassifier):
             raise InputError(f"DynamicBatcher batches text classifiers, not {type(classifier).__name__}", None,
                              "Call the token classifier's predict directly")
-        if not isinstance(max_batch, int) or max_batch < 1:
+        def whole(value) -> bool:
+            return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+        if not whole(max_batch) or max_batch < 1:
             raise InputError(f"max_batch must be a positive integer, got {max_batch!r}", None, None)
-        if not isinstance(max_wait_ms, (int, float)) or max_wait_ms < 0:
-            raise InputError(f"max_wait_ms must be >= 0, got {max_wait_ms!r}", None, None)
+        if isinstance(max_wait_ms, bool) or not isinstance(max_wait_ms, numbers.Real) \
+                or not 0 <= max_wait_ms <= MAX_WAIT_MS:  # NaN fails too; inf overflowed the worker's wait and killed it
+            raise InputError(f"max_wait_ms must be a number from 0 to {MAX_WAIT_MS}, got {max_wait_ms!r}", None,
+                             "A few ms is typical: the first request of a group waits this long for company")
+        if not whole(max_queue) or max_queue < 1:  # 0 or less made every submit fail with "queue is full"
+            raise InputError(f"max_queue must be a positive integer, got {max_queue!r}", None, None)
+        max_batch, max_queue = int(max_batch), int(max_queue)
         self.classifier = classifier
         self.max_batch = min(max_batch, classifier.max_batch or max_batch)
         self.max_wait = float(max_wait_ms) / 1000.0

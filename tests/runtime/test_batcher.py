@@ -121,6 +121,14 @@ def test_batch_cap_follows_the_classifier_and_options_are_checked(tiny_onnx, clf
     capped = load(tiny_onnx, max_batch=4)
     with DynamicBatcher(capped, max_batch=16) as batcher:
         assert batcher.max_batch == 4
-    for kwargs in ({"max_batch": 0}, {"max_wait_ms": -1}):
+    # inf killed the worker (OverflowError in its wait) and every later predict hung; True / NaN / a queue of 0
+    # were taken and failed every request later
+    for kwargs in ({"max_batch": 0}, {"max_batch": True}, {"max_wait_ms": -1}, {"max_wait_ms": float("inf")},
+                   {"max_wait_ms": float("nan")}, {"max_wait_ms": True}, {"max_queue": 0}, {"max_queue": None},
+                   {"max_queue": 1.5}):
         with pytest.raises(InputError):
             DynamicBatcher(clf, **kwargs)
+    import numpy as np
+
+    with DynamicBatcher(clf, max_batch=np.int64(4), max_wait_ms=np.float32(1)) as batcher:
+        assert batcher.predict(["fine"])[0]["label"] in clf.id2label.values()
