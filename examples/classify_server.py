@@ -27,7 +27,7 @@ import sys
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, InputError
 from edgekit.runtime import DynamicBatcher, TextClassifier, load
 
 
@@ -72,6 +72,13 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: every response carries Content-Length
     server_version = "edgekit-classify/0.1"
     disable_nagle_algorithm = True  # small responses go out at once, not after the client's delayed ACK
+    timeout = 60  # seconds a connection may sit idle or half-sent before it is closed (a stalled client's thread)
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (ConnectionError, TimeoutError):  # the client went away or stalled: nothing to answer
+            self.close_connection = True
 
     def do_GET(self) -> None:  # noqa: N802  (http.server's naming)
         if self.path.split("?")[0] != "/health":
@@ -90,13 +97,19 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(exc.status, {"error": str(exc)})
         try:
             result = self.server.classify(texts)
+        except InputError as exc:  # e.g. a text that is not valid Unicode (a lone surrogate escaped in the JSON)
+            return self._send(HTTPStatus.BAD_REQUEST, {"error": exc.message})
         except EdgekitError as exc:  # e.g. the batcher's queue is full
             return self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": exc.message})
+        except TimeoutError:  # the batcher did not run this request within its wait: overloaded, not a bad request
+            return self._send(HTTPStatus.SERVICE_UNAVAILABLE,
+                              {"error": "The request waited over 60 s for a batch: the server is overloaded, retry"})
         self._send(HTTPStatus.OK, result)
 
     def _read_json(self):
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        if length is None or not (length.isascii() and length.isdigit()):  # "²" is a digit to isdigit(), not to int()
+            self.close_connection = True  # a body of unknown length (chunked, say) must not be read as a request
             raise BadRequest("Missing or invalid Content-Length header: send the JSON body with its length")
         if int(length) > self.server.max_body_bytes:
             self.close_connection = True  # the unread body must not be parsed as the next request
@@ -105,8 +118,8 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(length))
         try:
             return json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise BadRequest(f"Request body is not valid JSON: {' '.join(str(exc).split())}") from None
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested 100000 deep
+            raise BadRequest(f"Request body is not valid JSON: {' '.join(str(exc).split())[:200]}") from None
 
     def _texts(self, payload) -> list[str]:
         if not isinstance(payload, dict) or "texts" not in payload:
@@ -161,6 +174,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    for name, value, ok, want in (("--port", args.port, 0 <= args.port <= 65535, "0 to 65535"),
+                                  ("--max-texts", args.max_texts, args.max_texts >= 1, "at least 1"),
+                                  ("--max-batch", args.max_batch, args.max_batch >= 1, "at least 1"),
+                                  ("--max-wait-ms", args.max_wait_ms, 0 <= args.max_wait_ms <= 60000, "0 to 60000")):
+        if not ok:  # --port 70000 was an OverflowError traceback; --max-wait-ms nan turned batching off unseen
+            print(f"Error: {name} {value} is out of range. Pass {want}.", file=sys.stderr)
+            return 1
     try:
         clf = load(args.artifact, backend=args.backend, threads=args.threads, batch_size=args.batch_size)
         batcher = DynamicBatcher(clf, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms) \

@@ -101,11 +101,41 @@ def _check_answers(server: Server, artifact: Path) -> None:
     (b'{"texts": ["ok", null]}', 400, "item 1 is null"),
     (b"\xff\xfe", 400, "not valid JSON"),
     (json.dumps({"texts": ["x"] * 257}).encode(), 413, "over the limit of 256"),
+    (b"[" * 100_000 + b"]" * 100_000, 400, "not valid JSON"),  # was a RecursionError: connection dropped
+    (b'{"texts": ["ok", "\\ud800"]}', 400, "Text 1 is not valid Unicode"),  # a lone surrogate: was 503
 ])
 def test_bad_requests_get_one_line_errors(server, body, status, message):
     code, payload = server.request("POST", "/classify", body)
     assert code == status and message in payload["error"] and "\n" not in payload["error"]
     assert server.request("GET", "/health")[0] == 200  # the server is still up
+
+
+def _raw(server: Server, data: bytes) -> bytes:
+    """Send ``data`` on a fresh socket as it is; what the server answers until it closes (or 10 s)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(server.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(data)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except TimeoutError:
+            pass
+    return b"".join(chunks)
+
+
+def test_a_malformed_length_is_a_400_and_ends_the_connection(server):
+    """Content-Length '²' (a digit to isdigit, not to int) dropped the connection with a traceback; a chunked
+    body after a 400 was read as the next request."""
+    got = _raw(server, "POST /classify HTTP/1.1\r\nHost: x\r\nContent-Length: ²\r\n\r\n{}".encode())
+    assert got.startswith(b"HTTP/1.1 400") and b"Content-Length header" in got and got.count(b"HTTP/1.1") == 1
+    got = _raw(server, b"POST /classify HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       b"f\r\n{\"texts\": [\"a\"]}\r\n0\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 400") and got.count(b"HTTP/1.1") == 1  # closed: nothing parsed from the body
+    assert server.request("GET", "/health")[0] == 200
 
 
 def test_unknown_routes_and_startup_errors(server, tmp_path):
@@ -115,6 +145,11 @@ def test_unknown_routes_and_startup_errors(server, tmp_path):
                          timeout=60)
     lines = bad.stderr.strip().splitlines()
     assert bad.returncode == 1 and len(lines) == 1 and "missing config.json, tokenizer.json, model.onnx" in lines[0]
+    for flag, value in (("--port", "70000"), ("--max-texts", "-1"), ("--max-wait-ms", "nan")):
+        bad = subprocess.run([sys.executable, str(SERVER), str(tmp_path), flag, value], capture_output=True,
+                             text=True, timeout=60)  # --port 70000 was an OverflowError traceback
+        lines = bad.stderr.strip().splitlines()
+        assert bad.returncode == 1 and len(lines) == 1 and f"{flag} {value} is out of range" in lines[0], bad.stderr
 
 
 def test_dynamic_batching_server(tiny_onnx):
