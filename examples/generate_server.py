@@ -30,6 +30,8 @@ from edgekit.errors import EdgekitError
 from edgekit.runtime.generate import TextGenerator, load_generator
 
 OPTIONS = {"max_new_tokens": int, "temperature": float, "top_p": float, "top_k": int, "seed": int, "chat": bool}
+DEFAULT_NEW_TOKENS = 128  # TextGenerator.generate's own default, capped by --max-new-tokens
+MAX_PROMPTS = 16          # prompts in one request (each runs while the generation lock is held)
 
 
 class GenerateServer(ThreadingHTTPServer):
@@ -53,24 +55,34 @@ def parse_request(body: bytes, max_new_tokens: int) -> tuple[object, dict, bool]
     """(prompt or messages, generate() options, stream) from a JSON body, or BadRequest with one line."""
     try:
         req = json.loads(body or b"null")
-    except ValueError as exc:
-        raise BadRequest(f"Body is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested past Python's recursion limit
+        raise BadRequest(f"Body is not JSON: {' '.join(str(exc).split())[:200]}") from None
     if not isinstance(req, dict) or ("prompt" in req) == ("messages" in req):
         raise BadRequest('Send a JSON object with either "prompt" (a string) or "messages" (a list)')
     prompt = req.get("prompt", req.get("messages"))
-    if not isinstance(prompt, str | list):
-        raise BadRequest('"prompt" must be a string and "messages" a list of {"role", "content"}')
+    if not isinstance(prompt, str | list) or isinstance(prompt, list) and not prompt:
+        raise BadRequest('"prompt" must be a string and "messages" a non-empty list of {"role", "content"}')
+    if isinstance(prompt, list) and "prompt" in req and len(prompt) > MAX_PROMPTS:
+        raise BadRequest(f"{len(prompt)} prompts in one request, over the limit of {MAX_PROMPTS}: split it",
+                         HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
     opts = {}
     for key, kind in OPTIONS.items():
-        if req.get(key) is not None:
-            if kind is bool and not isinstance(req[key], bool) or kind is not bool and isinstance(req[key], bool):
-                raise BadRequest(f'"{key}" must be a {kind.__name__}')
-            try:
-                opts[key] = kind(req[key])
-            except (TypeError, ValueError):
-                raise BadRequest(f'"{key}" must be a {kind.__name__}') from None
+        value = req.get(key)
+        if value is None:
+            continue
+        # JSON types as they are: no bool for a number, no string for either ("seed": "12", "stream": "no")
+        ok = isinstance(value, bool) if kind is bool else \
+            (isinstance(value, int) and not isinstance(value, bool)) if kind is int else \
+            (isinstance(value, int | float) and not isinstance(value, bool) and abs(value) != float("inf"))
+        if not ok:
+            want = {int: "a whole number", float: "a finite number", bool: "true or false"}[kind]
+            raise BadRequest(f'"{key}" must be {want}')
+        opts[key] = value
     if opts.get("max_new_tokens", 0) > max_new_tokens:
         raise BadRequest(f'"max_new_tokens" is at most {max_new_tokens} here')
+    opts.setdefault("max_new_tokens", min(DEFAULT_NEW_TOKENS, max_new_tokens))  # the limit holds when not asked too
+    if not isinstance(req.get("stream", True), bool):
+        raise BadRequest('"stream" must be true or false')
     stop = req.get("stop")
     if stop is not None:
         if isinstance(stop, str):
@@ -85,11 +97,19 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive; every response has Content-Length or chunked encoding
     server: GenerateServer
 
+    timeout = 60  # seconds a connection may sit idle or half-sent before it is closed (a stalled client's thread)
+
     def log_message(self, *args) -> None:  # quiet by default
         pass
 
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (ConnectionError, TimeoutError):  # the client went away or stalled: nothing to answer
+            self.close_connection = True
+
     def do_GET(self) -> None:  # noqa: N802
-        if self.path != "/health":
+        if self.path.split("?")[0] != "/health":
             return self._json({"error": f"No such endpoint: GET {self.path}"}, HTTPStatus.NOT_FOUND)
         g = self.server.generator
         self._json({"status": "ok", "artifact": self.server.artifact, "engine": g.engine_name,
@@ -99,8 +119,13 @@ class Handler(BaseHTTPRequestHandler):
         if self.path != "/generate":
             return self._json({"error": f"No such endpoint: POST {self.path}"}, HTTPStatus.NOT_FOUND)
         try:
-            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.headers.get("Content-Length") or "0"
+            if not (raw.isascii() and raw.isdigit()):  # "abc", "-1" (read until the client closes), "²"
+                self.close_connection = True  # the body's end is unknown: it must not be read as a request
+                raise BadRequest("Missing or invalid Content-Length header: send the JSON body with its length")
+            length = int(raw)
             if length > self.server.max_body_bytes:
+                self.close_connection = True  # the unread body must not be parsed as the next request
                 raise BadRequest(f"Body of {length} bytes is over the {self.server.max_body_bytes}-byte limit",
                                  HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
             prompt, opts, stream = parse_request(self.rfile.read(length), self.server.max_new_tokens)
@@ -144,6 +169,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
@@ -157,6 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine", default="auto", help="auto, ort or genai")
     ap.add_argument("--max-new-tokens", type=int, default=512, help="largest max_new_tokens a request may ask")
     args = ap.parse_args(argv)
+    for name, value, ok, want in (("--port", args.port, 0 <= args.port <= 65535, "0 to 65535"),
+                                  ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 1, "at least 1"),
+                                  ("--threads", args.threads, args.threads is None or args.threads >= 1,
+                                   "at least 1")):
+        if not ok:  # --port 70000 was an OverflowError traceback; --max-new-tokens 0 refused every request
+            print(f"Error: {name} {value} is out of range. Pass {want}.", file=sys.stderr)
+            return 1
     try:
         generator = load_generator(args.artifact, engine=args.engine, threads=args.threads)
         server = GenerateServer((args.host, args.port), generator, args.artifact,

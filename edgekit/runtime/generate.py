@@ -122,6 +122,10 @@ class TextGenerator:
     def encode(self, prompt, chat: bool | None = None) -> list[int]:
         """Token ids of a prompt string or a list of chat messages (the template applied)."""
         if isinstance(prompt, list | tuple) and prompt and isinstance(prompt[0], dict):
+            for i, m in enumerate(prompt):
+                if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+                    raise InputError(f"Message {i} is not a {{'role': str, 'content': str}} pair", f"got {m!r}"[:120],
+                                     "Give every message a role and a text content")
             text = self.template.render(list(prompt))
         elif isinstance(prompt, str):
             if not prompt.strip():
@@ -130,6 +134,12 @@ class TextGenerator:
         else:
             raise InputError("Prompt not understood", f"got {type(prompt).__name__}",
                              "Pass a string, a list of strings, or a list of {'role', 'content'} messages")
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a lone surrogate: the tokenizer's TypeError says nothing useful
+                raise InputError("Prompt is not valid Unicode", f"{exc.reason} at character {exc.start}",
+                                 "Decode the input with errors='replace', or drop the lone surrogate") from None
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
         if not ids:
             raise InputError("Empty prompt", "it tokenizes to no tokens", "Pass a non-empty prompt")
@@ -260,9 +270,11 @@ def _options(max_new_tokens, temperature, top_p, top_k, seed) -> SamplingOptions
                                     ("seed", 0 if seed is None else seed, numbers.Integral, "a whole number or None")):
         if isinstance(value, bool) or not isinstance(value, kind) or value != value:  # value != value: NaN
             raise InputError(f"{name} must be {what}, got {value!r}", None, None)
+    if seed is not None and not 0 <= seed < 2**63:  # the engines take a 64-bit seed (a larger one: RuntimeError)
+        raise InputError(f"seed must be from 0 to 2**63 - 1, got {seed}", None, None)
     if int(max_new_tokens) < 1:
         raise InputError(f"max_new_tokens={max_new_tokens} is not allowed", "it must be at least 1", None)
-    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+    if not 0 <= temperature < float("inf") or not 0 < top_p <= 1 or top_k < 0:
         raise InputError("Sampling options out of range", f"temperature={temperature}, top_p={top_p}, top_k={top_k}",
                          "Use temperature >= 0, 0 < top_p <= 1, top_k >= 0")
     return SamplingOptions(int(max_new_tokens), float(temperature), float(top_p), int(top_k), seed)

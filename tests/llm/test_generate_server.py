@@ -58,6 +58,15 @@ def test_stream_and_keep_alive(server):
     (json.dumps({"prompt": "the film", "max_new_tokens": 999}).encode(), "at most 32", 400),
     (json.dumps({"prompt": "the film", "temperature": "hot"}).encode(), "temperature", 400),
     (json.dumps({"text": "the film"}).encode(), "either", 400),
+    # each below dropped the connection with a traceback, or was taken with another meaning
+    (b'{"prompt": "\\ud800 film"}', "not valid Unicode", 400),
+    (b'{"prompt": "the film", "max_new_tokens": 1e400}', "max_new_tokens", 400),
+    (b'{"prompt": "the film", "seed": 99999999999999999999999}', "seed must be from 0", 400),
+    (json.dumps({"prompt": "the film", "seed": "12"}).encode(), '"seed" must be a whole number', 400),
+    (json.dumps({"prompt": "the film", "stream": "no"}).encode(), '"stream" must be true or false', 400),
+    (json.dumps({"messages": [{"role": "user"}]}).encode(), "Message 0 is not", 400),
+    (json.dumps({"prompt": ["the film"] * 17}).encode(), "over the limit of 16", 413),
+    (b"[" * 100_000 + b"]" * 100_000, "not JSON", 400),
 ])
 def test_bad_requests_get_one_line_json(server, body, needle, status):
     conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=60)
@@ -65,3 +74,25 @@ def test_bad_requests_get_one_line_json(server, body, needle, status):
     resp = conn.getresponse()
     err = json.loads(resp.read())["error"]
     assert resp.status == status and needle in err and "\n" not in err
+
+
+def test_the_servers_token_limit_holds_when_a_request_does_not_name_one(server):
+    """--max-new-tokens was checked only when the request named max_new_tokens: 62 tokens came back under a 4 cap."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=60)
+    conn.request("POST", "/generate", json.dumps({"prompt": "the film", "stream": False}))
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert json.loads(resp.read())["text"] == server.generator.generate("the film", max_new_tokens=32)
+
+
+@pytest.mark.parametrize("length", ["abc", "-1"])
+def test_a_bad_content_length_is_a_400_that_closes(server, length):
+    """'abc' dropped the connection (ValueError); '-1' read until the client closed, past the body limit."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10) as sock:
+        sock.sendall(f"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode())
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+    assert got.startswith(b"HTTP/1.1 400") and b"Content-Length header" in got and b"Connection: close" in got
