@@ -27,7 +27,7 @@ from .artifact import atomic_dir, check_output_dir, resolve, sha256_folder, writ
 from .atomic import work_folder
 from .data import TextDataset, encode_labels, label_names, load_dataset
 from .deps import require
-from .errors import DataError, ModelError, first_line, refuse_invalid
+from .errors import DataError, InputError, ModelError, first_line, refuse_invalid
 from .runtime.session import max_threads
 
 PKG_PREFIX = "pkg:"
@@ -69,6 +69,7 @@ def finetune(base_model: str | Path, data: str | Path, out: str | Path, options:
     options = options or FinetuneOptions()
     _check_options(options)
     base = resolve_base(base_model)
+    check_max_length(base, options.max_length)
     train = load_dataset(data, options.text_column, options.label_column, split="train")
     train = train.subset(options.max_samples, options.seed)
     names = _label_names(train)
@@ -142,8 +143,26 @@ def package_model_dir(package: str) -> Path:
                      "Pass the model folder instead")
 
 
+#: more passes over the data than this is a typo (1e300 ran silently for ever), not a training plan
+MAX_EPOCHS = 1000
+
+
+def check_max_length(folder: Path, max_length: int, flag: str = "--max-length") -> None:
+    """Refuse a token budget longer than the model's position table (rows that long failed deep in the model's
+    forward pass with a RuntimeError traceback, after loading everything)."""
+    from .runtime.tokenizer import read_config
+
+    config = read_config(folder)
+    limit = next((config[k] for k in ("max_position_embeddings", "n_positions", "n_ctx")
+                  if isinstance(config.get(k), int) and config[k] > 0), None)
+    if limit and max_length > limit:
+        raise InputError(f"{flag} {max_length} is longer than the model's {limit} positions",
+                         "rows that long cannot go through it", f"Pass {flag} {limit} or less")
+
+
 def _check_options(o: FinetuneOptions) -> None:
-    checks = [("--epochs", o.epochs, o.epochs > 0, "> 0"), ("--lr", o.lr, 0 < o.lr < 1, "in (0, 1)"),
+    checks = [("--epochs", o.epochs, 0 < o.epochs <= MAX_EPOCHS, f"in (0, {MAX_EPOCHS}]"),  # inf: a traceback
+              ("--lr", o.lr, 0 < o.lr < 1, "in (0, 1)"),
               ("--batch-size", o.batch_size, o.batch_size >= 1, ">= 1"),
               ("--max-length", o.max_length, o.max_length >= 4, ">= 4"),
               ("--max-samples", o.max_samples, o.max_samples is None or o.max_samples >= 2, ">= 2"),

@@ -40,7 +40,8 @@ from .atomic import work_folder
 from .check import labeled_data
 from .data import TextDataset, load_dataset
 from .deps import require
-from .errors import InputError, ModelError, first_line, refuse_invalid
+from .errors import DataError, InputError, ModelError, first_line, refuse_invalid
+from .finetune import MAX_EPOCHS, check_max_length
 from .schema import opt
 from .sparsity import KeepMasks, apply_masks, parse_sparsity, sparsity_masks, sparsity_report
 
@@ -81,7 +82,8 @@ class PruneOptions:
         checks = [("--layers", self.layers, self.layers >= 0 and self.layers == int(self.layers), "a whole number >= 0"),
                   ("--importance", self.importance, self.importance in IMPORTANCE, f"one of {', '.join(IMPORTANCE)}"),
                   ("--importance-samples", self.importance_samples, self.importance_samples >= 1, ">= 1"),
-                  ("--recover-epochs", self.recover_epochs, self.recover_epochs >= 0, ">= 0"),
+                  ("--recover-epochs", self.recover_epochs, 0 <= self.recover_epochs <= MAX_EPOCHS,
+                   f"in [0, {MAX_EPOCHS}]"),
                   ("--recover-samples", samples, samples is None or samples >= 2, ">= 2"),
                   ("--temperature", self.temperature, self.temperature > 0, "> 0"),
                   ("distill_weight", self.distill_weight, 0 <= self.distill_weight <= 1, "in [0, 1]"),
@@ -118,7 +120,15 @@ def prune(model: str | Path, data: str | Path | TextDataset, out: str | Path, op
         raise ModelError(f"'{model}' is not a Hugging Face model folder", f"it is a {src.kind} artifact",
                          "Pass the fine-tuned model folder (save_pretrained output) the ONNX came from")
     plan = _plan(_config(src.path), options)  # impossible cuts fail before anything is loaded
+    check_max_length(src.path, options.max_length)
     train, train_labels = labeled_data(src, load_dataset(data, split="train"))  # a TextDataset passes as it is
+    class_ids = all(isinstance(x, int) or getattr(getattr(x, "dtype", None), "kind", "") in "iu" and
+                    getattr(x, "ndim", 1) == 0 for x in train_labels)  # class ids, not per-token tags or scores
+    if class_ids and len({int(x) for x in train_labels}) < 2:
+        # importance and recovery would learn one class (finetune refuses such data too)
+        raise DataError(f"Training data '{getattr(data, 'source', data)}' has a single label",
+                        "importance and recovery need examples of more than one class",
+                        "Pass labeled rows of every class (e.g. the train split)")
     evalset = labeled_data(src, eval_data) if eval_data is not None else None
     check_output_dir(Path(out), force, inputs=(model, data, eval_data))  # fail before the slow part, not after
     started, cpu_started = time.perf_counter(), time.process_time()

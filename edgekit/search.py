@@ -49,7 +49,7 @@ from typing import Callable
 from . import progress
 from .artifact import MANIFEST, atomic_dir, check_output_dir, read_manifest, resolve, sha256_folder, write_manifest
 from .atomic import signals_held
-from .errors import BackendError, InputError
+from .errors import BackendError, InputError, first_line
 from .export import ExportOptions
 from .options import DataOptions
 from .prune import PruneOptions
@@ -302,11 +302,36 @@ def _state_key(options: SearchOptions, model, data) -> dict:
     return {"model": model_hash, **digests, "options": json.loads(json.dumps(opts))}
 
 
+def _read_state(path: Path) -> dict:
+    """search_state.json as this version writes it, or a one-line InputError (a truncated or hand-edited file was
+    a JSONDecodeError / AttributeError / KeyError traceback, or a 'best' naming no trial was taken as it was)."""
+    def bad(why: str):
+        raise InputError(f"Cannot resume the search: '{path}' is damaged", why,
+                         "Drop --resume to start the search again (the state is rewritten)")
+
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        bad(first_line(exc))
+    if not isinstance(state, dict):
+        bad("it is not a JSON object")
+    if not isinstance(state.get("candidates"), list) or not all(isinstance(c, dict) for c in state["candidates"]):
+        bad("'candidates' is not a list of candidates")
+    trials = state.get("trials")
+    if not isinstance(trials, dict) or not all(isinstance(t, dict) for t in trials.values()):
+        bad("'trials' is not a mapping of trial records")
+    if state.get("best") is not None and state["best"] not in trials:
+        bad(f"'best' names {state['best']!r}, which is not one of its trials")
+    if not isinstance(state.get("elapsed_s", 0.0), int | float):
+        bad("'elapsed_s' is not a number")
+    return state
+
+
 def _initial_state(out: Path, options: SearchOptions, model, data, resume: bool) -> dict:
     key = _state_key(options, model, data)
     state_file = out / STATE_NAME
     if resume and state_file.is_file():
-        state = json.loads(state_file.read_text())
+        state = _read_state(state_file)
         if state.get("schema") != STATE_SCHEMA or state.get("key") != key:
             old = state.get("key") or {}
             diff = sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k) and k != "options")

@@ -243,3 +243,27 @@ def test_numbers_and_mismatches_are_refused_before_any_work(tiny_model, tiny_onn
     result = run(*args)
     assert_one_line_error(result)
     assert expected in result.stderr and not out.exists(), result.stderr
+
+
+@pytest.mark.parametrize("command,flag,value,expected", [
+    ("finetune", "--epochs", "inf", "Invalid --epochs inf"),       # an OverflowError traceback in the Trainer
+    ("finetune", "--epochs", "1e300", "Invalid --epochs 1e+300"),  # ran silently until killed
+    ("finetune", "--max-length", "100000", "longer than the model's"),  # a RuntimeError traceback mid-training
+    ("prune", "--recover-epochs", "inf", "Invalid --recover-epochs inf"),
+    ("prune", "--max-length", "100000", "longer than the model's"),
+])
+def test_training_budgets_are_checked_before_training(tiny_model, tiny_data, tmp_path, command, flag, value, expected):
+    out = tmp_path / "out"
+    extra = ["--ffn", "0.5"] if command == "prune" else []
+    result = run(command, tiny_model, "--data", tiny_data, "--out", out, *extra, flag, value)
+    assert_one_line_error(result)
+    assert expected in result.stderr and not out.exists(), result.stderr
+
+
+def test_prune_refuses_single_class_data(tiny_model, tmp_path):
+    """It pruned and recovered on one class, exit 0 (finetune already refused such data)."""
+    one = tmp_path / "one.tsv"
+    one.write_text("label\tsentence\n" + "".join(f"1\tgood film number {i}\n" for i in range(8)))
+    result = run("prune", tiny_model, "--data", one, "--out", tmp_path / "out", "--ffn", "0.5")
+    assert_one_line_error(result)
+    assert "has a single label" in result.stderr and not (tmp_path / "out").exists()

@@ -115,3 +115,20 @@ def test_optimize_flags_narrow_the_space():
     assert len(ids) == 2 * (1 + 2 * 2 * 2) and all("dynamic" not in i for i in ids)
     with pytest.warns(UserWarning, match="--batch-size"):
         SearchOptions.from_optimize(OptimizeOptions(bench=BenchOptions(batch_size=8)), {"bench.batch_size"})
+
+
+@pytest.mark.parametrize("text,why", [
+    ('{"schema": ', "Expecting value"), ("[]", "not a JSON object"),
+    ('{"candidates": [], "trials": "x"}', "'trials' is not a mapping"),
+    ('{"trials": {}}', "'candidates' is not a list"),
+    ('{"candidates": [], "trials": {"fp32": {}}, "best": "nope"}', "'best' names 'nope'"),
+])
+def test_a_damaged_search_state_is_one_line(tmp_path, text, why):
+    """Each was a traceback on --resume (JSONDecodeError, AttributeError, KeyError) or, for best, taken as it was."""
+    from edgekit.search import _read_state
+
+    state = tmp_path / "search_state.json"
+    state.write_text(text)
+    with pytest.raises(InputError, match="Cannot resume the search") as err:
+        _read_state(state)
+    assert why in str(err.value) and "Drop --resume" in str(err.value)
