@@ -133,7 +133,7 @@ class OptimizeOptions:
                                  "Pass --calibration-data (or --validation-data) with labeled training rows")
         self.bench.validate()
         if self.pruning:
-            self.prune.validate()
+            self.prune.validate("--prune-")
             if not self.data.prune_data:
                 raise InputError("Pruning needs training data",
                                  "importance scores and recovery must not use the gate data",

@@ -121,6 +121,10 @@ def optimize(model: str | Path, data: str | Path, out: str | Path, options: Opti
         if src.kind != "hf":
             raise ModelError(f"'{model}' is not a Hugging Face model folder", f"it is a {src.kind} artifact",
                              "Pass the fine-tuned model folder (save_pretrained output)")
+        if options.pruning:  # an impossible cut (every block, every neuron) fails here, not minutes in
+            from .prune import check_plan
+
+            check_plan(src.path, options.prune, "--prune-")
         rows = load_run_data(src, data, options)
     stages, started = _Stages(), time.perf_counter()
     with atomic_dir(out, force, inputs=(model, src.path, data)) as tmp, work_folder(tmp) as work:

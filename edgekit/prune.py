@@ -73,23 +73,26 @@ class PruneOptions:
     seed: int = opt(0, help="Seed of the subsets and the shuffle order.")
     threads: int | None = opt(None, help="CPU threads for torch (default: all cores).")
 
-    def validate(self) -> None:
-        for flag, value in (("--heads", self.heads), ("--ffn", self.ffn)):
+    def validate(self, prefix: str = "--") -> None:
+        """``prefix``: how the flags are spelled where the options came from (``--prune-`` in optimize)."""
+        for flag, value in ((f"{prefix}heads", self.heads), (f"{prefix}ffn", self.ffn)):
             if not 0 <= value < 1:
                 raise InputError(f"Invalid {flag} {value}", "it is the share of units removed, in [0, 1)",
                                  f"Pass e.g. {flag} 0.5 to remove half")
         samples = self.recover_samples
-        checks = [("--layers", self.layers, self.layers >= 0 and self.layers == int(self.layers), "a whole number >= 0"),
-                  ("--importance", self.importance, self.importance in IMPORTANCE, f"one of {', '.join(IMPORTANCE)}"),
-                  ("--importance-samples", self.importance_samples, self.importance_samples >= 1, ">= 1"),
-                  ("--recover-epochs", self.recover_epochs, 0 <= self.recover_epochs <= MAX_EPOCHS,
+        checks = [(f"{prefix}layers", self.layers, self.layers >= 0 and self.layers == int(self.layers),
+                   "a whole number >= 0"),
+                  (f"{prefix}importance", self.importance, self.importance in IMPORTANCE,
+                   f"one of {', '.join(IMPORTANCE)}"),
+                  (f"{prefix}importance-samples", self.importance_samples, self.importance_samples >= 1, ">= 1"),
+                  (f"{prefix}recover-epochs", self.recover_epochs, 0 <= self.recover_epochs <= MAX_EPOCHS,
                    f"in [0, {MAX_EPOCHS}]"),
-                  ("--recover-samples", samples, samples is None or samples >= 2, ">= 2"),
-                  ("--temperature", self.temperature, self.temperature > 0, "> 0"),
+                  (f"{prefix}recover-samples", samples, samples is None or samples >= 2, ">= 2"),
+                  (f"{prefix}temperature", self.temperature, self.temperature > 0, "> 0"),
                   ("distill_weight", self.distill_weight, 0 <= self.distill_weight <= 1, "in [0, 1]"),
-                  ("--lr", self.lr, 0 < self.lr < 1, "in (0, 1)"),
-                  ("--batch-size", self.batch_size, self.batch_size >= 1, ">= 1"),
-                  ("--max-length", self.max_length, self.max_length >= 4, ">= 4")]
+                  (f"{prefix}lr", self.lr, 0 < self.lr < 1, "in (0, 1)"),
+                  (f"{prefix}batch-size", self.batch_size, self.batch_size >= 1, ">= 1"),
+                  (f"{prefix}max-length", self.max_length, self.max_length >= 4, ">= 4")]
         refuse_invalid(checks)
         parse_sparsity(self.sparsity)
 
@@ -104,7 +107,7 @@ class PruneOptions:
 
 
 def prune(model: str | Path, data: str | Path | TextDataset, out: str | Path, options: PruneOptions | None = None,
-          eval_data: str | Path | TextDataset | None = None, force: bool = False) -> dict:
+          eval_data: str | Path | TextDataset | None = None, force: bool = False, prefix: str = "--") -> dict:
     """Prune ``model`` (an HF classifier folder) with importance from labeled ``data``; write the HF folder ``out``.
 
     ``eval_data=None`` skips evaluation (accuracies are then None). Returns
@@ -112,15 +115,14 @@ def prune(model: str | Path, data: str | Path | TextDataset, out: str | Path, op
     is written to ``out`` unless every step succeeds.
     """
     options = options or PruneOptions()
-    options.validate()
+    options.validate(prefix)
     from .hf import fetch
 
     src = resolve(fetch(model))
     if src.kind != "hf":
         raise ModelError(f"'{model}' is not a Hugging Face model folder", f"it is a {src.kind} artifact",
                          "Pass the fine-tuned model folder (save_pretrained output) the ONNX came from")
-    plan = _plan(_config(src.path), options)  # impossible cuts fail before anything is loaded
-    check_max_length(src.path, options.max_length)
+    plan = check_plan(src.path, options, prefix)  # impossible cuts fail before anything is loaded
     train, train_labels = labeled_data(src, load_dataset(data, split="train"))  # a TextDataset passes as it is
     class_ids = all(isinstance(x, int) or getattr(getattr(x, "dtype", None), "kind", "") in "iu" and
                     getattr(x, "ndim", 1) == 0 for x in train_labels)  # class ids, not per-token tags or scores
@@ -188,27 +190,35 @@ def _load(folder: Path, options: PruneOptions):
     return model, tokenizer
 
 
-def _plan(config, options: PruneOptions) -> dict:
+def check_plan(folder: Path, options: PruneOptions, prefix: str = "--") -> dict:
+    """The cut for the model in ``folder`` (see :func:`_plan`), or a one-line InputError naming the flag as spelled
+    where the options came from; also the token budget against the model's positions."""
+    plan = _plan(_config(folder), options, prefix)
+    check_max_length(folder, options.max_length, f"{prefix}max-length")
+    return plan
+
+
+def _plan(config, options: PruneOptions, prefix: str = "--") -> dict:
     """How many units go: {"ffn_keep": neurons kept per layer, "layers_drop": blocks removed}."""
     from .prune_structured import HEADS_NOT_EXPRESSIBLE, layout_of
 
     layout_of(config)  # unsupported model type -> one-line error
     heads = int(config.num_attention_heads)
     if round(options.heads * heads) >= heads:
-        raise InputError(f"--heads {options.heads} would remove all {heads} heads of every layer", None,
-                         "Pass a smaller --heads share")
+        raise InputError(f"{prefix}heads {options.heads} would remove all {heads} heads of every layer", None,
+                         f"Pass a smaller {prefix}heads share")
     if options.heads > 0:
         raise InputError(f"Attention heads cannot be pruned from a '{config.model_type}' model",
-                         HEADS_NOT_EXPRESSIBLE, "Use --ffn and --layers (whole blocks), or --sparsity for GPUs")
+                         HEADS_NOT_EXPRESSIBLE, f"Use {prefix}ffn and {prefix}layers (whole blocks), or {prefix}sparsity for GPUs")
     if options.layers >= config.num_hidden_layers:
-        raise InputError(f"--layers {options.layers} would remove every block: the model has "
-                         f"{config.num_hidden_layers}", None, f"Pass --layers below {config.num_hidden_layers}")
+        raise InputError(f"{prefix}layers {options.layers} would remove every block: the model has "
+                         f"{config.num_hidden_layers}", None, f"Pass {prefix}layers below {config.num_hidden_layers}")
     size = int(config.intermediate_size)
     keep = size - round(options.ffn * size)
     if options.ffn > 0 and size >= 64:
         keep = max(8, int(round(keep / 8)) * 8)  # multiples of 8 suit int8 GEMM kernels and 2:4 groups
     if keep < 1:
-        raise InputError(f"--ffn {options.ffn} would remove all {size} FFN neurons", None, "Pass a smaller --ffn")
+        raise InputError(f"{prefix}ffn {options.ffn} would remove all {size} FFN neurons", None, f"Pass a smaller {prefix}ffn")
     return {"ffn_keep": keep, "layers_drop": int(options.layers)}
 
 
@@ -356,7 +366,7 @@ def prune_stage(src, gate: TextDataset, train: TextDataset, scratch: Path, optio
     """
     from .bench import bench
 
-    m = prune(src.path, train, scratch, options, eval_data=gate)
+    m = prune(src.path, train, scratch, options, eval_data=gate, prefix="--prune-")
     pruned = resolve(scratch)
     timing = bench(pruned, gate, bench_options)
     row.update(accuracy=m["accuracy"], original_accuracy=m["original_accuracy"], pruned_accuracy=m["pruned_accuracy"],

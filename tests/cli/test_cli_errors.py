@@ -267,3 +267,15 @@ def test_prune_refuses_single_class_data(tiny_model, tmp_path):
     result = run("prune", tiny_model, "--data", one, "--out", tmp_path / "out", "--ffn", "0.5")
     assert_one_line_error(result)
     assert "has a single label" in result.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args,expected", [(["--prune-ffn", "1.5"], "Invalid --prune-ffn 1.5"),
+                                           (["--prune-layers", "2"], "--prune-layers 2 would remove every block")])
+def test_optimize_names_its_own_prune_flags_before_any_step(tiny_model, tiny_data, tmp_path, args, expected):
+    """The errors named prune's --ffn / --layers, flags optimize does not have; the layers one came after the
+    export had started."""
+    result = run("optimize", tiny_model, "--data", tiny_data, "--prune-data", tiny_data, "--out", tmp_path / "out",
+                 *args)
+    lines = result.stderr.strip().splitlines()  # a "[edgekit] load ..." stage line may come first (a slow load)
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "export" not in result.stderr
+    assert lines[-1].startswith("Error: ") and expected in lines[-1] and not (tmp_path / "out").exists()
