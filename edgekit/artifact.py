@@ -199,7 +199,7 @@ def check_output_dir(out: Path, force: bool = False, inputs: tuple = (), kind: s
         if target == source or target in source.parents:
             raise InputError(f"Output '{out}' would replace the input '{given}'",
                              "the result replaces --out as a whole, and the input "
-                             f"{'is that folder' if target == source else 'lies inside it'}",
+                             f"{'is that path' if target == source else 'lies inside it'}",
                              "Choose an --out outside the input")
     if out.exists() and not out.is_dir():
         raise InputError(f"Output '{out}' is a file", "an output directory is needed",
