@@ -92,7 +92,11 @@ def build(onnx: str | Path, out: str | Path, options: BuildOptions | None = None
     engine = engine_path(out)
     if engine.exists() and not force:
         raise InputError(f"Engine '{engine}' already exists", "refusing to overwrite it", "Pass --force to replace it")
-    _check_engine_folder(engine.parent, src.parent, force)
+    foreign = _foreign_folder(engine.parent, src.parent)
+    if foreign and not force:
+        raise InputError(f"Output '{engine.parent}' is a non-empty folder that edgekit did not write",
+                         "the engine's tokenizer and config would sit beside files that are not its own",
+                         "Choose another --out or pass --force")
     trt = require(MODULES[options.backend])
     targets = compute_capabilities(trt, options)
     gpus = _preflight(trt, options)
@@ -107,23 +111,20 @@ def build(onnx: str | Path, out: str | Path, options: BuildOptions | None = None
                             "built_from": str(outputs.final(built_from)), "conversion": conversion})
         record["build_seconds"] = round(time.perf_counter() - started, 2)
         sidecar = outputs.write_sidecar(record, options=asdict(options))
-    _copy_runtime_files(src.parent, engine.parent, replace=force)
+    _copy_runtime_files(src.parent, engine.parent, replace=foreign)  # --force into a foreign folder: ours win
     return Artifact(engine, "engine", engine, sidecar)
 
 
-def _check_engine_folder(folder: Path, source: Path, force: bool) -> None:
-    """Refuse (unless ``force``) an engine folder that holds files edgekit did not write: the engine's tokenizer
-    and config would sit beside someone else's (an existing config.json was kept, the wrong one for the engine).
-    The source ONNX's own folder (an engine beside its ONNX) and a folder of earlier builds are fine."""
-    if force or not folder.is_dir() or folder.resolve() == source.resolve():
-        return
+def _foreign_folder(folder: Path, source: Path) -> bool:
+    """True when the engine's folder holds files edgekit did not write: the engine's tokenizer and config would sit
+    beside someone else's (an existing config.json was kept, the wrong one for the engine). The source ONNX's own
+    folder (an engine beside its ONNX) and a folder of earlier builds or an edgekit artifact are not."""
+    if not folder.is_dir() or folder.resolve() == source.resolve():
+        return False
     names = [p for p in folder.iterdir() if not p.name.startswith(".")]
     owned = (folder / MANIFEST).is_file() or any(sidecar_path(p).is_file() for p in names
                                                   if p.suffix in ENGINE_SUFFIXES)
-    if names and not owned:
-        raise InputError(f"Output '{folder}' is a non-empty folder that edgekit did not write",
-                         "the engine's tokenizer and config would sit beside files that are not its own",
-                         "Choose another --out or pass --force")
+    return bool(names) and not owned
 
 
 def engine_path(out: str | Path) -> Path:
