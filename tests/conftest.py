@@ -18,6 +18,26 @@ WORDS = ("good great fun funny gripping moving superb film movie plot acting bad
          "not very a an the is was it this that and but of to with long string never lets up ending").split()
 
 
+_SCRATCH: dict[str, str] = {}
+
+
+def pytest_configure(config):
+    """torch's compile cache (made in $TMPDIR when torch._dynamo is imported, which in-process exports do) and a
+    local Ray cluster's session logs (/tmp/ray) go in one scratch folder that is removed when the run ends: the
+    suite leaves nothing in $TMPDIR. Values the caller set are kept."""
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="edgekit-tests-")
+    _SCRATCH["path"] = scratch
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(scratch, "torchinductor"))
+    os.environ.setdefault("RAY_TMPDIR", scratch)
+
+
+def pytest_unconfigure(config):
+    if "path" in _SCRATCH:
+        shutil.rmtree(_SCRATCH.pop("path"), ignore_errors=True)
+
+
 def _have(module: str) -> bool:
     import importlib.util
 
