@@ -470,14 +470,10 @@ optimize_cmd.argument_help = {"model": "The fine-tuned Hugging Face model folder
 
 def _is_causal_lm(model) -> bool:
     """A .gguf file, or an HF folder whose architecture is a causal LM (``*ForCausalLM``, ``*LMHeadModel``)."""
+    from .tasks import causal_lm_architectures
+
     path = Path(str(model))
-    if path.suffix == ".gguf":
-        return True
-    try:
-        archs = json.loads((path / "config.json").read_text(encoding="utf-8")).get("architectures") or []
-    except (OSError, ValueError, AttributeError):
-        return False
-    return any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    return path.suffix == ".gguf" or bool(causal_lm_architectures(path))
 
 
 #: optimize's options that reach a causal LM's pipeline (edgekit.llm); given any other, optimize refuses it

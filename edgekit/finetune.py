@@ -27,8 +27,9 @@ from .artifact import atomic_dir, check_output_dir, resolve, sha256_folder, writ
 from .atomic import work_folder
 from .data import TextDataset, encode_labels, label_names, load_dataset
 from .deps import require
-from .errors import DataError, InputError, ModelError, first_line, refuse_invalid
+from .errors import DataError, ModelError, first_line, refuse_invalid
 from .runtime.session import max_threads
+from .runtime.tokenizer import check_max_length
 
 PKG_PREFIX = "pkg:"
 EVAL_RESULTS = "eval_results.json"
@@ -145,19 +146,6 @@ def package_model_dir(package: str) -> Path:
 
 #: more passes over the data than this is a typo (1e300 ran silently for ever), not a training plan
 MAX_EPOCHS = 1000
-
-
-def check_max_length(folder: Path, max_length: int, flag: str = "--max-length") -> None:
-    """Refuse a token budget longer than the model's position table (rows that long failed deep in the model's
-    forward pass with a RuntimeError traceback, after loading everything)."""
-    from .runtime.tokenizer import read_config
-
-    config = read_config(folder)
-    limit = next((config[k] for k in ("max_position_embeddings", "n_positions", "n_ctx")
-                  if isinstance(config.get(k), int) and config[k] > 0), None)
-    if limit and max_length > limit:
-        raise InputError(f"{flag} {max_length} is longer than the model's {limit} positions",
-                         "rows that long cannot go through it", f"Pass {flag} {limit} or less")
 
 
 def _check_options(o: FinetuneOptions) -> None:

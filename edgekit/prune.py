@@ -41,7 +41,8 @@ from .check import labeled_data
 from .data import TextDataset, load_dataset
 from .deps import require
 from .errors import DataError, InputError, ModelError, first_line, refuse_invalid
-from .finetune import MAX_EPOCHS, check_max_length
+from .finetune import MAX_EPOCHS
+from .runtime.tokenizer import check_max_length
 from .schema import opt
 from .sparsity import KeepMasks, apply_masks, parse_sparsity, sparsity_masks, sparsity_report
 

@@ -87,6 +87,21 @@ TASKS: dict[str, Task] = {
     "question-answering": Task("question-answering", ("start_logits", "end_logits"), _TOK * 2),
 }
 
+#: architecture name suffixes of causal language models (served by edgekit.llm, not a TASKS entry)
+CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
+def causal_lm_architectures(folder: str | Path) -> list[str]:
+    """The causal-LM architectures config.json names (``*ForCausalLM``, ``*LMHeadModel``); [] for anything else,
+    an unreadable config included."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    archs = config.get("architectures") if isinstance(config, dict) else None
+    return [str(a) for a in archs if str(a).endswith(CAUSAL_LM_SUFFIXES)] if isinstance(archs, list) else []
+
+
 #: architecture name suffix -> task, for folders without a manifest (no transformers import needed)
 ARCHITECTURE_SUFFIXES = {"ForSequenceClassification": "text-classification",
                          "ForTokenClassification": "token-classification",

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
+from ..tasks import causal_lm_architectures
 
 ENCODER_ONLY_FLAGS = ("int8_base", "timing_cache", "data", "min_seq", "allow_fallback")
 
@@ -30,12 +31,7 @@ def is_lm_input(model) -> bool:
             return True
     except (OSError, ValueError, AttributeError):
         pass
-    try:
-        archs = json.loads((path / "config.json").read_text()).get("architectures") or []
-    except (OSError, ValueError, AttributeError):
-        return False
-    return not (path / "model.onnx").is_file() and any(str(a).endswith(("ForCausalLM", "LMHeadModel"))
-                                                       for a in archs)
+    return not (path / "model.onnx").is_file() and bool(causal_lm_architectures(path))
 
 
 def build(model, out, ccs: list[str], flags: dict, explicit: set[str], force: bool, as_json: bool) -> dict:

@@ -20,12 +20,12 @@ from ..artifact import atomic_dir, read_manifest, sha256_file, write_manifest
 from ..cache import StepCache
 from ..deps import require
 from ..errors import InputError, ModelError
+from ..tasks import CAUSAL_LM_SUFFIXES
 from .builder import require_llm
 
 PKG_PREFIX = "pkg:"
 GGUF_MAGIC = b"GGUF"
 #: architectures whose class name says "causal LM" (GPT2LMHeadModel and friends use the LMHeadModel suffix)
-CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 #: bump when _convert changes what it writes
 IMPORT_FORMAT = "1"
 
@@ -95,7 +95,7 @@ def check_causal_lm(folder: Path) -> dict:
         raise ModelError(f"'{folder}' is an encoder-decoder model ({', '.join(archs) or config.get('model_type')})",
                          "--task text-generation exports decoder-only causal language models",
                          "Pass a decoder-only model such as Llama, Qwen2 or GPT-2")
-    if archs and not any(a.endswith(CAUSAL_SUFFIXES) for a in archs):
+    if archs and not any(a.endswith(CAUSAL_LM_SUFFIXES) for a in archs):
         raise ModelError(f"'{folder}' is not a causal language model", f"its architecture is {', '.join(archs)}",
                          "Use --task text-generation only with a *ForCausalLM model; export encoders without it")
     return config

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import InputError, ModelError, first_line
 from .generate_engines import ENGINES, Engine, GenaiEngine, OrtLoopEngine, SamplingOptions
+from .tokenizer import check_unicode
 
 DEFAULT_ENGINE = "genai"  # chosen by measurement: bench/llm.md (decode tok/s, TTFT, both engines interleaved)
 ONNX_NAME = "model.onnx"
@@ -134,12 +135,7 @@ class TextGenerator:
         else:
             raise InputError("Prompt not understood", f"got {type(prompt).__name__}",
                              "Pass a string, a list of strings, or a list of {'role', 'content'} messages")
-        if not text.isascii():
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as exc:  # a lone surrogate: the tokenizer's TypeError says nothing useful
-                raise InputError("Prompt is not valid Unicode", f"{exc.reason} at character {exc.start}",
-                                 "Decode the input with errors='replace', or drop the lone surrogate") from None
+        check_unicode(text, "Prompt")
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
         if not ids:
             raise InputError("Empty prompt", "it tokenizes to no tokens", "Pass a non-empty prompt")

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import InputError, ModelError
 from .session import OrtSession, Session
-from .tokenizer import TextEncoder, _read_json, model_max_length, read_config
+from .tokenizer import TextEncoder, _read_json, check_unicode, model_max_length, read_config
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "tensorrt-rtx")
 ENGINE_BACKENDS = ("tensorrt", "tensorrt-rtx")
@@ -181,9 +181,11 @@ def load(artifact: str | Path, backend: str = "auto", threads: int | None = None
     if is_generation_folder(folder):  # a causal LM: TextGenerator (generate, stream) on its own engines
         _refuse_failed(folder, allow_failed)
         return load_generator(folder, engine="auto", threads=threads)
-    archs = read_config(folder).get("architectures")
-    if isinstance(archs, list) and any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
-        raise ModelError(f"'{folder}' holds a causal LM ({', '.join(map(str, archs))}) but no manifest.json or "
+    from ..tasks import causal_lm_architectures  # noqa: PLC0415  (pure Python: no torch)
+
+    causal = causal_lm_architectures(folder)
+    if causal:
+        raise ModelError(f"'{folder}' holds a causal LM ({', '.join(causal)}) but no manifest.json or "
                          "genai_config.json", "nothing says which text-generation artifact it is",
                          "Pass the folder edgekit export-lm / optimize-lm wrote, with its manifest.json")
     backend = resolve_backend(folder, backend)
@@ -241,13 +243,11 @@ def _labels(folder: Path, session: Session, task: str) -> dict[int, str]:
         raise ModelError(f"config.json in '{folder}' has a malformed id2label",
                          f"expected label ids 0..N-1 mapped to names, got {json.dumps(raw)[:80]}",
                          "Copy config.json from the model the artifact was made from")
-    shapes = getattr(session, "output_shapes", None) or []
+    shapes = getattr(session, "output_shapes", None) or []  # an engine session has none
     width = shapes[0][-1] if shapes and shapes[0] and isinstance(shapes[0][-1], int) else None
-    if task not in ("text-classification", "token-classification") or width is None:
-        return labels or ({i: f"LABEL_{i}" for i in range(width)} if width else labels)
-    if not labels:
+    if not labels and width:
         return {i: f"LABEL_{i}" for i in range(width)}
-    if len(labels) != width:
+    if width and task in ("text-classification", "token-classification") and len(labels) != width:
         raise ModelError(f"config.json in '{folder}' names {len(labels)} labels but the model scores {width}",
                          "its id2label does not belong to this model.onnx",
                          "Copy config.json from the model the artifact was made from")
@@ -341,11 +341,6 @@ def check_texts(texts) -> list[str]:
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise TypeError(f"predict() takes strings only: item {i} is {type(t).__name__}")
-        if not t.isascii():
-            try:
-                t.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise InputError(f"Text {i} is not valid Unicode", f"{exc.reason} at character {exc.start}",
-                                 "Decode the input with errors='replace', or drop the lone surrogate") from None
+        check_unicode(t, f"Text {i}")
     return list(texts)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelError, first_line
+from ..errors import InputError, ModelError, first_line
 
 DEFAULT_MAX_LENGTH = 512
 
@@ -102,11 +102,36 @@ def model_max_length(folder: Path) -> int:
     tok_max = _read_json(folder / "tokenizer_config.json").get("model_max_length")
     if isinstance(tok_max, (int, float)) and 0 < tok_max < 1_000_000:
         limits.append(int(tok_max))
-    config = _read_json(folder / "config.json")
-    for key in ("max_position_embeddings", "n_positions"):  # BERT-likes, GPT-2
-        if isinstance(config.get(key), int) and config[key] > 0:
-            limits.append(config[key])
+    limits += positions(_read_json(folder / "config.json"))
     return min(limits)
+
+
+def positions(config: dict) -> list[int]:
+    """The sizes a model config gives its position table (BERT-likes; GPT-2's n_positions and n_ctx); [] when it
+    names none."""
+    return [config[k] for k in ("max_position_embeddings", "n_positions", "n_ctx")
+            if isinstance(config.get(k), int) and not isinstance(config[k], bool) and config[k] > 0]
+
+
+def check_max_length(folder: Path, max_length: int, flag: str = "--max-length") -> None:
+    """Refuse a token budget longer than the model's position table (rows that long failed deep in the model's
+    forward pass with a RuntimeError traceback, after loading everything)."""
+    table = positions(read_config(folder))
+    if table and max_length > min(table):
+        raise InputError(f"{flag} {max_length} is longer than the model's {min(table)} positions",
+                         "rows that long cannot go through it", f"Pass {flag} {min(table)} or less")
+
+
+def check_unicode(text: str, what: str) -> None:
+    """An InputError for a string that is not valid Unicode (a lone surrogate), which the tokenizer refuses with a
+    TypeError that names nothing useful."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"{what} is not valid Unicode", f"{exc.reason} at character {exc.start}",
+                         "Decode the input with errors='replace', or drop the lone surrogate") from None
 
 
 def _read_json(path: Path) -> dict:
