@@ -12,7 +12,10 @@ The fp32 model and the data travel to the workers as bytes
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -132,12 +135,18 @@ def _ray(address: str, num_cpus: int | None):
     _Remembered.terminated = False
     main = threading.current_thread() is threading.main_thread()
     sigterm = signal.getsignal(signal.SIGTERM) if main else None
+    scratch = _ray_scratch() if address == "local" else None
     try:
         if address == "local":
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
+            where = {"_temp_dir": scratch} if scratch else {}
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet, **where)
         else:
             ray.init(address=address, **quiet)
-    except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError... for an unusable address
+    except BaseException as exc:  # Ray raises ConnectionError, RuntimeError, ValueError... for an unusable address
+        ray.shutdown()  # whatever a half-done start left running
+        _remove(scratch)
+        if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM
+            raise
         raise BackendError(f"Cannot connect to Ray at '{address}'", first_line(exc),
                            "Pass the head node's address (ray start --head prints it), or 'local'") from None
     finally:
@@ -152,8 +161,25 @@ def _ray(address: str, num_cpus: int | None):
         raise
     finally:
         ray.shutdown()
+        _remove(scratch)
         if callable(sigterm):
             signal.signal(signal.SIGTERM, sigterm)
+
+
+def _ray_scratch() -> str | None:
+    """A folder for a local Ray cluster's session files (logs, sockets, spilled objects), removed after
+    ``ray.shutdown()``; without one Ray keeps every session in /tmp/ray for good. None where the caller chose
+    the place with RAY_TMPDIR. Ray's socket paths must stay under the OS limit (~107 bytes) with ~60 bytes of
+    session path added, so a long $TMPDIR gives way to /tmp."""
+    if os.environ.get("RAY_TMPDIR"):
+        return None
+    base = tempfile.gettempdir()
+    return tempfile.mkdtemp(prefix="edgekit-ray-", dir=base if len(base) <= 40 else "/tmp")
+
+
+def _remove(folder: str | None) -> None:
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class _Remembered:

@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 
 import pytest
 
@@ -31,9 +32,20 @@ def _options(**engine) -> SearchOptions:
                          latency_iterations=20, latency_seconds=0.2, latency_tolerance=10.0, **engine)
 
 
-def test_ray_cluster_gives_the_local_winner(tiny_onnx, tiny_data, tmp_path):
+def _ray_sessions() -> set[str]:
+    return set(os.listdir("/tmp/ray")) if os.path.isdir("/tmp/ray") else set()
+
+
+def test_ray_cluster_gives_the_local_winner(tiny_onnx, tiny_data, tmp_path, monkeypatch):
+    """...and leaves no session files behind: without RAY_TMPDIR, Ray would keep each one in /tmp/ray."""
     local = search(tiny_onnx, tiny_data, tmp_path / "local", _options())
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.delenv("RAY_TMPDIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    before = _ray_sessions()
     on_ray = search(tiny_onnx, tiny_data, tmp_path / "ray", _options(ray_address="local", ray_num_cpus=2))
+    assert list(temp.iterdir()) == [] and _ray_sessions() == before
     assert on_ray["search"]["engine"] == "ray (local)" and local["search"]["engine"] == "local"
     assert [t["id"] for t in on_ray["search"]["trials"]] == [t["id"] for t in local["search"]["trials"]]
     assert len(local["search"]["trials"]) == 5 and on_ray["search"]["stopped"] == local["search"]["stopped"] == "all candidates run"
