@@ -9,7 +9,7 @@ Install only the runtime (no torch, no transformers), optimize a model once, the
 
 Endpoints: ``POST /classify`` with ``{"texts": [str, ...]}`` -> a JSON list in the transformers
 ``pipeline`` format; ``GET /health`` -> ``{"status": "ok", ...}``. A bad request gets HTTP 400 (413 when
-too large) and ``{"error": "<one line>"}``. ``--port 0`` picks a free port; the first line on stdout says
+too large; 404 for another path, 405 for another method) and ``{"error": "<one line>"}``. ``--port 0`` picks a free port; the first line on stdout says
 which. ``--max-wait-ms`` > 0 merges concurrent requests into shared batches (DynamicBatcher). SIGTERM or
 Ctrl-C stops the server cleanly (exit 0).
 
@@ -135,6 +135,17 @@ class Handler(BaseHTTPRequestHandler):
                              "split the request", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
         return texts
 
+    def _method_not_allowed(self) -> None:
+        self.send_error(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not served: use GET /health or "
+                                                       "POST /classify")
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _method_not_allowed  # noqa: N815
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a malformed request line, an unknown method, headers over its limits) as
+        ``{"error": ...}`` like every other answer, not its HTML page; the connection closes after them."""
+        _send_json_error(self, code, message)
+
     def _send(self, status: HTTPStatus, payload) -> None:
         body = (json.dumps(payload) + "\n").encode("utf-8")
         self.send_response(status)
@@ -148,6 +159,23 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args) -> None:  # noqa: A002  (the base class's signature)
         if self.server.access_log:
             super().log_message(format, *args)
+
+
+def _send_json_error(handler: BaseHTTPRequestHandler, code: int, message: str | None) -> None:
+    """Answer ``code`` with ``{"error": message}`` and close the connection (what follows is not read)."""
+    status = HTTPStatus(code)
+    handler.close_connection = True
+    handler.log_error("code %d, message %s", code, message)
+    body = (json.dumps({"error": message or status.phrase}) + "\n").encode("utf-8")
+    handler.send_response(code)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    if code == HTTPStatus.METHOD_NOT_ALLOWED:
+        handler.send_header("Allow", "GET, POST")
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    if handler.command != "HEAD":
+        handler.wfile.write(body)
 
 
 def _json_type(value) -> str:

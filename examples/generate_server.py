@@ -12,7 +12,8 @@ Endpoints: ``POST /generate`` with ``{"prompt": str}`` or ``{"messages": [...]}`
 true). Streamed: server-sent events (``text/event-stream``) over chunked transfer encoding, one
 ``data: {"text": piece}`` event per piece and a final ``data: {"done": true, "text": full}``; ``stream: false``
 returns one JSON object ``{"text": ...}``. ``GET /health`` -> ``{"status": "ok", ...}``. Bad requests: HTTP 400
-(413 when too large) with ``{"error": "<one line>"}``. HTTP/1.1 keep-alive. One generation at a time (a lock);
+(413 when too large; 404 for another path, 405 for another method; 500 when the runtime fails) with
+``{"error": "<one line>"}``. HTTP/1.1 keep-alive. One generation at a time (a lock);
 ``--port 0`` picks a free port and the first stdout line says which.
 """
 
@@ -26,7 +27,7 @@ import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, InputError
 from edgekit.runtime.generate import TextGenerator, load_generator
 
 OPTIONS = {"max_new_tokens": int, "temperature": float, "top_p": float, "top_k": int, "seed": int, "chat": bool}
@@ -117,10 +118,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         if self.path != "/generate":
+            self.close_connection = True  # its body is left unread: it must not be read as the next request
             return self._json({"error": f"No such endpoint: POST {self.path}"}, HTTPStatus.NOT_FOUND)
         try:
-            raw = self.headers.get("Content-Length") or "0"
-            if not (raw.isascii() and raw.isdigit()):  # "abc", "-1" (read until the client closes), "²"
+            raw = self.headers.get("Content-Length")
+            if raw is None or not (raw.isascii() and raw.isdigit()):  # chunked, "abc", "-1", "²"
                 self.close_connection = True  # the body's end is unknown: it must not be read as a request
                 raise BadRequest("Missing or invalid Content-Length header: send the JSON body with its length")
             length = int(raw)
@@ -138,8 +140,32 @@ class Handler(BaseHTTPRequestHandler):
                 self._stream([first], pieces)
         except BadRequest as exc:
             self._json({"error": str(exc)}, exc.status)
-        except EdgekitError as exc:
+        except InputError as exc:  # the prompt: empty, too long, not valid Unicode...
             self._json({"error": exc.message}, HTTPStatus.BAD_REQUEST)
+        except EdgekitError as exc:  # the runtime failed: not the client's fault
+            self._json({"error": exc.message}, HTTPStatus.INTERNAL_SERVER_ERROR)
+
+    def _method_not_allowed(self) -> None:
+        self.send_error(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not served: use GET /health or "
+                                                       "POST /generate")
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _method_not_allowed  # noqa: N815
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a malformed request line, an unknown method, headers over its limits) as
+        ``{"error": ...}`` like every other answer, not its HTML page; the connection closes after them."""
+        status = HTTPStatus(code)
+        self.close_connection = True
+        body = json.dumps({"error": message or status.phrase}).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if code == HTTPStatus.METHOD_NOT_ALLOWED:
+            self.send_header("Allow", "GET, POST")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def _stream(self, head: list[str], rest) -> None:
         self.send_response(HTTPStatus.OK)

@@ -138,6 +138,23 @@ def test_a_malformed_length_is_a_400_and_ends_the_connection(server):
     assert server.request("GET", "/health")[0] == 200
 
 
+@pytest.mark.parametrize("request_line,status,needle", [
+    (b"PUT /classify HTTP/1.1", 405, b"PUT is not served"),
+    (b"OPTIONS /health HTTP/1.1", 405, b"OPTIONS is not served"),
+    (b"BREW /classify HTTP/1.1", 501, b"Unsupported method"),
+    (b"GET /health extra HTTP/1.1", 400, b"Bad request syntax"),
+])
+def test_other_methods_and_malformed_requests_get_json(server, request_line, status, needle):
+    """http.server answered these with its HTML error page (501 for PUT/OPTIONS)."""
+    got = _raw(server, request_line + b"\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d" % status) and b"Content-Type: application/json" in head, got
+    assert needle in json.loads(body)["error"].encode() and b"Connection: close" in head
+    assert (b"Allow: GET, POST" in head) == (status == 405)
+    got = _raw(server, b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 405") and got.endswith(b"\r\n\r\n")  # no body after a HEAD
+
+
 def test_unknown_routes_and_startup_errors(server, tmp_path):
     assert server.request("GET", "/classify")[0] == 404
     assert server.request("POST", "/predict", b"{}")[0] == 404
