@@ -8,6 +8,7 @@ report.md, report.html (plots embedded) and report.json.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -34,6 +35,20 @@ def md_cell(value, missing: str = "—") -> str:
     return "".join("\\" + ch if ch in _MD_SPECIALS else ch for ch in text)
 
 
+def md_text(value) -> str:
+    """``value`` as one line of Markdown prose (a title, a list item): the same escaping as a table cell."""
+    return md_cell(value, "")
+
+
+def md_code(value) -> str:
+    """``value`` (a path, say) as one line of inline code: fenced by more backticks than it holds, so a ` in a
+    folder name cannot end the span early."""
+    text = " ".join(str(value).split())
+    longest = max((len(m) for m in re.findall("`+", text)), default=0)
+    fence, pad = "`" * (longest + 1), " " if longest else ""  # CommonMark strips one space each side
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def threads_text(threads, cores) -> str:
     """The threads a measurement used: the number, or what "default" meant on that machine."""
     if threads is not None:
@@ -50,9 +65,9 @@ def optimize_markdown(report: dict) -> str:
     lines = [
         f"# edgekit optimize report: {verdict}",
         "",
-        f"- Model: `{report['model']}`",
-        f"- Data: `{report['data']}` ({_f(check.get('samples'), 'd', 'unknown number of')} labeled examples)",
-        f"- Target: {report['target']}; artifact: `{opt['path']}` ({opt['backend']}, {opt['precision']})",
+        f"- Model: {md_code(report['model'])}",
+        f"- Data: {md_code(report['data'])} ({_f(check.get('samples'), 'd', 'unknown number of')} labeled examples)",
+        f"- Target: {report['target']}; artifact: {md_code(opt['path'])} ({opt['backend']}, {opt['precision']})",
         f"- Gate: accuracy drop {_f(_pt(report.get('accuracy_drop')), '+.2f', 'not measured')} pt, "
         f"allowed ≤ {report['max_accuracy_drop'] * 100:.2f} pt",
         "",
@@ -73,7 +88,7 @@ def optimize_markdown(report: dict) -> str:
     lines += [
         "",
         f"- Speedup (p50): {speed:.2f}x" if speed else
-        f"- Speedup (p50): {opt.get('latency_note') or 'not measured'}",
+        f"- Speedup (p50): {md_text(opt.get('latency_note') or 'not measured')}",
         f"- Label agreement with baseline: {_f(check.get('label_agreement'), '.4f')}; "
         f"logit max |diff| {_f(check.get('logit_max_abs_diff'), '.3g')}, "
         f"mean {_f(check.get('logit_mean_abs_diff'), '.3g')}",
@@ -187,18 +202,18 @@ def build_report(runs: list[dict]) -> dict:
 
 def report_markdown(report: dict) -> str:
     """The Markdown twin of report.html (tables and warnings; the plots are in the HTML)."""
-    lines = [f"# {report['title']}", "",
+    lines = [f"# {md_text(report['title'])}", "",
              f"{len(report['runs'])} run(s); generated {report['generated']} by edgekit {report['edgekit_version']}. "
              f"Latencies in ms. CV above {report['cv_threshold']:.0%} marks a noisy run. "
              f"Speedup = p50 of the first row ({report['reference']}) / p50 of the row. Plots: report.html.", ""]
     if report["warnings"]:
-        lines += ["## Warnings", ""] + [f"- **WARNING** {w}" for w in report["warnings"]] + [""]
+        lines += ["## Warnings", ""] + [f"- **WARNING** {md_text(w)}" for w in report["warnings"]] + [""]
     lines += ["## Artifacts", "", *_md_table(report["columns"], report["table"]), ""]
     for sweep in report["sweeps"]:
-        lines += [f"## Sweep: {sweep['name']}", "", *_md_table(sweep["columns"], sweep["table"]), ""]
+        lines += [f"## Sweep: {md_text(sweep['name'])}", "", *_md_table(sweep["columns"], sweep["table"]), ""]
     lines += ["## Runs and environment", ""]
     for run in report["runs"]:
-        lines += [f"### {run['title']}", "", f"- Source: `{run['source']}`"]
+        lines += [f"### {md_text(run['title'])}", "", f"- Source: {md_code(run['source'])}"]
         lines += [f"- {line}" for line in run["environment_lines"]] + [""]
     return "\n".join(lines)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from .report import md_cell, md_code
 from .report_schema import SCHEMA
 
 EPS = 1e-9                          # accuracy differences below this are float noise
@@ -150,7 +151,7 @@ def search_markdown(report: dict) -> str:
     w = s.get("winner") or {}
     budget = f"{s['time_budget_s']:.0f} s" if s["time_budget_s"] else "unlimited"
     lines = [f"# edgekit search report: {w.get('id', 'no result yet')}", "",
-             f"- Model: `{report['model']}`; gate data: `{report['data']}`; target: {report['target']}",
+             f"- Model: {md_code(report['model'])}; gate data: {md_code(report['data'])}; target: {report['target']}",
              f"- Budget: accuracy drop <= {report['max_accuracy_drop'] * 100:.2f} pt; time {budget}; "
              f"seed {s['seed']}; engine {s['engine']}",
              f"- {s['trials_run']} of {s['candidates']} candidates run in {s['elapsed_s']:.0f} s "
@@ -179,7 +180,7 @@ def _trial_row(r: dict, winner: str | None) -> str:
     status = r["status"] if ok or r["status"] == "not run" else f"failed: {r.get('error', '')}"
     drop = _fmt(r["accuracy_drop"] * 100, "+.2f") if "accuracy_drop" in r else "—"
     budget = ("yes" if r.get("within_budget") else "no") if ok else "—"
-    cells = [f"{r['id']}{' **(winner)**' if r['id'] == winner else ''}", status, _fmt(r.get("accuracy"), ".4f"), drop,
+    cells = [f"{md_cell(r['id'])}{' **(winner)**' if r['id'] == winner else ''}", md_cell(status), _fmt(r.get("accuracy"), ".4f"), drop,
              _fmt(r.get("p50_ms"), ".2f"), _fmt(r.get("speedup_p50"), ".2f"), budget, "yes" if r.get("pareto") else "",
              str(len(r.get("fell_back") or [])) if ok else "—", _fmt(r.get("seconds"), ".0f")]
     return "| " + " | ".join(cells) + " |"
@@ -209,7 +210,7 @@ def _fallback_lines(report: dict) -> list[str]:
         return ["## Layers kept in fp32 by the winner", "", f"None: {what}."]
     out = ["## Layers kept in fp32 by the winner (per-layer fallback)", "", "| node | op | SQNR dB | why |",
            "|---|---|---|---|"]
-    out += [f"| {r['node']} | {r['op']} | {r['sqnr_db']} | {r['reason']} |" for r in rows]
+    out += [f"| {md_cell(r['node'])} | {md_cell(r['op'])} | {r['sqnr_db']} | {md_cell(r['reason'])} |" for r in rows]
     return out
 
 

@@ -70,6 +70,27 @@ def test_combined_report_markdown_well_formed(saved, tmp_path):
     assert "pytorch\\|fp32" in md and "None" not in md
 
 
+def test_names_outside_tables_are_escaped(saved, tmp_path):
+    """A folder named with a backtick ended the inline-code span around it early; a title or warning with * or _
+    turned into emphasis."""
+    assert rep.md_code("out/a") == "`out/a`" and rep.md_code("we`ird") == "`` we`ird ``"
+    assert rep.md_code("a ``b`` c") == "``` a ``b`` c ```"
+    saved["model"] = "models/my`model"
+    saved["optimized"]["path"] = "out/*fast*_v2"
+    md = rep.optimize_markdown(saved)
+    assert "- Model: `` models/my`model ``" in md and "artifact: `out/*fast*_v2`" in md
+    run = tmp_path / "run_*1*"
+    run.mkdir()
+    (run / "report.json").write_text(json.dumps(saved))
+    from edgekit.report_runs import load_runs
+
+    built = rep.build_report(load_runs([run]))
+    built["title"] = "Release *candidate* `2`"
+    built["warnings"].append("noisy run_*1*")
+    md = rep.report_markdown(built)
+    assert md.startswith("# Release \\*candidate\\* \\`2\\`\n") and "- **WARNING** noisy run\\_\\*1\\*" in md
+
+
 def test_write_html_for_run(saved, tmp_path, monkeypatch):
     pytest.importorskip("matplotlib", reason="matplotlib (edgekit[report]) draws the plots")
     (tmp_path / "report.json").write_text(json.dumps(saved))

@@ -132,3 +132,17 @@ def test_a_damaged_search_state_is_one_line(tmp_path, text, why):
     with pytest.raises(InputError, match="Cannot resume the search") as err:
         _read_state(state)
     assert why in str(err.value) and "Drop --resume" in str(err.value)
+
+
+def test_a_trial_error_with_a_pipe_keeps_the_trials_table_whole():
+    """A failed trial's error ("max |diff| ...") went into its row as it was and split the row into more cells."""
+    import re
+
+    from edgekit.search_report import _fallback_lines, _trial_row
+
+    row = _trial_row({"id": "int8-dynamic", "status": "failed", "error": "max |diff| 3.2 over atol", "accuracy_drop": 0.0,
+                      "fell_back": []}, None)
+    assert len(re.findall(r"(?<!\\)\|", row)) == 11 and "max \\|diff\\| 3.2" in row
+    lines = _fallback_lines({"winner": {"id": "w"}, "fell_back": [{"node": "a|b", "op": "MatMul", "sqnr_db": 20.1,
+                                                                    "reason": "below 25 dB"}]})
+    assert len(re.findall(r"(?<!\\)\|", lines[-1])) == 5
