@@ -14,7 +14,7 @@ from .errors import DataError, InputError, ModelError
 from .metrics import IGNORE, fit_tokens, word_tags
 from .runtime.session import Session, check_threads
 from .runtime.tokenizer import TextEncoder, read_config
-from .sessions import encoder_for, session_for
+from .sessions import check_same_tokenizer, encoder_for, session_for
 from .tasks import Task, gated, task_of
 
 
@@ -114,10 +114,12 @@ def _word_at(spans: list[tuple[int, int]], start: int, end: int) -> int | None:
 
 
 def _label2id(model: Artifact) -> dict[str, int]:
+    """Label name -> id as the runtime serves them: from config.json's id2label (what ``load`` answers with), its
+    label2id only where id2label is missing (a stale label2id scored 0.10 a model the runtime runs at 0.90)."""
     config = read_config(model.folder)
-    label2id = {str(k): int(v) for k, v in (config.get("label2id") or {}).items()}
-    if not label2id and config.get("id2label"):
-        label2id = {str(v): int(k) for k, v in config["id2label"].items()}
+    label2id = {str(v): int(k) for k, v in (config.get("id2label") or {}).items()}
+    if not label2id:
+        label2id = {str(k): int(v) for k, v in (config.get("label2id") or {}).items()}
     if not label2id:
         raise ModelError(f"Model '{model.path}' has no labels", "config.json has neither label2id nor id2label",
                          "Save the model with its label mapping (config.id2label)")
@@ -197,8 +199,10 @@ def check(original: str | Path, candidate: str | Path, data: str | Path, text_co
                              "Omit it for the default" if flag != "--batch-size" else "Use your serving batch size")
     check_threads(threads, "--threads")
     orig, cand = resolve(original), resolve(candidate)
-    ds, labels = labeled_data(orig, data, text_column, label_column, max_samples)
+    same_labels(orig, cand)
     encoder = encoder_for(orig)
+    check_same_tokenizer(encoder, {"candidate": cand})
+    ds, labels = labeled_data(orig, data, text_column, label_column, max_samples)
     # the candidate first: an artifact that cannot run here (an engine without a GPU) fails before any work
     got = evaluate(session_for(cand, threads), encoder, ds.texts, batch_size, ds.pairs)
     ref = evaluate(session_for(orig, threads), encoder, ds.texts, batch_size, ds.pairs)
@@ -211,6 +215,27 @@ def check(original: str | Path, candidate: str | Path, data: str | Path, text_co
                    "task": labels.task, "original_backend": _backend(orig), "candidate_backend": _backend(cand),
                    "candidate_predictions": predictions(got, labels)})
     return result
+
+
+def same_labels(original: Artifact, candidate: Artifact) -> None:
+    """A ModelError when the two artifacts name their classes differently: the candidate is scored on the
+    original's labels, so one serving them swapped (0 = positive) would pass with no accuracy drop."""
+    ours, theirs = (_served_labels(a) for a in (original, candidate))
+    if ours and theirs and ours != theirs:
+        diff = next(i for i in sorted(set(ours) | set(theirs)) if ours.get(i) != theirs.get(i))
+        raise ModelError("The candidate's labels are not the original's",
+                         f"class {diff} is {ours.get(diff)!r} in the original and {theirs.get(diff)!r} in the "
+                         "candidate (config.json id2label)",
+                         "Compare artifacts of the same model; copy config.json from the model the candidate "
+                         "was made from")
+
+
+def _served_labels(art: Artifact) -> dict[int, str]:
+    raw = read_config(art.folder).get("id2label") or {}
+    try:
+        return {int(k): str(v) for k, v in raw.items()}
+    except (AttributeError, TypeError, ValueError):
+        return {}
 
 
 def _backend(art: Artifact) -> str:

@@ -30,6 +30,7 @@ import numpy as np
 
 from . import progress
 from .errors import InputError
+from .runtime.session import check_threads
 
 SCHEMA = "edgekit.paired/1"
 UNSTABLE_SPREAD = 0.15   # ratio IQR / ratio above this flags the run unstable
@@ -57,6 +58,12 @@ class PairedOptions:
                              "the ratio's interquartile range is taken over rounds", "Use rounds >= 4")
         if self.warmup < 0:
             raise InputError("warmup must be >= 0", f"got {self.warmup}", None)
+        if self.seq_len is not None and self.seq_len < 2:
+            raise InputError(f"--seq-len must be at least 2, got {self.seq_len}", None,
+                             "Room is needed for the special tokens ([CLS] ... [SEP])")
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"--threads must be at least 1, got {self.threads}", None, "Omit it to use every usable core")
+        check_threads(self.threads, "--threads")
 
 
 def interleaved(runs: dict[str, Callable[[int], None]], options: PairedOptions) -> dict[str, list[list[float]]]:
@@ -137,7 +144,7 @@ def compare(artifacts: dict[str, str | Path], data: str | Path | None = None, op
     from .artifact import resolve
     from .bench import _texts
     from .runtime.session import default_threads
-    from .sessions import encoder_for, session_for
+    from .sessions import check_same_tokenizer, encoder_for, session_for
 
     options = options or PairedOptions()
     options.validate()
@@ -151,6 +158,10 @@ def compare(artifacts: dict[str, str | Path], data: str | Path | None = None, op
                          f"these are {', '.join(f'{n} {t}' for n, t in tasks.items())}",
                          "Bench each on its own, or compare artifacts made from the same model")
     encoder = encoder_for(resolve(encoder_from) if encoder_from else first)
+    check_same_tokenizer(encoder, arts)
+    if options.seq_len and options.seq_len > encoder.max_length:
+        raise InputError(f"--seq-len {options.seq_len} is longer than the model takes",
+                         f"its limit is {encoder.max_length} tokens", f"Use --seq-len <= {encoder.max_length}")
     texts = _texts(data, text_column, options.samples)
     threads = options.threads or default_threads()
     with contextlib.ExitStack() as stack:

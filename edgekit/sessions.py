@@ -9,7 +9,7 @@ from typing import Iterator
 
 from .artifact import Artifact, resolve
 from .atomic import discard, temp_sibling
-from .errors import ModelError, first_line
+from .errors import EdgekitError, ModelError, first_line
 from .runtime.session import OrtSession, Session
 from .runtime.tokenizer import TextEncoder
 
@@ -37,6 +37,23 @@ def encoder_for(artifact: Artifact | str | Path, max_length: int | None = None) 
         return TextEncoder(folder, max_length)
     with fast_tokenizer_folder(folder) as converted:  # TextEncoder reads everything it needs here
         return TextEncoder(converted, max_length)
+
+
+def check_same_tokenizer(encoder: TextEncoder, artifacts: dict[str, Artifact]) -> None:
+    """A ModelError when an artifact's vocabulary is not ``encoder``'s: every session is fed that encoder's token
+    ids, which index past a smaller vocabulary (an ONNX Runtime error) or mean other words to another model.
+    An artifact with no tokenizer of its own (an engine folder without tokenizer.json) is not compared."""
+    ours = encoder.vocabulary()
+    for name, art in artifacts.items():
+        try:
+            theirs = encoder_for(art).vocabulary()
+        except EdgekitError:  # no tokenizer files: nothing to compare against
+            continue
+        if theirs != ours:
+            raise ModelError(f"{name} '{art.path}' has another tokenizer",
+                             f"its vocabulary ({len(theirs)} tokens) is not the one its inputs are made with "
+                             f"({len(ours)} tokens)",
+                             "Compare artifacts made from the same model (each keeps its tokenizer files)")
 
 
 @contextlib.contextmanager

@@ -64,6 +64,10 @@ class TextEncoder:
         eos = config.get("eos_token_id")
         return int(eos) if isinstance(eos, int) else 0
 
+    def vocabulary(self) -> dict[str, int]:
+        """Token -> id, added tokens included: two encoders with equal vocabularies give the same ids."""
+        return self._tok.get_vocab(with_added_tokens=True)
+
     def encodings(self, texts: list[str], pairs: list[str] | None = None) -> list:
         """The tokenizers ``Encoding`` of each text, truncated (``ids``, ``offsets``, ``special_tokens_mask``)."""
         return self._encode(texts, pairs)

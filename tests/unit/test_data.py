@@ -119,3 +119,14 @@ def test_an_unterminated_csv_quote_is_an_error_not_fewer_rows(tmp_path):
     good = tmp_path / "good.csv"
     good.write_text('label,sentence\n1,"a ""quoted"" film, fine"\n0,bad film\n')
     assert load_dataset(good).texts == ['a "quoted" film, fine', "bad film"]
+
+
+def test_numeric_label_names_are_read_one_way_for_the_whole_file():
+    """A model named "1", "2" (ids 0, 1) read a file of ids 0/1 as 0 -> id 0 but 1 -> name "1" = id 0."""
+    label2id = {"1": 0, "2": 1}
+    assert encode_labels(["0", "1", "1", "0"], label2id) == [0, 1, 1, 0]  # "0" is no name: ids throughout
+    assert encode_labels(["1", "2", "2"], label2id) == [0, 1, 1]          # "2" is no id: names throughout
+    with pytest.raises(DataError, match="read both as the model's names and as its ids: '1' is the name of class 0 "
+                                        "and the id of class 1"):
+        encode_labels(["1", "1"], label2id)
+    assert encode_labels(["0", "1"], {"0": 0, "1": 1}) == [0, 1]  # both readings agree: fine
