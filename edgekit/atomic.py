@@ -49,9 +49,9 @@ def signals_held(deliver: bool = True) -> Iterator[None]:
     (for cleanup on the way out, when a signal already decided the exit).
     """
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield []
         return
-    came: list[int] = []
+    came: list[int] = []  # yielded: a long native call can poll it to stop early (build_interruptibly)
     previous: list[tuple[int, object]] = []
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -60,7 +60,7 @@ def signals_held(deliver: bool = True) -> Iterator[None]:
             if handler is not None and handler != signal.SIG_IGN:
                 previous.append((sig, handler))
                 signal.signal(sig, lambda signum, _frame: came.append(signum))
-        yield
+        yield came
     finally:
         _restore(previous)
         if came and deliver:

@@ -20,13 +20,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import progress
 from .artifact import ENGINE_SUFFIXES, MANIFEST, Artifact, copy_tokenizer_and_config, resolve, sha256_file
 from .atomic import discard, temp_sibling
 from .deps import require
 from .engine_io import EngineOutputs, sidecar_path
 from .errors import BackendError, InputError, ModelError
 from .schema import opt
-from .inspect_network import inspect_engine, parse, verify, verify_engine, walk
+from .inspect_network import build_interruptibly, inspect_engine, parse, verify, verify_engine, walk
 from .precision import (PRECISIONS, check_requested, graph_precision, int8_matmul_nodes, load_onnx, needs_conversion,
                         to_fp16)
 from .profiles import Profile, resolve_profile
@@ -195,7 +196,9 @@ def _build(trt, onnx_path: Path, options: BuildOptions, targets: list[str], prof
     _configure(trt, config, options, targets, bool(gpus))
     profile.apply(builder, network, config, name)
     cache = _attach_timing_cache(config, options, warnings)
-    plan = builder.build_serialized_network(network, config)
+    with progress.stage("engine", f"{name} {options.precision}, "
+                        f"compute capabilities {', '.join(targets) or 'default'}"):
+        plan = build_interruptibly(trt, builder, network, config)
     if plan is None:
         raise BackendError(f"{name} could not build an engine from '{onnx_path}'",
                            " ".join((logger.errors[-1] if logger.errors else "no error was logged").split())[:300],

@@ -30,13 +30,20 @@ class EngineOutputs:
         self.staged: list[Path] = []
         self._cache: tuple[Path, bytes] | None = None
         self.tmp: Path | None = None
+        self.created: list[Path] = []
 
     def __enter__(self) -> "EngineOutputs":
         folder = self.engine.parent
+        for target in (self.engine, sidecar_path(self.engine)):
+            if target.is_dir():  # os.replace onto it would fail after the build, half-way through the commit
+                raise InputError(f"'{target}' is a folder", "the engine build writes a file there",
+                                 "Remove it, or choose another --out")
+        self.created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self.tmp = temp_sibling(self.engine)  # after sweeping what a killed build of this engine left
         except OSError as exc:
+            self._remove_created()
             raise InputError(f"Engine folder '{folder}' cannot be written", exc.strerror,
                              "Choose a writable --out") from None
         return self
@@ -48,6 +55,16 @@ class EngineOutputs:
                     self._commit()
         finally:
             discard(self.tmp)
+            if exc_type is not None:
+                self._remove_created()
+
+    def _remove_created(self) -> None:
+        """The folders this build made for --out, removed again after a failure (while they are empty)."""
+        for folder in self.created:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (something else wrote there), or already gone
+                break
 
     def stage(self, name: str) -> Path:
         path = self.tmp / name

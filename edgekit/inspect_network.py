@@ -34,12 +34,48 @@ def make_logger(trt):
             self.warnings: list[str] = []
 
         def log(self, severity, msg):
-            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
-                self.errors.append(msg)
-            elif severity == trt.ILogger.Severity.WARNING:
-                self.warnings.append(msg)
+            try:
+                if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
+                    self.errors.append(msg)
+                elif severity == trt.ILogger.Severity.WARNING:
+                    self.warnings.append(msg)
+            except BaseException:  # noqa: BLE001  (raised into TensorRT, it is printed as a stack and dropped)
+                pass
 
     return Logger()
+
+
+def build_interruptibly(trt, builder, network, config):
+    """``builder.build_serialized_network`` that Ctrl-C and SIGTERM stop.
+
+    A Python signal handler runs in whatever Python code comes next, and during a build that is a TensorRT
+    callback (the logger): the bindings catch the KeyboardInterrupt, print a stack dump and build on, so the
+    command ended with a whole engine and exit 0. Here the signal is only recorded while TensorRT works; a
+    progress monitor cancels the build at its next step, and the signal is delivered once the call returns.
+    """
+    from .atomic import signals_held
+
+    with signals_held() as came:
+        if hasattr(trt, "IProgressMonitor") and hasattr(config, "progress_monitor"):
+            config.progress_monitor = _canceller(trt, came)
+        return builder.build_serialized_network(network, config)
+
+
+def _canceller(trt, came: list):
+    class Canceller(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            pass
+
+        def phase_finish(self, phase_name):
+            pass
+
+        def step_complete(self, phase_name, step):
+            return not came  # False cancels the build
+
+    return Canceller()
 
 
 def network_flags(trt) -> int:
@@ -57,7 +93,11 @@ def parse(trt, onnx_path: Path, backend_name: str):
                            "Check the installation with edgekit doctor")
     network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    from .atomic import signals_held
+
+    with signals_held():  # a signal inside the parser's callbacks would be printed and dropped (see above)
+        parsed = parser.parse_from_file(str(onnx_path))
+    if not parsed:
         raise parser_error(parser, onnx_path, backend_name, logger)
     return builder, network, parser, logger
 

@@ -31,7 +31,7 @@ from ..artifact import ONNX_NAME, Artifact, atomic_dir, read_manifest
 from ..deps import require
 from ..engine import configure_targets
 from ..engine_io import sidecar_path
-from ..inspect_network import producers
+from ..inspect_network import build_interruptibly, producers
 from ..errors import BackendError, InputError, ModelError
 from .rtx_onnx import PRECISIONS, RtxOnnxOptions, is_rtx_onnx, write_rtx_onnx
 
@@ -131,7 +131,7 @@ def _build(trt, folder: Path, options: LMEngineOptions, targets: list[str]) -> d
     profiles = lm_profiles(network, manifest.get("llm") or {}, options)
     for prof in profiles:
         _add_profile(builder, network, config, prof)
-    plan = _serialize(builder, network, config, logger, folder / ENGINE_NAME,
+    plan = _serialize(trt, builder, network, config, logger, folder / ENGINE_NAME,
                       f"TensorRT-RTX {options.precision}, compute capabilities {', '.join(targets) or 'default'}, "
                       f"{len(profiles)} profiles")
     record = _record(trt, folder, options, targets, manifest)
@@ -142,9 +142,9 @@ def _build(trt, folder: Path, options: LMEngineOptions, targets: list[str]) -> d
     return record
 
 
-def _serialize(builder, network, config, logger, engine: Path, detail: str):
+def _serialize(trt, builder, network, config, logger, engine: Path, detail: str):
     with progress.stage("engine", detail) as note:
-        plan = builder.build_serialized_network(network, config)
+        plan = build_interruptibly(trt, builder, network, config)
         if plan is None:
             raise BackendError("TensorRT-RTX could not build the decoder engine",
                                " ".join((logger.errors[-1] if logger.errors else "no error was logged").split())[:300],

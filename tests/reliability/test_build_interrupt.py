@@ -1,0 +1,58 @@
+"""Ctrl-C and SIGTERM stop a TensorRT-RTX engine build (no GPU needed to build).
+
+A signal that landed while TensorRT built ran the CLI's handler inside TensorRT's logger callback: the bindings
+printed "Exception caught in log(): KeyboardInterrupt" with a stack, the build went on, and the command wrote
+a whole engine and exited 0. A failed or stopped build also left the --out folders it had made, empty.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("tensorrt_rtx", reason="the rtx extra (tensorrt-rtx) is not installed")
+
+EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_the_engine_build_stops_it_and_keeps_nothing(tiny_onnx, tmp_path, sig):
+    out = tmp_path / "new" / "engine"
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "build", str(tiny_onnx), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, EXIT))
+    lines = []
+    try:
+        for line in proc.stderr:
+            lines.append(line.rstrip())
+            if line.startswith("[edgekit] engine:"):  # the build is under way
+                proc.send_signal(sig)
+                break
+        lines += [line.rstrip() for line in proc.stderr]
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = "\n".join(lines)
+    assert rc == EXIT[sig], log
+    assert "Exception caught" not in log and "Traceback" not in log and lines[-1].startswith("Error: "), log
+    assert not (tmp_path / "new").exists(), log  # nor the folders made for --out
+
+
+def test_a_failed_build_removes_the_folders_it_made_and_a_folder_at_the_engine_path_is_refused(tiny_onnx, tmp_path):
+    def build(*args):
+        return subprocess.run([sys.executable, "-m", "edgekit", "build", str(tiny_onnx), *args], capture_output=True,
+                              text=True, timeout=300)
+    failed = build("--out", str(tmp_path / "a" / "b"), "--compute-capability", "7.5", "--precision", "fp32")
+    assert failed.returncode == 1 and failed.stderr.strip().splitlines()[-1].startswith("Error: "), failed.stderr
+    assert not (tmp_path / "a").exists()  # Turing has no fp32 GEMM in TensorRT-RTX: the build fails
+    (tmp_path / "c" / "model.engine").mkdir(parents=True)
+    refused = build("--out", str(tmp_path / "c"), "--force")  # was an IsADirectoryError traceback after the build,
+    lines = refused.stderr.strip().splitlines()                # with model.fp16.onnx already moved in
+    assert refused.returncode == 1 and lines[-1].startswith("Error: ") and "is a folder" in lines[-1], refused.stderr
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["model.engine"]
