@@ -129,8 +129,16 @@ def _target(art: Artifact, end_to_end: bool, threads: int) -> Iterator[tuple[obj
         raise InputError(f"--end-to-end times the shipped runtime, which cannot load '{art.path}'",
                          "it is a PyTorch folder; edgekit.runtime.load takes ONNX or engine artifacts",
                          "Export or optimize it first, or drop --end-to-end for a model-only PyTorch baseline")
+    from .artifact import ENGINE_SUFFIXES, ONNX_NAME
     from .runtime import load
 
+    path = Path(art.path)
+    loads = path.name == ONNX_NAME or (path.suffix in ENGINE_SUFFIXES and not (art.folder / ONNX_NAME).is_file())
+    if path.is_file() and not loads:  # load() would time the folder's model.onnx, not the file named
+        raise InputError(f"--end-to-end times what edgekit.runtime.load runs from '{art.folder}', not '{path.name}'",
+                         f"load() takes a folder and runs its {ONNX_NAME} (else its engine)",
+                         f"Put the model in a folder of its own as {ONNX_NAME} with the tokenizer and config, or "
+                         "drop --end-to-end")
     clf = load(art.folder, threads=threads)  # backend 'auto': ONNX Runtime or the engine's recorded backend
     try:
         yield clf, clf.session.backend

@@ -244,6 +244,13 @@ def _labels(folder: Path, session: Session, task: str) -> dict[int, str]:
                          f"expected label ids 0..N-1 mapped to names, got {json.dumps(raw)[:80]}",
                          "Copy config.json from the model the artifact was made from")
     shapes = getattr(session, "output_shapes", None) or []  # an engine session has none
+    from ..tasks import TASKS  # noqa: PLC0415
+
+    rank = 3 if TASKS[task].per_token else 2
+    if shapes and shapes[0] and len(shapes[0]) != rank:  # a manifest's task that the graph is not
+        raise ModelError(f"Artifact '{folder}' says it is a {task} model but its model.onnx is not one",
+                         f"its first output has {len(shapes[0])} axes; {task} gives {rank}",
+                         "Restore manifest.json from edgekit's output, or re-export the model")
     width = shapes[0][-1] if shapes and shapes[0] and isinstance(shapes[0][-1], int) else None
     if not labels and width:
         return {i: f"LABEL_{i}" for i in range(width)}
@@ -287,6 +294,9 @@ def resolve_backend(folder: Path, backend: str) -> str:
     """The concrete backend for ``folder``: 'auto' becomes onnxruntime or the engine's recorded backend."""
     if backend not in BACKENDS:
         raise InputError(f"Unknown backend '{backend}'", None, f"Choose one of: {', '.join(BACKENDS)}")
+    if folder.is_file():
+        raise ModelError(f"Artifact '{folder}' is a file", "load() takes the artifact's folder (model and tokenizer)",
+                         f"Pass its folder, '{folder.parent}'")
     if not folder.is_dir():
         raise ModelError(f"Artifact '{folder}' not found", "no such folder", "Pass the --out folder of edgekit optimize")
     if backend != "auto":
@@ -315,10 +325,18 @@ def _check_files(folder: Path, names: list[str], backend: str) -> None:
                          "original model folder")
 
 
+#: the fewest tokens per text a max_length may leave: the special tokens ([CLS] ... [SEP]) and one of the text
+MIN_MAX_LENGTH = 3
+
+
 def _override(limits: ShapeLimits, max_batch: int | None, max_length: int | None) -> ShapeLimits:
     for name, value in (("max_batch", max_batch), ("max_length", max_length)):
-        if value is not None and _positive(value) is None:
-            raise InputError(f"{name} must be a positive integer, got {value!r}", None, None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InputError(f"{name} must be a positive whole number, got {value!r}", None, None)
+    if max_length is not None and max_length < MIN_MAX_LENGTH:
+        raise InputError(f"max_length must be at least {MIN_MAX_LENGTH}, got {max_length}",
+                         "the special tokens take two positions and the text needs one",
+                         "Leave it out for the model's own limit")  # 2 scored [CLS][SEP] alone; 1 turned truncation off
     if max_batch is None and max_length is None:
         return limits
     return ShapeLimits(max_batch=_lowest(max_batch, limits.max_batch), min_batch=limits.min_batch,

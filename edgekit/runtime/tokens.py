@@ -24,13 +24,14 @@ def _tag(name: str) -> tuple[str, str]:
 class TokenClassifier(Predictor):
     """Tags every token of a text and groups them into entities. Safe to share between threads."""
 
-    def token_probs(self, texts: list[str]) -> list[np.ndarray]:
+    def token_probs(self, texts: list[str], batch_size: int | None = None) -> list[np.ndarray]:
         """Per text, ``[tokens, labels]`` probabilities of its real tokens (special tokens included)."""
         texts = check_texts(texts)
+        size = self._capped(self.batch_size if batch_size is None else batch_size)
         out: list[np.ndarray] = [np.zeros((0, len(self.id2label)), np.float32)] * len(texts)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
+        for start in range(0, len(order), size):
+            idx = order[start:start + size]
             rows = [texts[i] for i in idx] + [""] * max(0, self.limits.min_batch - len(idx))
             feeds = self.encoder(rows)
             logits = next(iter(self.session.run(feeds).values()))
@@ -38,12 +39,12 @@ class TokenClassifier(Predictor):
                 out[i] = softmax(logits[row, :int(feeds["attention_mask"][row].sum())].astype(np.float32))
         return out
 
-    def predict(self, texts: list[str] | str) -> list[list[dict]] | list[dict]:
+    def predict(self, texts: list[str] | str, batch_size: int | None = None) -> list[list[dict]] | list[dict]:
         """Entities per text (a single string gives its list of entities; ``[]`` gives ``[]``)."""
         single = isinstance(texts, str)
         items = check_texts(texts)
         encs = self.encoder.encodings(items)
-        out = [self._entities(enc, probs) for enc, probs in zip(encs, self.token_probs(items))]
+        out = [self._entities(enc, probs) for enc, probs in zip(encs, self.token_probs(items, batch_size))]
         return out[0] if single else out
 
     def word_tags(self, words: list[list[str]]) -> list[list[str]]:
@@ -51,6 +52,10 @@ class TokenClassifier(Predictor):
 
         Words cut off by the maximum length get no tag.
         """
+        if not isinstance(words, (list, tuple)) or not all(
+                isinstance(ws, (list, tuple)) and all(isinstance(w, str) for w in ws) for ws in words):
+            raise TypeError("word_tags() takes a list of sentences, each a list of words (str); for raw text use "
+                            "predict()")  # a string per sentence was tagged one character at a time
         texts = [" ".join(ws) for ws in words]
         encs = self.encoder.encodings(texts)
         result = []

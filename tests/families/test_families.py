@@ -122,6 +122,24 @@ def test_runtime_predictions_equal_check_and_bench_runs(family):
 
 
 @pytest.mark.parametrize("family", ["bert-ner"], indirect=True)
+def test_token_classifier_takes_a_batch_size_and_bench_end_to_end_runs_it(family):
+    """predict(texts, batch_size=) was a TypeError on a token classifier, so bench --end-to-end crashed on one;
+    word_tags given strings tagged one character at a time."""
+    from edgekit.bench import BenchOptions, bench
+    from edgekit.runtime import load
+
+    clf = load(family.onnx, batch_size=8)
+
+    def spans(result):
+        return [[(e["entity_group"], e["start"], e["end"]) for e in entities] for entities in result]
+    assert spans(clf.predict(TEXTS, batch_size=3)) == spans(clf.predict(TEXTS))  # fp32: no batch dependence
+    with pytest.raises(TypeError, match="each a list of words"):
+        clf.word_tags(["John lives in Paris"])
+    measured = bench(family.onnx, family.data, BenchOptions(batch_size=4, iterations=2, warmup=1, end_to_end=True))
+    assert measured["latency_ms"]["p50"] > 0
+
+
+@pytest.mark.parametrize("family", ["bert-ner"], indirect=True)
 def test_token_classifier_matches_the_hf_pipeline(family):
     """Entities with spans as ``pipeline('token-classification', aggregation_strategy='simple')`` gives them."""
     from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline

@@ -214,3 +214,38 @@ def test_load_refuses_an_artifact_that_failed_its_gate(tiny_optimized, tmp_path)
     clf = load(failed, allow_failed=True)
     assert isinstance(clf, TextClassifier)
     assert clf.predict(TEXTS) == load(tiny_optimized).predict(TEXTS)
+
+
+def test_load_refuses_what_it_would_serve_wrongly(tiny_optimized, tmp_path):
+    """max_length 2 scored [CLS][SEP] alone for every text, 1 turned truncation off (an ONNX Runtime error on a
+    long text), 2.5 was a TypeError; a model file was 'not found'; a manifest naming another task made up
+    entities from a sentence classifier."""
+    for value, message in ((2, "max_length must be at least 3"), (1, "max_length must be at least 3"),
+                           (2.5, "max_length must be a positive whole number"),
+                           (True, "max_length must be a positive whole number")):
+        with pytest.raises(InputError, match=message):
+            load(tiny_optimized, max_length=value)
+    with pytest.raises(InputError, match="max_batch must be a positive whole number, got 1.5"):
+        load(tiny_optimized, max_batch=1.5)
+    assert load(tiny_optimized, max_length=3).predict("good film") is not None
+    with pytest.raises(ModelError, match="is a file.*Pass its folder"):
+        load(tiny_optimized / "model.onnx")
+    wrong = tmp_path / "wrong-task"
+    shutil.copytree(tiny_optimized, wrong)
+    manifest = json.loads((wrong / "manifest.json").read_text())
+    (wrong / "manifest.json").write_text(json.dumps({**manifest, "task": "token-classification"}))
+    with pytest.raises(ModelError, match="says it is a token-classification model but its model.onnx is not one"):
+        load(wrong)
+
+
+def test_bench_end_to_end_refuses_a_model_file_that_load_would_not_run(tiny_optimized, tmp_path):
+    """bench FOLDER/model.int8.onnx --end-to-end timed FOLDER/model.onnx, and reported it as the file named."""
+    from edgekit.bench import BenchOptions, bench
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tiny_optimized, mixed)
+    shutil.copy(mixed / "model.onnx", mixed / "model.int8.onnx")
+    options = BenchOptions(iterations=2, warmup=1, end_to_end=True)
+    with pytest.raises(InputError, match="--end-to-end times what edgekit.runtime.load runs from .*not 'model.int8.onnx'"):
+        bench(mixed / "model.int8.onnx", None, options)
+    assert bench(mixed / "model.onnx", None, options)["latency_ms"]["p50"] > 0
