@@ -71,12 +71,28 @@ class BuildOptions:
             raise InputError(f"Unknown precision '{self.precision}'", None, f"Choose one of: {', '.join(PRECISIONS)}")
         if self.int8_base not in ("fp16", "fp32"):
             raise InputError(f"Unknown int8 base precision '{self.int8_base}'", None, "Choose one of: fp16, fp32")
-        if self.workspace_mib is not None and self.workspace_mib < 1:
-            raise InputError(f"--workspace must be at least 1 MiB, got {self.workspace_mib}", None, None)
+        check_workspace(self.workspace_mib)
+        if self.timing_cache and self.backend == "tensorrt-rtx":  # was a warning after the build: refused, not ignored
+            raise InputError("--timing-cache applies to classic TensorRT only",
+                             "TensorRT-RTX keeps no timing cache (it is a no-op there)",
+                             "Drop --timing-cache, or pass --backend tensorrt")
         if self.compute_capabilities and self.backend == "tensorrt":
             raise InputError("--compute-capability applies to TensorRT-RTX only",
                              "classic TensorRT builds for the GPU it runs on",
                              "Drop --compute-capability, or pass --backend tensorrt-rtx")
+
+
+#: the largest --workspace: 1 PiB (the byte count must fit TensorRT's int64; more was a pybind11 TypeError)
+MAX_WORKSPACE_MIB = 1 << 30
+
+
+def check_workspace(mib) -> None:
+    """An InputError unless ``mib`` is None or a whole number of MiB from 1 to MAX_WORKSPACE_MIB."""
+    if mib is None:
+        return
+    if isinstance(mib, bool) or not isinstance(mib, int) or not 1 <= mib <= MAX_WORKSPACE_MIB:
+        raise InputError(f"--workspace must be a whole number of MiB from 1 to {MAX_WORKSPACE_MIB}, got {mib!r}",
+                         None, "Leave it out for the backend's default")
 
 
 def build(onnx: str | Path, out: str | Path, options: BuildOptions | None = None, data: str | Path | None = None,
@@ -260,9 +276,6 @@ def _configure(trt, config, options: BuildOptions, targets: list[str], have_gpu:
 
 def _attach_timing_cache(config, options: BuildOptions, warnings: list[str]):
     if not options.timing_cache:
-        return None
-    if options.backend == "tensorrt-rtx":
-        warnings.append("--timing-cache ignored: timing caches are a no-op in TensorRT-RTX")
         return None
     path = Path(options.timing_cache)
     cache = config.create_timing_cache(path.read_bytes() if path.is_file() else b"")

@@ -36,8 +36,14 @@ def is_lm_input(model) -> bool:
 
 def build(model, out, ccs: list[str], flags: dict, explicit: set[str], force: bool, as_json: bool) -> dict:
     """Run the decoder build with the CLI's flags; echo one summary line (or the sidecar as JSON)."""
+    from ..engine import ENGINE_SUFFIXES, check_workspace
     from .rtx_engine import LMEngineOptions, build_lm_engine
 
+    check_workspace(flags.get("workspace_mib"))  # before the export: 0 was ignored, 10**17 a traceback after it
+    if Path(str(out)).suffix in ENGINE_SUFFIXES:
+        raise InputError(f"--out '{out}' names an engine file, but a causal-LM engine is a folder",
+                         "it holds the engine, its ONNX, tokenizer and generation config together",
+                         f"Pass a folder, e.g. --out {Path(str(out)).with_suffix('')}")
     given = [k for k in ENCODER_ONLY_FLAGS if k in explicit]
     if given:
         raise InputError(f"--{given[0].replace('_', '-')} applies to encoder engines only",

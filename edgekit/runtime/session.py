@@ -57,7 +57,9 @@ class OrtSession(Session):
     def __init__(self, model_path: str | Path, threads: int | None = None, providers: list[str] | None = None):
         self.model_path = Path(model_path)
         self.threads = threads
-        self.providers = providers or ["CPUExecutionProvider"]
+        if isinstance(providers, str):  # one name: iterated, it was "provider C, P, U, ... is not available"
+            providers = [providers]
+        self.providers = list(providers or ["CPUExecutionProvider"])
         self._sess = None
         self.input_names: list[str] = []
         self.output_names: list[str] = []

@@ -459,3 +459,30 @@ def test_check_and_bench_take_an_engine_folder_and_say_no_gpu(tiny_model, tiny_o
         lines = [line for line in r.stderr.splitlines() if line.strip()]
         assert r.returncode == 1 and len(lines) == 1 and "No CUDA GPU found" in lines[0], r.stderr
 
+
+
+def test_build_options_refuse_what_cannot_apply_before_any_work(tmp_path):
+    """--workspace 10**17 was a pybind11 TypeError traceback after the build, 0 on an LM build was ignored,
+    --timing-cache with TensorRT-RTX a warning, and an LM --out named like an engine file became a folder."""
+    from edgekit.engine import BuildOptions
+    from edgekit.errors import InputError
+    from edgekit.llm.rtx_cli import build as build_lm
+
+    for mib in (10 ** 17, 0, -5, 1.5):
+        with pytest.raises(InputError, match="--workspace must be a whole number of MiB from 1 to"):
+            BuildOptions(workspace_mib=mib).validate()
+    with pytest.raises(InputError, match="--timing-cache applies to classic TensorRT only"):
+        BuildOptions(timing_cache=str(tmp_path / "t.cache")).validate()
+    with pytest.raises(InputError, match="--workspace must be a whole number"):
+        build_lm(tmp_path, tmp_path / "out", [], {"workspace_mib": 0, "precision": "fp16"}, {"workspace_mib"},
+                 False, False)
+    with pytest.raises(InputError, match="names an engine file, but a causal-LM engine is a folder"):
+        build_lm(tmp_path, tmp_path / "lm.engine", [], {"precision": "fp16"}, set(), False, False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "lm.engine").exists()
+
+
+def test_one_provider_name_is_taken_as_a_list(tiny_onnx):
+    from edgekit.runtime.session import OrtSession
+
+    with OrtSession(tiny_onnx / "model.onnx", providers="CPUExecutionProvider") as session:
+        assert session.providers == ["CPUExecutionProvider"] and session.input_names
