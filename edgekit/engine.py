@@ -128,7 +128,8 @@ def build(onnx: str | Path, out: str | Path, options: BuildOptions | None = None
                             "built_from": str(outputs.final(built_from)), "conversion": conversion})
         record["build_seconds"] = round(time.perf_counter() - started, 2)
         sidecar = outputs.write_sidecar(record, options=asdict(options))
-    _copy_runtime_files(src.parent, engine.parent, replace=foreign)  # --force into a foreign folder: ours win
+    # --force into a foreign folder, or over an engine of another model (its labels and vocabulary): ours win
+    _copy_runtime_files(src.parent, engine.parent, replace=foreign or _other_model(src.parent, engine.parent))
     return Artifact(engine, "engine", engine, sidecar)
 
 
@@ -297,6 +298,17 @@ def _inspect(trt, plan, logger, options: BuildOptions, gpus: list[dict], warning
         return "skipped: the engine does not load on this GPU"
     warnings.extend(_precision_problems(verify_engine(info, options.precision), options, "engine"))
     return info
+
+
+def _other_model(src: Path, dst: Path) -> bool:
+    """True when ``dst`` holds a config.json or tokenizer.json other than ``src``'s (an earlier build's, of
+    another model): the runtime would label the new engine with the old model's classes."""
+    for name in ("config.json", "tokenizer.json"):
+        ours, theirs = src / name, dst / name
+        with contextlib.suppress(OSError):
+            if ours.is_file() and theirs.is_file() and ours.read_bytes() != theirs.read_bytes():
+                return True
+    return False
 
 
 def _copy_runtime_files(src: Path, dst: Path, replace: bool = False) -> None:

@@ -56,3 +56,22 @@ def test_a_failed_build_removes_the_folders_it_made_and_a_folder_at_the_engine_p
     lines = refused.stderr.strip().splitlines()                # with model.fp16.onnx already moved in
     assert refused.returncode == 1 and lines[-1].startswith("Error: ") and "is a folder" in lines[-1], refused.stderr
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["model.engine"]
+
+
+def test_force_over_an_engine_of_another_model_brings_the_new_models_labels(tiny_onnx, tmp_path):
+    """--force rebuilt an earlier build's folder from another model but kept the old config.json: the runtime
+    would have labelled the new engine with the old model's classes."""
+    import json
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_onnx, other)
+    config = json.loads((other / "config.json").read_text())
+    config.update(id2label={"0": "BAD", "1": "GOOD"}, label2id={"BAD": 0, "GOOD": 1})
+    (other / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "engine"
+    for src, extra in ((tiny_onnx, []), (other, ["--force"])):
+        done = subprocess.run([sys.executable, "-m", "edgekit", "build", str(src), "--out", str(out), *extra],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "BAD", "1": "GOOD"}
