@@ -32,7 +32,7 @@ import click
 
 from . import progress
 from .atomic import import_safe, no_stray_torch_cache, remove_unfinished
-from .errors import EdgekitError, Terminated
+from .errors import EdgekitError, InputError, Terminated
 
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 _SPACE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
@@ -615,13 +615,21 @@ def build_cmd(onnx, out, ccs, data, text_column, force, as_json, timing_cache, *
     from .llm import rtx_cli
 
     targets = [c.strip() for c in ccs.split(",") if c.strip()] if ccs else []
+    if ccs is not None and not targets:  # "," built for the default targets
+        raise InputError(f"--compute-capability '{ccs}' names no compute capability", None,
+                         "Pass e.g. --compute-capability 8.6,12.0, or leave it out for the defaults")
     lm_flags = {k: flags.pop(k) for k in ("max_prompt", "block_size", "keep_lm_head", "keep_sensitive")}
+    ctx = click.get_current_context()
+    given = {k for k in ctx.params if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
     if flags["precision"] == "int4" or rtx_cli.is_lm_input(onnx):
-        ctx = click.get_current_context()
-        given = {k for k in ctx.params if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
         rtx_cli.build(onnx, out, targets, {**flags, **lm_flags, "data": data, "timing_cache": timing_cache}, given,
                       force, as_json)
         return
+    for flag, why in (*((k, "it applies to causal-LM engines") for k in lm_flags if k in given),
+                      ("int8_base", "it applies to --precision int8") if flags["precision"] != "int8" else (None, ""),
+                      ("text_column", "it names a column of --data") if data is None else (None, "")):
+        if flag in given:  # accepted and ignored before: refused
+            raise InputError(f"--{flag.replace('_', '-')} does not apply here", why, "Drop it")
     options = BuildOptions(compute_capabilities=targets, timing_cache=str(timing_cache) if timing_cache else None,
                            **flags)
     art = build(onnx, out, options, data=data, force=force, text_column=text_column)

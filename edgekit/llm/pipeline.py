@@ -162,10 +162,17 @@ def _check_target(options: LMOptimizeOptions) -> None:
     if options.compute_capabilities and options.target != "tensorrt-rtx":
         raise InputError("--compute-capability applies to --target tensorrt-rtx only", f"this run is {options.target}",
                          "Drop --compute-capability, or pass --target tensorrt-rtx")
-    if options.keep_sensitive and (options.target, options.precision) != ("tensorrt-rtx", "int4"):
-        raise InputError("--keep-sensitive applies to --target tensorrt-rtx --precision int4 only",
-                         f"this run is {options.target} {options.precision}; on the CPU the gate's fallback keeps "
-                         "layers at higher precision (k-quant mixed)", "Drop --keep-sensitive")
+    for flag, given in (("--keep-sensitive", options.keep_sensitive), ("--block-size", options.block_size),
+                        ("--keep-lm-head", options.keep_lm_head)):  # the last two were ignored off tensorrt-rtx int4
+        if given and (options.target, options.precision) != ("tensorrt-rtx", "int4"):
+            raise InputError(f"{flag} applies to --target tensorrt-rtx --precision int4 only",
+                             f"this run is {options.target} {options.precision}; on the CPU the gate's fallback keeps "
+                             "layers at higher precision (k-quant mixed) and the block size is measured", f"Drop {flag}")
+    from .rtx_graph import BLOCK_SIZES  # noqa: PLC0415
+
+    if options.block_size and options.block_size not in BLOCK_SIZES:  # was refused after the export and AWQ fit
+        raise InputError(f"Unsupported int4 block size {options.block_size}", None,
+                         f"Choose one of: {', '.join(map(str, BLOCK_SIZES))}, or leave it out")
     g = options.gate
     # every count and budget before the model is read (a bad one used to surface minutes in, or never)
     checks = [("--rows", g.rows, g.rows is None or g.rows >= 1, "at least 1 (0 = all rows)"),

@@ -16,7 +16,8 @@ import click
 from ..errors import InputError
 from ..tasks import causal_lm_architectures
 
-ENCODER_ONLY_FLAGS = ("int8_base", "timing_cache", "data", "min_seq", "allow_fallback")
+ENCODER_ONLY_FLAGS = ("int8_base", "timing_cache", "data", "text_column", "min_seq", "allow_fallback")
+INT4_ONLY_FLAGS = ("block_size", "keep_lm_head", "keep_sensitive")
 
 
 def is_lm_input(model) -> bool:
@@ -57,6 +58,17 @@ def build(model, out, ccs: list[str], flags: dict, explicit: set[str], force: bo
     precision = flags["precision"]
     if "precision" not in explicit:  # an fp16/int4 decoder folder keeps its own precision unless asked otherwise
         precision = _folder_precision(model) or precision
+    int4_only = [k for k in INT4_ONLY_FLAGS if k in explicit]
+    if int4_only and precision != "int4":  # they shape the int4 weights: ignored under fp16 before
+        raise InputError(f"--{int4_only[0].replace('_', '-')} applies to --precision int4 only",
+                         f"this build is {precision}", "Drop it, or pass --precision int4")
+    if (flags.get("keep_sensitive") or 0) < 0:
+        raise InputError(f"--keep-sensitive must be >= 0, got {flags['keep_sensitive']}", None, None)
+    from .rtx_graph import BLOCK_SIZES
+
+    if flags.get("block_size") and flags["block_size"] not in BLOCK_SIZES:  # was refused after export and AWQ
+        raise InputError(f"Unsupported int4 block size {flags['block_size']}", None,
+                         f"Choose one of: {', '.join(map(str, BLOCK_SIZES))}, or leave it out")
     options = LMEngineOptions(precision=precision, compute_capabilities=ccs,
                               max_context=flags.get("max_seq"), max_prompt=flags.get("max_prompt"),
                               opt_prompt=flags.get("opt_seq"), block_size=flags.get("block_size") or 0,

@@ -149,6 +149,17 @@ def test_optimize_on_a_causal_lm_refuses_what_its_pipeline_would_not_honour(tmp_
     (["quantize-lm", "pkg:not-read", "--block-sizes", ""], "No block size to measure"),
     (["optimize-lm", "pkg:not-read", "--data", "not-read.tsv", "--compute-capability", "8.6"],
      "--compute-capability applies to --target tensorrt-rtx only"),
+    # each below was ignored, or refused only after the export and the AWQ fit
+    (["optimize-lm", "pkg:not-read", "--data", "not-read.tsv", "--keep-lm-head"],
+     "--keep-lm-head applies to --target tensorrt-rtx --precision int4 only"),
+    (["optimize-lm", "pkg:not-read", "--data", "not-read.tsv", "--block-size", "64"],
+     "--block-size applies to --target tensorrt-rtx --precision int4 only"),
+    (["optimize-lm", "pkg:not-read", "--data", "not-read.tsv", "--target", "tensorrt-rtx", "--precision", "int4",
+      "--block-size", "7"], "Unsupported int4 block size 7"),
+    (["build", "pkg:not-read", "--precision", "fp16", "--block-size", "64"], "--block-size applies to --precision int4"),
+    (["build", "pkg:not-read", "--precision", "int4", "--block-size", "7"], "Unsupported int4 block size 7"),
+    (["build", "pkg:not-read", "--precision", "int4", "--keep-sensitive", "-1"], "--keep-sensitive must be >= 0"),
+    (["build", "pkg:not-read", "--text-column", "text"], "--text-column applies to encoder engines only"),
 ])
 def test_lm_commands_refuse_options_that_would_do_nothing(tmp_path, args, expected):
     """An empty --block-sizes reached "nothing was measured" after the PyTorch reference was built; a compute
@@ -279,3 +290,24 @@ def test_optimize_names_its_own_prune_flags_before_any_step(tiny_model, tiny_dat
     lines = result.stderr.strip().splitlines()  # a "[edgekit] load ..." stage line may come first (a slow load)
     assert result.returncode == 1 and "Traceback" not in result.stderr and "export" not in result.stderr
     assert lines[-1].startswith("Error: ") and expected in lines[-1] and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--keep-lm-head"], "--keep-lm-head does not apply here: it applies to causal-LM engines"),
+    (["--block-size", "64"], "--block-size does not apply here"),
+    (["--int8-base", "fp32"], "--int8-base does not apply here: it applies to --precision int8"),
+    (["--text-column", "text"], "--text-column does not apply here: it names a column of --data"),
+    (["--compute-capability", ","], "--compute-capability ',' names no compute capability"),
+    (["--timing-cache", "t.cache"], "--timing-cache applies to classic TensorRT only"),
+])
+def test_an_encoder_build_refuses_options_it_would_ignore(tiny_onnx, tmp_path, args, expected):
+    """Each built an engine with rc 0 and the option ignored (--timing-cache: a warning after the build)."""
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["build", str(tiny_onnx), "--out", str(out), *args])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected in lines[0] and not out.exists(), result.stderr
