@@ -17,13 +17,25 @@ BACKENDS = {
 }
 
 
+#: backend -> the module edgekit imports to use it (an installed package whose native libraries fail to load
+#: imports with an error; torch is left out: importing it takes seconds and its failures show at export)
+MODULES = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx",
+           "cuda-python": "cuda.bindings.runtime"}
+
+
 def doctor() -> dict:
-    """A report of installed backends and versions, ONNX Runtime providers, GPUs and CPU features."""
+    """A report of installed backends and versions, ONNX Runtime providers, GPUs and CPU features.
+
+    ``backends_broken``: backend -> the first line of the error its module raises on import, for an installed
+    backend that cannot be used (a missing shared library, say): listed as installed, it would seem usable."""
     from .runtime.trt import cuda_devices
 
     devices, why = cuda_devices()
     gpus = gpu_info() or devices
-    return {"backends": {name: _version(dists) for name, (dists, _) in BACKENDS.items()},
+    versions = {name: _version(dists) for name, (dists, _) in BACKENDS.items()}
+    return {"backends": versions,
+            "backends_broken": {name: error for name, module in MODULES.items()
+                                if versions.get(name) and (error := _import_error(module))},
             "onnxruntime_providers": _providers(),
             "gpus": gpus, "gpu_note": None if gpus else f"none ({why})",
             "cpu": cpu_info(),
@@ -34,7 +46,9 @@ def format_doctor(report: dict) -> str:
     lines = ["Backends:"]
     for name, (_, purpose) in BACKENDS.items():
         version = report["backends"].get(name)
-        lines.append(f"  {name:<13} {version or 'not installed':<16} {purpose}")
+        broken = report.get("backends_broken", {}).get(name)
+        lines.append(f"  {name:<13} {version or 'not installed':<16} "
+                     f"{f'installed but fails to load: {broken}' if broken else purpose}")
     providers = report["onnxruntime_providers"]
     lines.append(f"ONNX Runtime providers: {', '.join(providers) if providers else 'none (onnxruntime not installed)'}")
     if report["gpus"]:
@@ -55,6 +69,19 @@ def _version(dists: tuple[str, ...]) -> str | None:
     for dist in dists:
         with contextlib.suppress(metadata.PackageNotFoundError):
             return metadata.version(dist)
+    return None
+
+
+def _import_error(module: str) -> str | None:
+    """None when ``module`` imports, else its error's first line."""
+    import importlib
+
+    from .errors import first_line
+
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001  (doctor reports, never fails: OSError for a missing library, ...)
+        return f"{type(exc).__name__}: {first_line(exc, 160)}"
     return None
 
 

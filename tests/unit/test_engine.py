@@ -2,6 +2,7 @@
 precision verified on the parsed network, profiles from data, and every bad input as one line, exit 1."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -273,9 +274,19 @@ def test_cli_bad_inputs_exit_1_with_one_line(tiny_onnx, tmp_path):
     r = subprocess.run([sys.executable, "-m", "edgekit", "doctor", "--json"], capture_output=True, text=True,
                        timeout=60)
     report = json.loads(r.stdout)
-    assert r.returncode == 0 and report["backends"]["tensorrt-rtx"]
+    assert r.returncode == 0 and report["backends"]["tensorrt-rtx"] and "tensorrt-rtx" not in report["backends_broken"]
     assert report["cpu"]["flags"]["avx512_vnni"] is ("avx512_vnni" in cpuinfo_flags())  # this CPU's truth
     assert report["gpus"] or report["gpu_note"].startswith("none")
+    # installed, but its library does not load: doctor listed it as usable, then build failed
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "tensorrt_rtx.py").write_text('raise OSError("libtensorrt_rtx.so.1: cannot open shared object file")\n')
+    r = subprocess.run([sys.executable, "-m", "edgekit", "doctor"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(shim),
+                                                                                       os.environ.get("PYTHONPATH")]))})
+    assert r.returncode == 0, r.stderr
+    row = next(line for line in r.stdout.splitlines() if line.strip().startswith("tensorrt-rtx"))
+    assert "installed but fails to load: OSError: libtensorrt_rtx.so.1: cannot open shared object file" in row, r.stdout
 
 
 # --- running engines: needs a GPU -------------------------------------------------------------------------------
