@@ -123,7 +123,7 @@ def build(onnx: str | Path, out: str | Path, options: BuildOptions | None = None
     started = time.perf_counter()
     with EngineOutputs(engine) as outputs:
         built_from, conversion = _precision_onnx(src, carried, options, outputs)
-        record = _build(trt, built_from, options, targets, profile, outputs, gpus)
+        record = _build(trt, built_from, src, options, targets, profile, outputs, gpus)
         record.update(onnx={"source": str(src), "sha256": sha256_file(src), "carried": carried,
                             "built_from": str(outputs.final(built_from)), "conversion": conversion})
         record["build_seconds"] = round(time.perf_counter() - started, 2)
@@ -202,10 +202,11 @@ def _precision_onnx(src: Path, carried: dict, options: BuildOptions,
     return target, info
 
 
-def _build(trt, onnx_path: Path, options: BuildOptions, targets: list[str], profile: Profile,
+def _build(trt, onnx_path: Path, source: Path, options: BuildOptions, targets: list[str], profile: Profile,
            outputs: EngineOutputs, gpus: list[dict]) -> dict:
     name = NAMES[options.backend]
-    builder, network, parser, logger = parse(trt, onnx_path, name)  # the parser owns weights the network uses
+    shown = onnx_path if onnx_path == source else f"{source} (its {options.precision} rewrite)"
+    builder, network, parser, logger = parse(trt, onnx_path, name, shown)  # the parser owns the network's weights
     summary = walk(network)
     problems = verify(summary, options.precision, int8_matmul_nodes(load_onnx(onnx_path)))
     warnings = _precision_problems(problems, options, "network")

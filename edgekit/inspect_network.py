@@ -84,8 +84,9 @@ def network_flags(trt) -> int:
     return 0 if flag is None else 1 << int(flag)
 
 
-def parse(trt, onnx_path: Path, backend_name: str):
-    """Builder, network, parser and logger for ``onnx_path``; keep all four alive while using the network."""
+def parse(trt, onnx_path: Path, backend_name: str, shown: str | Path | None = None):
+    """Builder, network, parser and logger for ``onnx_path``; keep all four alive while using the network.
+    ``shown``: how errors name the file (a staged rewrite is gone by the time the user reads them)."""
     logger = make_logger(trt)
     builder = trt.Builder(logger)
     if builder is None:
@@ -98,7 +99,7 @@ def parse(trt, onnx_path: Path, backend_name: str):
     with signals_held():  # a signal inside the parser's callbacks would be printed and dropped (see above)
         parsed = parser.parse_from_file(str(onnx_path))
     if not parsed:
-        raise parser_error(parser, onnx_path, backend_name, logger)
+        raise parser_error(parser, shown or onnx_path, backend_name, logger)
     return builder, network, parser, logger
 
 

@@ -61,7 +61,13 @@ def graph_precision(model) -> dict:
     qdq = ops["QuantizeLinear"] + ops["DequantizeLinear"]
     kind = "int8" if qdq else "fp16" if has_fp16 else "fp32"
     return {"carries": kind, "quantize_nodes": ops["QuantizeLinear"], "dequantize_nodes": ops["DequantizeLinear"],
-            "has_fp16": has_fp16, "matmul_nodes": sum(ops[o] for o in MATMUL_OPS)}
+            "has_fp16": has_fp16, "matmul_nodes": sum(ops[o] for o in MATMUL_OPS),
+            "cpu_int8_ops": sorted(o for o in ops if o in CPU_INT8_OPS)}
+
+
+#: ONNX Runtime's integer ops, which `quantize --target cpu` writes (dynamic, asymmetric int8): no engine takes them
+CPU_INT8_OPS = ("DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention",
+                "QGemm", "QLinearMatMul", "ConvInteger", "QLinearConv")
 
 
 def check_requested(onnx_path: Path, carried: dict, precision: str) -> None:
@@ -69,6 +75,11 @@ def check_requested(onnx_path: Path, carried: dict, precision: str) -> None:
     if precision not in PRECISIONS:
         raise InputError(f"Unknown precision '{precision}'", None, f"Choose one of: {', '.join(PRECISIONS)}")
     have = carried["carries"]
+    if carried.get("cpu_int8_ops"):  # TensorRT's parser failed on them later, with "replace the op" for a fix
+        raise InputError(f"'{onnx_path}' was quantized for the CPU ({', '.join(carried['cpu_int8_ops'])})",
+                         "an engine takes int8 only as symmetric Q/DQ pairs, not ONNX Runtime's integer ops",
+                         "Quantize the fp32 export for the engine: edgekit quantize FP32_DIR --target tensorrt-rtx "
+                         "--calibration-data DATA --out DIR, then build DIR; or build the fp32 export as fp16")
     if precision == "int8" and have != "int8":
         raise InputError(f"--precision int8 needs Q/DQ in the ONNX, and '{onnx_path}' has none",
                          "TensorRT 11 and TensorRT-RTX take int8 only from Q/DQ nodes (no implicit calibration)",

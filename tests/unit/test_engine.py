@@ -497,3 +497,15 @@ def test_one_provider_name_is_taken_as_a_list(tiny_onnx):
 
     with OrtSession(tiny_onnx / "model.onnx", providers="CPUExecutionProvider") as session:
         assert session.providers == ["CPUExecutionProvider"] and session.input_names
+
+
+def test_an_onnx_quantized_for_the_cpu_is_refused_with_the_command_that_fixes_it(tiny_int8, tmp_path):
+    """TensorRT-RTX's parser failed on it mid-build with "replace the op ... or register a plugin", naming the
+    staged copy of the file, which was deleted by then."""
+    pytest.importorskip("tensorrt_rtx", reason="the rtx extra (tensorrt-rtx) is not installed")
+    out = tmp_path / "engine"
+    r = subprocess.run([sys.executable, "-m", "edgekit", "build", str(tiny_int8), "--out", str(out), "--precision",
+                        "int8"], capture_output=True, text=True, timeout=120)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 1 and len(lines) == 1 and "was quantized for the CPU (" in lines[0], r.stderr
+    assert "--target tensorrt-rtx --calibration-data DATA" in lines[0] and not out.exists()
