@@ -37,6 +37,7 @@ from .sessions import encoder_for, session_for
 SCHEMA = "edgekit.bench/1"
 HIGH_CV = 0.10       # a coefficient of variation above this marks a noisy run
 MIN_RUNS_FOR_P99 = 100
+MIN_RUNS = 10            # below this a p50 is a few samples' middle and a CV of one run is 0 %
 
 
 @dataclass
@@ -243,7 +244,11 @@ def noisy_warning(result: dict) -> str | None:
 
 def _point_warnings(point: dict) -> list[str]:
     found = [w for w in (noisy_warning(point),) if w]
-    if point["iterations"] < MIN_RUNS_FOR_P99:
+    if point["iterations"] < MIN_RUNS:
+        n = point["iterations"]
+        found.append(f"only {n} timed run{'' if n == 1 else 's'}: p50, stdev and CV need >= {MIN_RUNS} to mean "
+                     "anything; rerun with more --iterations")
+    elif point["iterations"] < MIN_RUNS_FOR_P99:
         found.append(f"only {point['iterations']} timed runs: p99 needs >= {MIN_RUNS_FOR_P99} to differ from the max")
     return found
 

@@ -309,7 +309,18 @@ def bench_cmd(artifacts, data, text_column, sweep_batch, sweep_seq, rounds, as_j
     """
     from .bench import BenchOptions, bench, format_bench, sweep
 
-    if len(artifacts) > 1:
+    ctx = click.get_current_context()
+    given = {k for k in ctx.params if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
+    paired = len(artifacts) > 1
+    ignored = {"text_column": "it names a column of --data, and none is given"} if data is None else {}
+    if paired:
+        ignored.update({k: "two or more artifacts are timed in interleaved rounds of 5 runs each (--rounds)"
+                        for k in ("sweep_batch", "sweep_seq", "iterations", "min_seconds", "warmup_seconds")})
+    else:
+        ignored["rounds"] = "it sets the interleaved rounds of two or more artifacts"
+    for flag in (k for k in ignored if k in given):  # each was accepted and ignored before
+        raise InputError(f"--{flag.replace('_', '-')} does not apply here", ignored[flag], "Drop it")
+    if paired:
         return _bench_paired(artifacts, data, text_column, rounds, as_json, flags)
     artifact = artifacts[0]
     options = BenchOptions(**flags)

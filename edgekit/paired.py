@@ -173,8 +173,20 @@ def compare(artifacts: dict[str, str | Path], data: str | Path | None = None, op
     return result
 
 
+#: fewest timed runs per artifact for a p50 that means something (bench's MIN_RUNS)
+MIN_PAIRED_RUNS = 10
+MIN_SPREAD_ROUNDS = 8     # an interquartile range over fewer rounds rests on one or two values each side
+
+
 def paired_warnings(result: dict) -> list[str]:
     found = []
+    runs = min((a["runs"] for a in result["artifacts"].values()), default=0)
+    if runs < MIN_PAIRED_RUNS:
+        found.append(f"only {runs} timed runs per artifact: too few for a p50 to mean anything; use more --rounds")
+    rounds = result["options"]["rounds"]
+    if rounds < MIN_SPREAD_ROUNDS:
+        found.append(f"the ratios' IQRs are over only {rounds} rounds: use --rounds {MIN_SPREAD_ROUNDS} or more for a "
+                     "spread to rely on")
     for name, r in result["ratios"].items():
         if r["unstable"]:
             found.append(f"unstable ratio for {name}: {r['ratio']:.2f}x with IQR {r['iqr'][0]:.2f}-{r['iqr'][1]:.2f}"

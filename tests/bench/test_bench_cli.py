@@ -22,7 +22,7 @@ def test_bench_json_is_parseable_and_warnings_reach_stderr(tiny_int8, tmp_path):
     assert result.returncode == 0, result.stderr
     r = json.loads(result.stdout)
     assert r["schema"] == "edgekit.bench/1" and r["iterations"] == 5 and r["threads"] == 1
-    assert "Warning: only 5 timed runs" in result.stderr  # flagged, not only buried in the JSON
+    assert "Warning: only 5 timed runs: p50, stdev and CV need >= 10" in result.stderr  # flagged, not only in the JSON
     saved = tmp_path / "int8.json"
     saved.write_text(result.stdout)
     report = run("report", saved, "--out", tmp_path / "rep", "--json")

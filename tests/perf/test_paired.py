@@ -57,6 +57,7 @@ def test_bench_two_artifacts_interleaved(tiny_onnx, tiny_int8, tiny_data):
     assert len(a["round_p50_ms"]) == len(b["round_p50_ms"]) == 4 and a["runs"] == b["runs"]
     ratio = r["ratios"][names[1]]
     assert ratio["iqr"][0] <= ratio["ratio"] <= ratio["iqr"][1]
+    assert any(w.startswith("the ratios' IQRs are over only 4 rounds") for w in r["warnings"])  # was silent
     assert r["backends"][names[0]] == r["backends"][names[1]] == "onnxruntime"
 
 
@@ -71,3 +72,18 @@ def test_artifacts_of_different_tasks_are_not_compared(tiny_onnx, tmp_path):
     (other / "manifest.json").write_text(json.dumps({**manifest, "task": "token-classification"}))
     with pytest.raises(InputError, match="compares artifacts of one model and task"):
         compare({"a": tiny_onnx, "b": other}, options=PairedOptions(rounds=4, runs=1, warmup=0))
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["{a}", "{b}", "--sweep-batch", "1,4"], "--sweep-batch does not apply here: two or more artifacts"),
+    (["{a}", "{b}", "--iterations", "1000"], "--iterations does not apply here"),
+    (["{a}", "{b}", "--min-seconds", "10"], "--min-seconds does not apply here"),
+    (["{a}", "--rounds", "6"], "--rounds does not apply here: it sets the interleaved rounds"),
+    (["{a}", "--text-column", "text"], "--text-column does not apply here: it names a column of --data"),
+])
+def test_bench_refuses_options_it_would_ignore(tiny_onnx, tiny_int8, args, expected):
+    """Each ran with exit 0 and the option silently ignored (20 runs taken for --iterations 1000, say)."""
+    paths = {"a": str(tiny_onnx), "b": str(tiny_int8)}
+    result = CliRunner().invoke(main, ["bench", *(a.format(**paths) for a in args)])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and expected in lines[0], result.output
