@@ -630,6 +630,7 @@ def build_cmd(onnx, out, ccs, data, text_column, force, as_json, timing_cache, *
         raise InputError(f"--compute-capability '{ccs}' names no compute capability", None,
                          "Pass e.g. --compute-capability 8.6,12.0, or leave it out for the defaults")
     lm_flags = {k: flags.pop(k) for k in ("max_prompt", "block_size", "keep_lm_head", "keep_sensitive")}
+    rtx_cli.refuse_lm_file(onnx)
     ctx = click.get_current_context()
     given = {k for k in ctx.params if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
     if flags["precision"] == "int4" or rtx_cli.is_lm_input(onnx):

@@ -42,10 +42,14 @@ class Profile:
         dims = list(tensor.shape)
         out = []
         for axis, dim in enumerate(dims):
-            if axis == 0:
-                out.append(self.batch[k])
-            elif axis == 1:
-                out.append(self.seq[k])
+            if axis < 2:
+                name, wanted = ("batch", self.batch) if axis == 0 else ("seq", self.seq)
+                if dim >= 0 and tuple(wanted) != (dim, dim, dim):  # TensorRT failed on it with a fix about precision
+                    raise InputError(f"Input '{tensor.name}' has a fixed {'batch' if axis == 0 else 'sequence'} "
+                                     f"size of {dim}", f"the profile asks {'/'.join(map(str, wanted))} (min/opt/max)",
+                                     f"Pass --min-{name} {dim} --opt-{name} {dim} --max-{name} {dim}, or export with "
+                                     "a dynamic axis")
+                out.append(wanted[k])
             elif dim < 0:
                 raise InputError(f"Input '{tensor.name}' has a dynamic axis {axis} beyond batch and sequence",
                                  f"its shape is {tuple(dims)}", "Export with static sizes for axes after the second")

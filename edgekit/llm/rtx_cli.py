@@ -20,6 +20,16 @@ ENCODER_ONLY_FLAGS = ("int8_base", "timing_cache", "data", "text_column", "min_s
 INT4_ONLY_FLAGS = ("block_size", "keep_lm_head", "keep_sensitive")
 
 
+def refuse_lm_file(model) -> None:
+    """An InputError for the decoder ONNX file of a causal-LM folder: its engine is built from the folder (its
+    manifest, tokenizer and generation config); as an encoder ONNX it failed on its KV-cache inputs' axes."""
+    path = Path(str(model))
+    if path.suffix == ".onnx" and path.is_file() and is_lm_input(path.parent):
+        raise InputError(f"'{path}' is the decoder ONNX of the causal-LM folder '{path.parent}'",
+                         "a causal-LM engine is built from its folder (manifest, tokenizer, generation config)",
+                         f"Pass the folder: edgekit build {path.parent} --out ...")
+
+
 def is_lm_input(model) -> bool:
     """True for what ``build`` should treat as a causal LM (no heavy imports)."""
     text = str(model)

@@ -279,7 +279,10 @@ def test_one_line_errors(onnx_dirs, tiny_onnx, tmp_path):
     assert "not offered" in _one_line_error(["build", int4, "--out", str(tmp_path / "c"), "--precision", "fp32"])
     assert "Invalid lengths" in _one_line_error(["build", int4, "--out", str(tmp_path / "d"), "--max-prompt", "512",
                                                  "--max-seq", "128"])
-    assert not any((tmp_path / n).exists() for n in "abcd")
+    # its model.onnx alone was built as an encoder and failed on the KV-cache axes with a fix about static sizes
+    line = _one_line_error(["build", str(onnx_dirs["fp16"] / "model.onnx"), "--out", str(tmp_path / "e")])
+    assert "is the decoder ONNX of the causal-LM folder" in line and f"edgekit build {onnx_dirs['fp16']}" in line
+    assert not any((tmp_path / n).exists() for n in "abcde")
 
 
 def test_engine_without_gpu_is_one_line(onnx_dirs, tmp_path):

@@ -509,3 +509,27 @@ def test_an_onnx_quantized_for_the_cpu_is_refused_with_the_command_that_fixes_it
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 1 and len(lines) == 1 and "was quantized for the CPU (" in lines[0], r.stderr
     assert "--target tensorrt-rtx --calibration-data DATA" in lines[0] and not out.exists()
+
+
+def test_a_fixed_batch_size_is_named_with_the_flags_that_match_it(tmp_path):
+    """An ONNX exported with batch 1 failed in TensorRT ("static dimensions that don't match kOPT") with a fix
+    about --compute-capability and --precision."""
+    pytest.importorskip("tensorrt_rtx", reason="the rtx extra (tensorrt-rtx) is not installed")
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "fixed",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "seq"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "seq"])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "fixed.onnx"))
+    out = tmp_path / "engine"
+    r = subprocess.run([sys.executable, "-m", "edgekit", "build", str(tmp_path / "fixed.onnx"), "--out", str(out),
+                        "--precision", "fp32"], capture_output=True, text=True, timeout=120)
+    lines = [line for line in r.stderr.splitlines() if line.strip() and not line.startswith("[edgekit]")]
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert "Input 'x' has a fixed batch size of 1" in lines[0] and "--min-batch 1 --opt-batch 1 --max-batch 1" in lines[0]
+    assert not out.exists()
+    r = subprocess.run([sys.executable, "-m", "edgekit", "build", str(tmp_path / "fixed.onnx"), "--out", str(out),
+                        "--precision", "fp32", "--min-batch", "1", "--opt-batch", "1", "--max-batch", "1",
+                        "--compute-capability", "8.6"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
