@@ -61,6 +61,7 @@ class OrtSession(Session):
             providers = [providers]
         self.providers = list(providers or ["CPUExecutionProvider"])
         self._sess = None
+        self._int64_inputs: set[str] = set()
         self.input_names: list[str] = []
         self.output_names: list[str] = []
         self.output_shapes: list[list] = []   # per output: ints where fixed, names or None where dynamic
@@ -92,6 +93,7 @@ class OrtSession(Session):
             raise ModelError(f"ONNX Runtime cannot load '{self.model_path}'", first_line(exc, 300),
                              "Re-export the model with edgekit export; the file may be corrupt or truncated") from None
         self.input_names = [i.name for i in self._sess.get_inputs()]
+        self._int64_inputs = {i.name for i in self._sess.get_inputs() if i.type == "tensor(int64)"}
         self.output_names = [o.name for o in self._sess.get_outputs()]
         self.output_shapes = [list(o.shape) for o in self._sess.get_outputs()]
         return self
@@ -100,9 +102,26 @@ class OrtSession(Session):
         self._sess = None
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Named inputs -> named outputs. Integer ids of another width are widened to the model's int64; inputs
+        ONNX Runtime refuses (a name missing, a wrong rank, ids past the vocabulary, more tokens than the model's
+        positions) are an InputError with its reason, not its own exception types."""
         if self._sess is None:
             self.open()
-        outputs = self._sess.run(None, self.feeds(feeds))
+        given = self.feeds(feeds)
+        missing = [n for n in self.input_names if n not in given]
+        if missing:
+            raise InputError(f"Model inputs missing: {', '.join(missing)}", f"got {', '.join(feeds) or 'none'}",
+                             "Pass what encoder(texts) makes (input_ids, attention_mask, ...)")
+        for name, value in given.items():
+            if name in self._int64_inputs and isinstance(value, np.ndarray) and value.dtype.kind in "iu" \
+                    and value.dtype != np.int64:
+                given[name] = value.astype(np.int64)
+        try:
+            outputs = self._sess.run(None, given)
+        except Exception as exc:  # noqa: BLE001  (onnxruntime's Fail / InvalidArgument / RuntimeException types)
+            raise InputError("ONNX Runtime cannot run the model on these inputs", first_line(exc, 300),
+                             "Pass int64 arrays of shape [batch, tokens] within the model's vocabulary and "
+                             "maximum length, as encoder(texts) makes them") from None
         return dict(zip(self.output_names, outputs))
 
 

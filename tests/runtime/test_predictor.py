@@ -158,7 +158,7 @@ def test_empty_and_bad_inputs(tiny_optimized):
     with pytest.raises(InputError, match="batch_size must be a positive integer"):
         clf.predict(["x"], batch_size=0)
     for kwargs in ({"max_batch": 0}, {"max_length": -3}):
-        with pytest.raises(InputError, match="must be a positive integer"):
+        with pytest.raises(InputError, match="must be a positive whole number"):
             load(tiny_optimized, **kwargs)
 
 
@@ -249,3 +249,22 @@ def test_bench_end_to_end_refuses_a_model_file_that_load_would_not_run(tiny_opti
     with pytest.raises(InputError, match="--end-to-end times what edgekit.runtime.load runs from .*not 'model.int8.onnx'"):
         bench(mixed / "model.int8.onnx", None, options)
     assert bench(mixed / "model.onnx", None, options)["latency_ms"]["p50"] > 0
+
+
+def test_raw_run_takes_narrower_ids_and_refuses_bad_feeds_in_one_line(tiny_optimized):
+    """run(feeds) passed ONNX Runtime's own exceptions through (InvalidArgument, Fail, a ValueError listing the
+    required inputs) and refused int32 ids outright."""
+    clf = load(tiny_optimized)
+    feeds = clf.encoder(["a good film"])
+    want = clf.run(feeds)
+    narrow = clf.run({k: v.astype(np.int32) for k, v in feeds.items()})
+    assert all(np.array_equal(want[k], narrow[k]) for k in want)
+    bad = {"rank": {k: v[0] for k, v in feeds.items()},
+           "vocabulary": {**feeds, "input_ids": np.full_like(feeds["input_ids"], 10 ** 6)},
+           "missing": {k: v for k, v in feeds.items() if k != "input_ids"}}
+    for name, given in bad.items():
+        with pytest.raises(InputError) as err:
+            clf.run(given)
+        assert "\n" not in err.value.message, name
+    with pytest.raises(InputError, match="Model inputs missing: input_ids"):
+        clf.run(bad["missing"])
