@@ -149,7 +149,16 @@ def emit(result: dict, as_json: bool, text: str) -> None:
     click.echo(json.dumps(result, indent=2, default=str) if as_json else text)
 
 
-path_arg = click.Path(path_type=Path)
+class _PathArg(click.Path):
+    """A path that is not empty ('--out ""' was the working directory: an artifact written among the user's files)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("is empty: pass a path", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+path_arg = _PathArg(path_type=Path)
 
 
 @click.group(cls=EdgekitGroup, context_settings={"help_option_names": ["-h", "--help"]})

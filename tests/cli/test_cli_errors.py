@@ -311,3 +311,17 @@ def test_an_encoder_build_refuses_options_it_would_ignore(tiny_onnx, tmp_path, a
     assert result.exit_code == 1, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and expected in lines[0] and not out.exists(), result.stderr
+
+
+@pytest.mark.parametrize("args", [["build", "{onnx}", "--out", ""], ["export", "{model}", "--out", " "],
+                                  ["quantize", "", "--out", "{tmp}/q"]])
+def test_an_empty_path_is_a_usage_error(tiny_model, tiny_onnx, tmp_path, args):
+    """--out '' built the engine into the working directory."""
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    paths = {"onnx": str(tiny_onnx), "model": str(tiny_model), "tmp": str(tmp_path)}
+    result = CliRunner().invoke(main, [a.format(**paths) for a in args])
+    assert result.exit_code == 2 and "is empty: pass a path" in result.stderr, result.output
+    assert list(tmp_path.iterdir()) == []
