@@ -184,31 +184,22 @@ def encode_tags(tags: list[list[str]], label2id: dict[str, int], source: str = "
 def encode_labels(labels: list[str], label2id: dict[str, int], source: str = "data") -> list[int]:
     """Map raw labels (names like 'positive' or ids like '1') to the model's class ids.
 
-    Decided for the whole file: names when every label is one of the model's names, else ids when every
-    label is one of its ids, else each label on its own (names first). A model named with numbers ("1", "2"
-    for ids 0, 1) read a file of ids 0/1 as id 0 for "0" and name "1" = id 0 for "1"; a file whose labels read
-    completely both ways, to different classes, is refused as ambiguous.
+    Decided for the whole file: names when every label is one of the model's names (as a fine-tuned model's
+    labels are, taken from its training data), else ids when every label is one of its ids, else each label on
+    its own (names first). Label by label, a model named with numbers ("1", "2" for ids 0, 1) read a file of
+    ids 0/1 as id 0 for "0" and as name "1" = id 0 for "1".
     """
     id_strings = {str(i): i for i in label2id.values()}
     lowered = {k.lower(): v for k, v in label2id.items()}
-
-    def by_name(label: str) -> int | None:
-        return label2id.get(label, lowered.get(label.lower()))
-
-    def by_id(label: str) -> int | None:
-        return id_strings.get(_as_int(label))
-
     distinct = set(labels)
-    names = {x: by_name(x) for x in distinct}
-    ids = {x: by_id(x) for x in distinct}
-    all_names, all_ids = None not in names.values(), None not in ids.values()
-    if all_names and all_ids and names != ids:
-        both = next(x for x in sorted(distinct) if names[x] != ids[x])
-        raise DataError(f"Labels in '{source}' read both as the model's names and as its ids",
-                        f"{both!r} is the name of class {names[both]} and the id of class {ids[both]}",
-                        "Include rows of every class (one reading then fails), or label the rows by name")
-    pick = names if all_names else ids if all_ids else {x: names[x] if names[x] is not None else ids[x]
-                                                         for x in distinct}
+    names = {x: label2id.get(x, lowered.get(x.lower())) for x in distinct}
+    ids = {x: id_strings.get(_as_int(x)) for x in distinct}
+    if None not in names.values():
+        pick = names
+    elif None not in ids.values():
+        pick = ids
+    else:
+        pick = {x: names[x] if names[x] is not None else ids[x] for x in distinct}
     out, unknown = [], set()
     for label in labels:
         if pick[label] is None:

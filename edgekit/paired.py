@@ -62,7 +62,8 @@ class PairedOptions:
             raise InputError(f"--seq-len must be at least 2, got {self.seq_len}", None,
                              "Room is needed for the special tokens ([CLS] ... [SEP])")
         if self.threads is not None and self.threads < 1:
-            raise InputError(f"--threads must be at least 1, got {self.threads}", None, "Omit it to use every usable core")
+            raise InputError(f"--threads must be at least 1, got {self.threads}", None,
+                             "Omit it to use every usable core")
         check_threads(self.threads, "--threads")
 
 

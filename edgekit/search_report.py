@@ -180,7 +180,8 @@ def _trial_row(r: dict, winner: str | None) -> str:
     status = r["status"] if ok or r["status"] == "not run" else f"failed: {r.get('error', '')}"
     drop = _fmt(r["accuracy_drop"] * 100, "+.2f") if "accuracy_drop" in r else "—"
     budget = ("yes" if r.get("within_budget") else "no") if ok else "—"
-    cells = [f"{md_cell(r['id'])}{' **(winner)**' if r['id'] == winner else ''}", md_cell(status), _fmt(r.get("accuracy"), ".4f"), drop,
+    cells = [f"{md_cell(r['id'])}{' **(winner)**' if r['id'] == winner else ''}", md_cell(status),
+             _fmt(r.get("accuracy"), ".4f"), drop,
              _fmt(r.get("p50_ms"), ".2f"), _fmt(r.get("speedup_p50"), ".2f"), budget, "yes" if r.get("pareto") else "",
              str(len(r.get("fell_back") or [])) if ok else "—", _fmt(r.get("seconds"), ".0f")]
     return "| " + " | ".join(cells) + " |"

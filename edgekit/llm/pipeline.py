@@ -167,7 +167,8 @@ def _check_target(options: LMOptimizeOptions) -> None:
         if given and (options.target, options.precision) != ("tensorrt-rtx", "int4"):
             raise InputError(f"{flag} applies to --target tensorrt-rtx --precision int4 only",
                              f"this run is {options.target} {options.precision}; on the CPU the gate's fallback keeps "
-                             "layers at higher precision (k-quant mixed) and the block size is measured", f"Drop {flag}")
+                             "layers at higher precision (k-quant mixed) and the block size is measured",
+                             f"Drop {flag}")
     from .rtx_graph import BLOCK_SIZES  # noqa: PLC0415
 
     if options.block_size and options.block_size not in BLOCK_SIZES:  # was refused after the export and AWQ fit
