@@ -127,6 +127,11 @@ class OptimizeOptions:
             self.quantize_options().validate()   # e.g. --mode dynamic for a TensorRT target: one line, up front
         if self.target in ENGINE_TARGETS:
             self.build_options().validate()
+            if self.target == "tensorrt-rtx" and self.build.compute_capabilities:  # was refused after export + quantize
+                from .deps import require  # noqa: PLC0415
+                from .engine import compute_capabilities  # noqa: PLC0415
+
+                compute_capabilities(require("tensorrt_rtx"), self.build_options())
             if self.precision == "int8" and not (self.data.validation_data or self.data.calibration_data):
                 raise InputError(f"TensorRT int8 for {self.target} needs labeled rows other than the gate's",
                                  "calibration and the per-layer fallback must not be judged on the gate data",

@@ -327,15 +327,17 @@ def test_an_empty_path_is_a_usage_error(tiny_model, tiny_onnx, tmp_path, args):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_optimize_lm_refuses_an_unknown_compute_capability_before_the_model_is_read(tmp_path):
-    """It was refused at the engine step, after the export and the AWQ fit (minutes on a real model)."""
+@pytest.mark.parametrize("command", ["optimize-lm", "optimize"])
+def test_an_unknown_compute_capability_is_refused_before_the_model_is_read(tmp_path, command):
+    """It was refused at the engine step, after the export and quantization (optimize-lm: and the AWQ fit)."""
     pytest.importorskip("tensorrt_rtx", reason="the rtx extra (tensorrt-rtx) is not installed")
     from click.testing import CliRunner
 
     from edgekit.cli import main
 
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["optimize-lm", "pkg:not-read", "--data", "not-read.tsv", "--target",
+    model = "pkg:not-read" if command == "optimize-lm" else str(tmp_path / "not-read-model")
+    result = CliRunner().invoke(main, [command, model, "--data", "not-read.tsv", "--target",
                                        "tensorrt-rtx", "--compute-capability", "9.0", "--out", str(out)])
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 1 and len(lines) == 1, result.output
