@@ -116,32 +116,45 @@ class TextClassifier(Predictor):
     Safe to share between threads (see the module docstring).
     """
 
-    def logits(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
-        """First model output for every text, in input order (batched by length to keep padding small)."""
+    def logits(self, texts: list[str], batch_size: int | None = None, pairs: list[str] | None = None) -> np.ndarray:
+        """First model output for every text, in input order (batched by length to keep padding small).
+
+        ``pairs``: the second sentence of each text, for a sentence-pair model (NLI, paraphrase), one per text."""
         texts = check_texts(texts)
+        if pairs is not None:
+            pairs = check_texts(pairs)
+            if len(pairs) != len(texts):
+                raise InputError(f"{len(texts)} texts but {len(pairs)} pairs", "each text takes one second sentence",
+                                 "Pass as many pairs as texts")
         size = self._capped(self.batch_size if batch_size is None else batch_size)
         if not texts:
             return np.zeros((0, len(self.id2label)), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]) + (len(pairs[i]) if pairs else 0))
         out = np.empty((len(texts), len(self.id2label)), dtype=np.float32)
         for start in range(0, len(order), size):
             idx = order[start:start + size]
-            out[idx] = self._run_batch([texts[i] for i in idx])
+            out[idx] = self._run_batch([texts[i] for i in idx], None if pairs is None else [pairs[i] for i in idx])
         return out
 
-    def _run_batch(self, texts: list[str]) -> np.ndarray:
-        rows = texts + [""] * max(0, self.limits.min_batch - len(texts))
-        result = self.session.run(self.encoder(rows))
+    def _run_batch(self, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
+        extra = [""] * max(0, self.limits.min_batch - len(texts))
+        result = self.session.run(self.encoder(texts + extra, None if pairs is None else pairs + extra))
         return next(iter(result.values()))[:len(texts)]
 
-    def predict_proba(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
+    def predict_proba(self, texts: list[str], batch_size: int | None = None,
+                      pairs: list[str] | None = None) -> np.ndarray:
         """Class probabilities, shape ``(len(texts), num_labels)``; columns in label-id order."""
-        return softmax(self.logits(texts, batch_size))
+        return softmax(self.logits(texts, batch_size, pairs))
 
-    def predict(self, texts: list[str] | str, batch_size: int | None = None) -> list[dict] | dict:
-        """``[{'label': ..., 'score': ...}, ...]``; a single string gives a single dict; ``[]`` gives ``[]``."""
+    def predict(self, texts: list[str] | str, batch_size: int | None = None,
+                pairs: list[str] | str | None = None) -> list[dict] | dict:
+        """``[{'label': ..., 'score': ...}, ...]``; a single string gives a single dict; ``[]`` gives ``[]``.
+        ``pairs``: each text's second sentence for a sentence-pair model (a single string with a single text)."""
         single = isinstance(texts, str)
-        out = self.format(self.predict_proba([texts] if single else texts, batch_size))
+        if single and pairs is not None and not isinstance(pairs, str):
+            raise TypeError("predict() with a single text takes a single pair string")
+        out = self.format(self.predict_proba([texts] if single else texts, batch_size,
+                                             [pairs] if single and pairs is not None else pairs))
         return out[0] if single else out
 
     def format(self, probs: np.ndarray) -> list[dict]:

@@ -268,3 +268,18 @@ def test_raw_run_takes_narrower_ids_and_refuses_bad_feeds_in_one_line(tiny_optim
         assert "\n" not in err.value.message, name
     with pytest.raises(InputError, match="Model inputs missing: input_ids"):
         clf.run(bad["missing"])
+
+
+def test_sentence_pairs_are_scored_as_pairs(tiny_onnx):
+    """A sentence-pair model (gated on pairs by check) could only be given single texts by the runtime."""
+    clf = load(tiny_onnx, batch_size=3)
+    texts, pairs = ["a good film", "the plot", "dull acting was bad"], ["it was fun", "never lets up", "boring"]
+    got = clf.predict_proba(texts, pairs=pairs)
+    session = OrtSession(tiny_onnx / "model.onnx")
+    for i in range(len(texts)):  # one pair at a time, straight through ONNX Runtime
+        want = session.run(clf.encoder([texts[i]], [pairs[i]]))
+        assert np.allclose(got[i], np.exp(want["logits"][0]) / np.exp(want["logits"][0]).sum(), atol=1e-5)
+    assert np.abs(got - clf.predict_proba(texts)).max() > 1e-6  # the second sentence is read (a random tiny model)
+    assert clf.predict(texts[0], pairs=pairs[0]) == clf.predict([texts[0]], pairs=[pairs[0]])[0]
+    with pytest.raises(InputError, match="3 texts but 2 pairs"):
+        clf.predict(texts, pairs=pairs[:2])
