@@ -138,8 +138,9 @@ def _target(art: Artifact, end_to_end: bool, threads: int) -> Iterator[tuple[obj
     if path.is_file() and not loads:  # load() would time the folder's model.onnx, not the file named
         raise InputError(f"--end-to-end times what edgekit.runtime.load runs from '{art.folder}', not '{path.name}'",
                          f"load() takes a folder and runs its {ONNX_NAME} (else its engine)",
-                         f"Put the model in a folder of its own as {ONNX_NAME} with the tokenizer and config, or "
-                         "drop --end-to-end")
+                         "Give it a folder of its own (with the tokenizer and config"
+                         f"{'' if path.suffix in ENGINE_SUFFIXES else f', as {ONNX_NAME}'}), or drop --end-to-end "
+                         "to time it model-only")
     clf = load(art.folder, threads=threads)  # backend 'auto': ONNX Runtime or the engine's recorded backend
     try:
         yield clf, clf.session.backend

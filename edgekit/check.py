@@ -75,8 +75,8 @@ def labeled_data(model: Artifact, data: str | Path | TextDataset, text_column: s
     each word and ``IGNORE`` (-100) on the rest, tokens as ``encoder_for(model)`` makes them.
     """
     spec = gated(task_of(model.folder))
-    ds = data if isinstance(data, TextDataset) else gate_reader(model)(data, text_column, label_column)
-    ds = ds.subset(max_samples, seed)
+    whole = data if isinstance(data, TextDataset) else gate_reader(model)(data, text_column, label_column)
+    ds = whole.subset(max_samples, seed)
     label2id = _label2id(model)
     if spec.per_token:
         if ds.tags is None:
@@ -86,7 +86,9 @@ def labeled_data(model: Artifact, data: str | Path | TextDataset, text_column: s
         return ds, Targets(align_tags(encoder_for(model), ds, tags), _id2label(label2id), spec.name)
     if ds.labels is None:
         raise DataError(f"Dataset '{ds.source}' has no labels", None, "Pass --label-column")
-    return ds, Targets(encode_labels(ds.labels, label2id, ds.source), _id2label(label2id), spec.name)
+    # names or ids is read off the whole file, not the sample (a sample without "0" read star ids as names)
+    return ds, Targets(encode_labels(ds.labels, label2id, ds.source, reading_of=whole.labels), _id2label(label2id),
+                       spec.name)
 
 
 def align_tags(encoder: TextEncoder, ds: TextDataset, tags: list[list[int]]) -> np.ndarray:

@@ -32,6 +32,7 @@ import click
 
 from . import progress
 from .atomic import import_safe, no_stray_torch_cache, remove_unfinished
+from .cli_options import path_arg
 from .errors import EdgekitError, InputError, Terminated
 
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -149,16 +150,6 @@ def emit(result: dict, as_json: bool, text: str) -> None:
     click.echo(json.dumps(result, indent=2, default=str) if as_json else text)
 
 
-class _PathArg(click.Path):
-    """A path that is not empty ('--out ""' was the working directory: an artifact written among the user's files)."""
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, str) and not value.strip():
-            self.fail("is empty: pass a path", param, ctx)
-        return super().convert(value, param, ctx)
-
-
-path_arg = _PathArg(path_type=Path)
 
 
 @click.group(cls=EdgekitGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -16,10 +16,24 @@ own heading.
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import click
 
 from .schema import Leaf, walk
+
+
+class PathArg(click.Path):
+    """A path that is not empty ('--out ""' was the working directory: an artifact written among the user's files)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("is empty: pass a path", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+#: the type of every path argument and option of the CLI
+path_arg = PathArg(path_type=Path)
 
 SECTION_GROUPS = {"data": "Data", "gate": "Gate (accuracy)", "export": "Target and export",
                   "quantize": "Quantization", "build": "Engine build (TensorRT targets)", "prune": "Pruning",

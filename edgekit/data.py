@@ -181,17 +181,19 @@ def encode_tags(tags: list[list[str]], label2id: dict[str, int], source: str = "
     return out
 
 
-def encode_labels(labels: list[str], label2id: dict[str, int], source: str = "data") -> list[int]:
+def encode_labels(labels: list[str], label2id: dict[str, int], source: str = "data",
+                  reading_of: list[str] | None = None) -> list[int]:
     """Map raw labels (names like 'positive' or ids like '1') to the model's class ids.
 
     Decided for the whole file: names when every label is one of the model's names (as a fine-tuned model's
     labels are, taken from its training data), else ids when every label is one of its ids, else each label on
     its own (names first). Label by label, a model named with numbers ("1", "2" for ids 0, 1) read a file of
-    ids 0/1 as id 0 for "0" and as name "1" = id 0 for "1".
+    ids 0/1 as id 0 for "0" and as name "1" = id 0 for "1". ``reading_of``: the labels whose reading decides
+    (the whole file, when ``labels`` are a sample of it), default ``labels``.
     """
     id_strings = {str(i): i for i in label2id.values()}
     lowered = {k.lower(): v for k, v in label2id.items()}
-    distinct = set(labels)
+    distinct = set(labels) | set(reading_of or ())
     names = {x: label2id.get(x, lowered.get(x.lower())) for x in distinct}
     ids = {x: id_strings.get(_as_int(x)) for x in distinct}
     if None not in names.values():

@@ -75,7 +75,8 @@ class BuildOptions:
         if self.timing_cache and self.backend == "tensorrt-rtx":  # was a warning after the build: refused, not ignored
             raise InputError("--timing-cache applies to classic TensorRT only",
                              "TensorRT-RTX keeps no timing cache (it is a no-op there)",
-                             "Drop --timing-cache, or pass --backend tensorrt")
+                             "Drop --timing-cache, or build with classic TensorRT (build --backend tensorrt, "
+                             "optimize --target tensorrt)")
         if self.compute_capabilities and self.backend == "tensorrt":
             raise InputError("--compute-capability applies to TensorRT-RTX only",
                              "classic TensorRT builds for the GPU it runs on",
@@ -114,6 +115,11 @@ def build(onnx: str | Path, out: str | Path, options: BuildOptions | None = None
         raise InputError(f"Output '{engine.parent}' is a non-empty folder that edgekit did not write",
                          "the engine's tokenizer and config would sit beside files that are not its own",
                          "Choose another --out or pass --force")
+    other = _other_model(src.parent, engine.parent)
+    if other and not force:
+        raise InputError(f"Output '{engine.parent}' holds another model's {other}",
+                         "the runtime would serve this engine with that model's labels and vocabulary",
+                         "Choose another --out, or pass --force to replace them")
     trt = require(MODULES[options.backend])
     targets = compute_capabilities(trt, options)
     gpus = _preflight(trt, options)
@@ -129,7 +135,7 @@ def build(onnx: str | Path, out: str | Path, options: BuildOptions | None = None
         record["build_seconds"] = round(time.perf_counter() - started, 2)
         sidecar = outputs.write_sidecar(record, options=asdict(options))
     # --force into a foreign folder, or over an engine of another model (its labels and vocabulary): ours win
-    _copy_runtime_files(src.parent, engine.parent, replace=foreign or _other_model(src.parent, engine.parent))
+    _copy_runtime_files(src.parent, engine.parent, replace=foreign or bool(other))
     return Artifact(engine, "engine", engine, sidecar)
 
 
@@ -156,14 +162,15 @@ def engine_path(out: str | Path) -> Path:
     return out
 
 
-def compute_capabilities(trt, options: BuildOptions) -> list[str]:
-    """Normalized target list ('8.6', ...); unknown ones raise with the valid list."""
+def compute_capabilities(trt, options: BuildOptions, classic: str = "--backend tensorrt") -> list[str]:
+    """Normalized target list ('8.6', ...); unknown ones raise with the valid list (and, for 9.0, the flag that
+    picks classic TensorRT in the calling command: ``classic``)."""
     valid = _rtx_targets(trt) if options.backend == "tensorrt-rtx" else ()
     chosen = []
     for raw in options.compute_capabilities:
         cc = _normalize_cc(raw)
         if cc not in valid:
-            extra = " (9.0 is Hopper, e.g. H100, not an RTX GPU: use --backend tensorrt)" if cc == "9.0" else ""
+            extra = f" (9.0 is Hopper, e.g. H100, not an RTX GPU: use {classic})" if cc == "9.0" else ""
             raise InputError(f"Unknown compute capability '{raw}' for TensorRT-RTX{extra}", None,
                              f"Choose from: {', '.join(valid)}")
         if cc not in chosen:
@@ -218,7 +225,7 @@ def _build(trt, onnx_path: Path, source: Path, options: BuildOptions, targets: l
                         f"compute capabilities {', '.join(targets) or 'default'}"):
         plan = build_interruptibly(trt, builder, network, config)
     if plan is None:
-        raise BackendError(f"{name} could not build an engine from '{onnx_path}'",
+        raise BackendError(f"{name} could not build an engine from '{shown}'",
                            " ".join((logger.errors[-1] if logger.errors else "no error was logged").split())[:300],
                            "Check --compute-capability and --precision (e.g. Turing 7.5 has no fp32 GEMM in "
                            "TensorRT-RTX), or set EDGEKIT_DEBUG=1")
@@ -301,15 +308,15 @@ def _inspect(trt, plan, logger, options: BuildOptions, gpus: list[dict], warning
     return info
 
 
-def _other_model(src: Path, dst: Path) -> bool:
-    """True when ``dst`` holds a config.json or tokenizer.json other than ``src``'s (an earlier build's, of
-    another model): the runtime would label the new engine with the old model's classes."""
+def _other_model(src: Path, dst: Path) -> str | None:
+    """The first of config.json / tokenizer.json that ``dst`` holds other than ``src``'s (an earlier build's, of
+    another model), else None: the runtime would label the new engine with the old model's classes."""
     for name in ("config.json", "tokenizer.json"):
         ours, theirs = src / name, dst / name
         with contextlib.suppress(OSError):
             if ours.is_file() and theirs.is_file() and ours.read_bytes() != theirs.read_bytes():
-                return True
-    return False
+                return name
+    return None
 
 
 def _copy_runtime_files(src: Path, dst: Path, replace: bool = False) -> None:

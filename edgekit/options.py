@@ -131,7 +131,7 @@ class OptimizeOptions:
                 from .deps import require  # noqa: PLC0415
                 from .engine import compute_capabilities  # noqa: PLC0415
 
-                compute_capabilities(require("tensorrt_rtx"), self.build_options())
+                compute_capabilities(require("tensorrt_rtx"), self.build_options(), classic="--target tensorrt")
             if self.precision == "int8" and not (self.data.validation_data or self.data.calibration_data):
                 raise InputError(f"TensorRT int8 for {self.target} needs labeled rows other than the gate's",
                                  "calibration and the per-layer fallback must not be judged on the gate data",

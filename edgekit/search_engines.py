@@ -135,9 +135,10 @@ def _ray(address: str, num_cpus: int | None):
     _Remembered.terminated = False
     main = threading.current_thread() is threading.main_thread()
     sigterm = signal.getsignal(signal.SIGTERM) if main else None
-    scratch = _ray_scratch() if address == "local" else None
+    scratch = None
     try:
         if address == "local":
+            scratch = _ray_scratch()
             where = {"_temp_dir": scratch} if scratch else {}
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet, **where)
         else:

@@ -50,9 +50,10 @@ def check_same_tokenizer(encoder: TextEncoder, artifacts: dict[str, Artifact]) -
         except EdgekitError:  # no tokenizer files: nothing to compare against
             continue
         if theirs != ours:
+            token = next((t for t in sorted(set(ours) | set(theirs)) if ours.get(t) != theirs.get(t)), None)
             raise ModelError(f"{name} '{art.path}' has another tokenizer",
-                             f"its vocabulary ({len(theirs)} tokens) is not the one its inputs are made with "
-                             f"({len(ours)} tokens)",
+                             f"token {token!r} is id {theirs.get(token)} there and {ours.get(token)} in the tokenizer "
+                             f"its inputs are made with ({len(theirs)} and {len(ours)} tokens)",
                              "Compare artifacts made from the same model (each keeps its tokenizer files)")
 
 

@@ -9,11 +9,11 @@ Errors are EdgekitErrors, printed as one line by the main group's boundary.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import click
 
-path_arg = click.Path(path_type=Path)
+from ..cli_options import path_arg
+
 
 
 def _csv_ints(ctx, param, value):

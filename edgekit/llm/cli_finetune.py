@@ -9,11 +9,11 @@ EdgekitErrors, printed as one line by the main group's boundary.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
-path_arg = click.Path(path_type=Path)
+from ..cli_options import path_arg
+
 
 
 def _label_words(ctx, param, value):

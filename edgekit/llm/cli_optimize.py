@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from ..cli_options import path_arg
+
 
 def run(model: str, data: str, out: Path, options, force: bool = False) -> dict:
     """Run optimize_lm with ``options`` (an LMOptimizeOptions); echo one summary line."""
@@ -34,7 +36,7 @@ def _engine_note(report: dict) -> str:
 @click.command("optimize-lm")
 @click.argument("model")
 @click.option("--data", required=True, help="Labeled .tsv/.csv/.jsonl (text + label) for the task gate.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--out", required=True, type=path_arg, help="Output folder.")
 @click.option("--precision", type=click.Choice(["int4", "int8", "fp16"]), default="int4", show_default=True,
               help="cpu: int4 or int8; tensorrt-rtx: int4 or fp16.")
 @click.option("--target", type=click.Choice(["cpu", "tensorrt-rtx"]), default="cpu", show_default=True)

@@ -164,10 +164,9 @@ def _check_target(options: LMOptimizeOptions) -> None:
                          "Drop --compute-capability, or pass --target tensorrt-rtx")
     if options.compute_capabilities:  # an unknown one was refused at the engine step, after the export and AWQ fit
         from ..deps import require  # noqa: PLC0415
-        from ..engine import BuildOptions, compute_capabilities  # noqa: PLC0415
+        from .rtx_engine import LMEngineOptions, _targets  # noqa: PLC0415  (its message: RTX GPUs only)
 
-        wanted = BuildOptions(compute_capabilities=list(options.compute_capabilities))
-        compute_capabilities(require("tensorrt_rtx"), wanted)
+        _targets(require("tensorrt_rtx"), LMEngineOptions(compute_capabilities=list(options.compute_capabilities)))
     for flag, given in (("--keep-sensitive", options.keep_sensitive), ("--block-size", options.block_size),
                         ("--keep-lm-head", options.keep_lm_head)):  # the last two were ignored off tensorrt-rtx int4
         if given and (options.target, options.precision) != ("tensorrt-rtx", "int4"):

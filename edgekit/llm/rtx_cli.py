@@ -73,7 +73,8 @@ def build(model, out, ccs: list[str], flags: dict, explicit: set[str], force: bo
         raise InputError(f"--{int4_only[0].replace('_', '-')} applies to --precision int4 only",
                          f"this build is {precision}", "Drop it, or pass --precision int4")
     if (flags.get("keep_sensitive") or 0) < 0:
-        raise InputError(f"--keep-sensitive must be >= 0, got {flags['keep_sensitive']}", None, None)
+        raise InputError(f"--keep-sensitive must be >= 0, got {flags['keep_sensitive']}",
+                         "it counts the MatMuls kept in fp16", "Pass 0 (none kept) or more")
     from .rtx_graph import BLOCK_SIZES
 
     if flags.get("block_size") and flags["block_size"] not in BLOCK_SIZES:  # was refused after export and AWQ

@@ -345,7 +345,8 @@ MIN_MAX_LENGTH = 3
 def _override(limits: ShapeLimits, max_batch: int | None, max_length: int | None) -> ShapeLimits:
     for name, value in (("max_batch", max_batch), ("max_length", max_length)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise InputError(f"{name} must be a positive whole number, got {value!r}", None, None)
+            raise InputError(f"{name} must be a positive whole number, got {value!r}", None,
+                             "Leave it out for the engine's (or the model's) own limit")
     if max_length is not None and max_length < MIN_MAX_LENGTH:
         raise InputError(f"max_length must be at least {MIN_MAX_LENGTH}, got {max_length}",
                          "the special tokens take two positions and the text needs one",

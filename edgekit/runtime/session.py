@@ -119,9 +119,11 @@ class OrtSession(Session):
         try:
             outputs = self._sess.run(None, given)
         except Exception as exc:  # noqa: BLE001  (onnxruntime's Fail / InvalidArgument / RuntimeException types)
-            raise InputError("ONNX Runtime cannot run the model on these inputs", first_line(exc, 300),
-                             "Pass int64 arrays of shape [batch, tokens] within the model's vocabulary and "
-                             "maximum length, as encoder(texts) makes them") from None
+            # the inputs (a wrong rank, ids past the vocabulary, too many tokens) or the model (a broken rewrite,
+            # out of memory): ONNX Runtime's reason says which
+            raise BackendError(f"ONNX Runtime failed running '{self.model_path}'", first_line(exc, 300),
+                               "Check the inputs (int64 [batch, tokens] within the vocabulary and maximum length, "
+                               "as encoder(texts) makes them); if they are right, re-export the model") from None
         return dict(zip(self.output_names, outputs))
 
 

@@ -314,7 +314,9 @@ def test_an_encoder_build_refuses_options_it_would_ignore(tiny_onnx, tmp_path, a
 
 
 @pytest.mark.parametrize("args", [["build", "{onnx}", "--out", ""], ["export", "{model}", "--out", " "],
-                                  ["quantize", "", "--out", "{tmp}/q"]])
+                                  ["quantize", "", "--out", "{tmp}/q"], ["export-lm", "{model}", "--out", ""],
+                                  ["optimize-lm", "{model}", "--data", "d.tsv", "--out", ""],
+                                  ["finetune-lm", "{model}", "--data", "d.tsv", "--out", ""]])
 def test_an_empty_path_is_a_usage_error(tiny_model, tiny_onnx, tmp_path, args):
     """--out '' built the engine into the working directory."""
     from click.testing import CliRunner
@@ -342,3 +344,5 @@ def test_an_unknown_compute_capability_is_refused_before_the_model_is_read(tmp_p
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 1 and len(lines) == 1, result.output
     assert "Unknown compute capability '9.0' for TensorRT-RTX" in lines[0] and not out.exists()
+    # the way to classic TensorRT in this command (optimize has no --backend; decoder engines are RTX only)
+    assert ("use --target tensorrt" in lines[0]) == (command == "optimize") and "--backend" not in lines[0]

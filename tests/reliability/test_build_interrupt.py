@@ -70,8 +70,31 @@ def test_force_over_an_engine_of_another_model_brings_the_new_models_labels(tiny
     config.update(id2label={"0": "BAD", "1": "GOOD"}, label2id={"BAD": 0, "GOOD": 1})
     (other / "config.json").write_text(json.dumps(config))
     out = tmp_path / "engine"
-    for src, extra in ((tiny_onnx, []), (other, ["--force"])):
-        done = subprocess.run([sys.executable, "-m", "edgekit", "build", str(src), "--out", str(out), *extra],
+
+    def build(src, *extra):
+        return subprocess.run([sys.executable, "-m", "edgekit", "build", str(src), "--out", str(out), *extra],
                               capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
+    assert build(tiny_onnx).returncode == 0
+    refused = build(other, "--out", str(out / "second.engine"))  # another engine name, same folder, no --force
+    assert refused.returncode == 1 and "holds another model's config.json" in refused.stderr, refused.stderr
+    assert build(other, "--force").returncode == 0
     assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "BAD", "1": "GOOD"}
+
+
+def test_the_progress_monitor_cancels_a_real_build(tiny_onnx):
+    """The signal test above ends 130/143 whether the build was cancelled or ran to its end (the signal is
+    delivered after it either way): here TensorRT-RTX itself must stop when the monitor says so."""
+    import tensorrt_rtx as trt
+
+    from edgekit.inspect_network import _canceller, parse
+
+    for came, built in (([], True), ([signal.SIGINT], False)):
+        builder, network, parser, logger = parse(trt, tiny_onnx / "model.onnx", "TensorRT-RTX")
+        config = builder.create_builder_config()
+        profile = builder.create_optimization_profile()
+        for i in range(network.num_inputs):
+            profile.set_shape(network.get_input(i).name, (1, 1), (1, 8), (1, 16))
+        config.add_optimization_profile(profile)
+        config.progress_monitor = _canceller(trt, came)
+        plan = builder.build_serialized_network(network, config)
+        assert (plan is not None) is built, (came, logger.errors)

@@ -13,6 +13,7 @@ space: its loop keeps the fastest of its own trials, a latency-driven choice.
 
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -33,19 +34,26 @@ def _options(**engine) -> SearchOptions:
 
 
 def _ray_sessions() -> set[str]:
-    return set(os.listdir("/tmp/ray")) if os.path.isdir("/tmp/ray") else set()
+    """Session folders where Ray keeps them by default: $TMPDIR/ray on Linux when TMPDIR is set, else /tmp/ray."""
+    found = set()
+    for root in {"/tmp", os.environ.get("TMPDIR") or "/tmp"}:
+        folder = os.path.join(root, "ray")
+        found |= {os.path.join(folder, n) for n in os.listdir(folder)} if os.path.isdir(folder) else set()
+    return found
 
 
 def test_ray_cluster_gives_the_local_winner(tiny_onnx, tiny_data, tmp_path, monkeypatch):
     """...and leaves no session files behind: without RAY_TMPDIR, Ray would keep each one in /tmp/ray."""
     local = search(tiny_onnx, tiny_data, tmp_path / "local", _options())
-    temp = tmp_path / "temp"
-    temp.mkdir()
+    temp = tempfile.mkdtemp(prefix="ek-", dir="/tmp")  # short: the scratch goes in it, as in a usual $TMPDIR
     monkeypatch.delenv("RAY_TMPDIR", raising=False)
-    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.setattr(tempfile, "tempdir", temp)
     before = _ray_sessions()
-    on_ray = search(tiny_onnx, tiny_data, tmp_path / "ray", _options(ray_address="local", ray_num_cpus=2))
-    assert list(temp.iterdir()) == [] and _ray_sessions() == before
+    try:
+        on_ray = search(tiny_onnx, tiny_data, tmp_path / "ray", _options(ray_address="local", ray_num_cpus=2))
+        assert os.listdir(temp) == [] and _ray_sessions() == before
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
     assert on_ray["search"]["engine"] == "ray (local)" and local["search"]["engine"] == "local"
     assert [t["id"] for t in on_ray["search"]["trials"]] == [t["id"] for t in local["search"]["trials"]]
     assert len(local["search"]["trials"]) == 5 and on_ray["search"]["stopped"] == local["search"]["stopped"] == "all candidates run"

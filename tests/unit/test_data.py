@@ -128,3 +128,11 @@ def test_numeric_label_names_are_read_one_way_for_the_whole_file():
     assert encode_labels(["1", "2", "2"], label2id) == [0, 1, 1]          # "2" is no id: names throughout
     assert encode_labels(["1", "1"], label2id) == [0, 0]  # names and ids both fit: names, as a fine-tuned model's
     assert encode_labels(["0", "1"], {"0": 0, "1": 1}) == [0, 1]  # both readings agree: fine
+
+
+def test_the_whole_file_decides_how_a_sample_is_read():
+    """check --max-samples read a sample of a star-rating file of ids 0-4 as names when no row of the sample was
+    "0": every label one class off."""
+    stars = {"1": 0, "2": 1, "3": 2, "4": 3, "5": 4}
+    assert encode_labels(["1", "2", "4"], stars, reading_of=["0", "1", "2", "4"]) == [1, 2, 4]
+    assert encode_labels(["1", "2", "4"], stars, reading_of=["1", "2", "4", "5"]) == [0, 1, 3]
