@@ -63,13 +63,17 @@ class BenchOptions:
         if not (self.warmup >= 0 and 0 <= self.warmup_seconds < float("inf") and 0 <= self.min_seconds < float("inf")):
             raise InputError("--warmup, --warmup-seconds and --min-seconds must be >= 0",
                              f"got {self.warmup}, {self.warmup_seconds}, {self.min_seconds}", None)
-        if self.seq_len is not None and self.seq_len < 2:
-            raise InputError(f"--seq-len must be at least 2, got {self.seq_len}", None,
-                             "Room is needed for the special tokens ([CLS] ... [SEP])")
-        if self.threads is not None and self.threads < 1:
-            raise InputError(f"--threads must be at least 1, got {self.threads}", None,
-                             "Omit it to use every usable core")
-        check_threads(self.threads, "--threads")
+        check_shape_and_threads(self.seq_len, self.threads)
+
+
+def check_shape_and_threads(seq_len: int | None, threads: int | None) -> None:
+    """--seq-len and --threads as one-artifact and interleaved bench both take them (None = real lengths, cores)."""
+    if seq_len is not None and seq_len < 2:
+        raise InputError(f"--seq-len must be at least 2, got {seq_len}", None,
+                         "Room is needed for the special tokens ([CLS] ... [SEP])")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be at least 1, got {threads}", None, "Omit it to use every usable core")
+    check_threads(threads, "--threads")
 
 
 def bench(artifact: str | Path | Artifact, data: str | Path | None = None, options: BenchOptions | None = None,

@@ -30,7 +30,6 @@ import numpy as np
 
 from . import progress
 from .errors import InputError
-from .runtime.session import check_threads
 
 SCHEMA = "edgekit.paired/1"
 UNSTABLE_SPREAD = 0.15   # ratio IQR / ratio above this flags the run unstable
@@ -58,13 +57,9 @@ class PairedOptions:
                              "the ratio's interquartile range is taken over rounds", "Use rounds >= 4")
         if self.warmup < 0:
             raise InputError("warmup must be >= 0", f"got {self.warmup}", None)
-        if self.seq_len is not None and self.seq_len < 2:
-            raise InputError(f"--seq-len must be at least 2, got {self.seq_len}", None,
-                             "Room is needed for the special tokens ([CLS] ... [SEP])")
-        if self.threads is not None and self.threads < 1:
-            raise InputError(f"--threads must be at least 1, got {self.threads}", None,
-                             "Omit it to use every usable core")
-        check_threads(self.threads, "--threads")
+        from .bench import check_shape_and_threads  # noqa: PLC0415  (bench imports this module)
+
+        check_shape_and_threads(self.seq_len, self.threads)
 
 
 def interleaved(runs: dict[str, Callable[[int], None]], options: PairedOptions) -> dict[str, list[list[float]]]:

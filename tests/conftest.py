@@ -186,3 +186,38 @@ def cpuinfo_flags() -> set[str]:
         if line.split(":")[0].strip() == "flags":
             return set(line.split(":", 1)[1].split())
     return set()
+
+
+def raw_http(port: int, data: bytes) -> bytes:
+    """Send ``data`` to 127.0.0.1:``port`` on a fresh socket as it is; what comes back until it closes (or 10 s)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        got = b""
+        try:
+            while chunk := sock.recv(65536):
+                got += chunk
+        except TimeoutError:
+            pass
+    return got
+
+
+def http_refusal_cases(route: str) -> list[tuple[bytes, int, bytes]]:
+    """Requests the example servers' http.server refuses itself: (request line, status, words of the error)."""
+    return [(f"PUT {route} HTTP/1.1".encode(), 405, b"PUT is not served"),
+            (b"DELETE /health HTTP/1.1", 405, b"DELETE is not served"),
+            (f"BREW {route} HTTP/1.1".encode(), 501, b"Unsupported method"),
+            (b"GET /health extra HTTP/1.1", 400, b"Bad request syntax")]
+
+
+def check_http_refusal(port: int, request_line: bytes, status: int, needle: bytes) -> None:
+    """The refusal is one-line JSON (not http.server's HTML page) that closes the connection; 405 names what is
+    allowed; a HEAD gets its status with no body."""
+    got = raw_http(port, request_line + b"\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d" % status) and b"Content-Type: application/json" in head, got
+    assert needle in json.loads(body)["error"].encode() and b"Connection: close" in head
+    assert (b"Allow: GET, POST" in head) == (status == 405)
+    got = raw_http(port, b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 405") and got.endswith(b"\r\n\r\n")

@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(ROOT / "examples"))
+from conftest import check_http_refusal, http_refusal_cases, raw_http  # noqa: E402
 from gen_artifact import tiny_pair  # noqa: E402
 
 
@@ -99,18 +100,7 @@ def test_a_bad_content_length_is_a_400_that_closes(server, length):
 
 
 def _raw(server, data: bytes) -> bytes:
-    """Send ``data`` on a fresh socket as it is; what the server answers until it closes (or 10 s)."""
-    import socket
-
-    with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10) as sock:
-        sock.sendall(data)
-        got = b""
-        try:
-            while chunk := sock.recv(65536):
-                got += chunk
-        except TimeoutError:
-            pass
-    return got
+    return raw_http(server.server_address[1], data)
 
 
 def test_an_unread_body_is_never_read_as_the_next_request(server):
@@ -124,18 +114,7 @@ def test_an_unread_body_is_never_read_as_the_next_request(server):
     assert got.startswith(b"HTTP/1.1 400") and b"Content-Length header" in got and got.count(b"HTTP/1.1 ") == 1
 
 
-@pytest.mark.parametrize("request_line,status,needle", [
-    (b"PUT /generate HTTP/1.1", 405, b"PUT is not served"),
-    (b"DELETE /health HTTP/1.1", 405, b"DELETE is not served"),
-    (b"BREW /generate HTTP/1.1", 501, b"Unsupported method"),
-    (b"GET /health extra HTTP/1.1", 400, b"Bad request syntax"),
-])
+@pytest.mark.parametrize("request_line,status,needle", http_refusal_cases("/generate"))
 def test_other_methods_and_malformed_requests_get_json(server, request_line, status, needle):
     """http.server answered these with its HTML error page (501 for PUT/DELETE)."""
-    got = _raw(server, request_line + b"\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
-    head, _, body = got.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 %d" % status) and b"Content-Type: application/json" in head, got
-    assert needle in json.loads(body)["error"].encode() and b"Connection: close" in head
-    assert (b"Allow: GET, POST" in head) == (status == 405)
-    got = _raw(server, b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert got.startswith(b"HTTP/1.1 405") and got.endswith(b"\r\n\r\n")  # no body after a HEAD
+    check_http_refusal(server.server_address[1], request_line, status, needle)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import check_http_refusal, http_refusal_cases, raw_http
 from edgekit.runtime import load
 
 SERVER = Path(__file__).resolve().parents[2] / "examples" / "classify_server.py"
@@ -112,19 +113,9 @@ def test_bad_requests_get_one_line_errors(server, body, status, message):
 
 def _raw(server: Server, data: bytes) -> bytes:
     """Send ``data`` on a fresh socket as it is; what the server answers until it closes (or 10 s)."""
-    import socket
     from urllib.parse import urlsplit
 
-    parts = urlsplit(server.url)
-    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
-        sock.sendall(data)
-        chunks = []
-        try:
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        except TimeoutError:
-            pass
-    return b"".join(chunks)
+    return raw_http(urlsplit(server.url).port, data)
 
 
 def test_a_malformed_length_is_a_400_and_ends_the_connection(server):
@@ -138,21 +129,12 @@ def test_a_malformed_length_is_a_400_and_ends_the_connection(server):
     assert server.request("GET", "/health")[0] == 200
 
 
-@pytest.mark.parametrize("request_line,status,needle", [
-    (b"PUT /classify HTTP/1.1", 405, b"PUT is not served"),
-    (b"OPTIONS /health HTTP/1.1", 405, b"OPTIONS is not served"),
-    (b"BREW /classify HTTP/1.1", 501, b"Unsupported method"),
-    (b"GET /health extra HTTP/1.1", 400, b"Bad request syntax"),
-])
+@pytest.mark.parametrize("request_line,status,needle", http_refusal_cases("/classify"))
 def test_other_methods_and_malformed_requests_get_json(server, request_line, status, needle):
-    """http.server answered these with its HTML error page (501 for PUT/OPTIONS)."""
-    got = _raw(server, request_line + b"\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
-    head, _, body = got.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 %d" % status) and b"Content-Type: application/json" in head, got
-    assert needle in json.loads(body)["error"].encode() and b"Connection: close" in head
-    assert (b"Allow: GET, POST" in head) == (status == 405)
-    got = _raw(server, b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert got.startswith(b"HTTP/1.1 405") and got.endswith(b"\r\n\r\n")  # no body after a HEAD
+    """http.server answered these with its HTML error page (501 for PUT/DELETE)."""
+    from urllib.parse import urlsplit
+
+    check_http_refusal(urlsplit(server.url).port, request_line, status, needle)
 
 
 def test_unknown_routes_and_startup_errors(server, tmp_path):
