@@ -202,6 +202,11 @@ def load(artifact: str | Path, backend: str = "auto", threads: int | None = None
                          "genai_config.json", "nothing says which text-generation artifact it is",
                          "Pass the folder edgekit export-lm / optimize-lm wrote, with its manifest.json")
     backend = resolve_backend(folder, backend)
+    if isinstance(device, bool) or not isinstance(device, int) or device < 0:
+        raise InputError(f"device must be a GPU index (0, 1, ...), got {device!r}", None, "Leave it out for GPU 0")
+    if device and backend == "onnxruntime":  # it was accepted and ignored
+        raise InputError(f"device={device} applies to engine backends only", "ONNX Runtime here runs on the CPU",
+                         "Leave device out, or load an engine folder")
     task = _servable_task(folder, allow_failed)
     model_file = ONNX_NAME if backend == "onnxruntime" else None
     _check_files(folder, ["config.json", "tokenizer.json"] + ([model_file] if model_file else []), backend)

@@ -230,6 +230,9 @@ def test_load_refuses_what_it_would_serve_wrongly(tiny_optimized, tmp_path):
     assert load(tiny_optimized, max_length=3).predict("good film") is not None
     with pytest.raises(ModelError, match="is a file.*Pass its folder"):
         load(tiny_optimized / "model.onnx")
+    for device, message in ((-1, "device must be a GPU index"), (1, "device=1 applies to engine backends only")):
+        with pytest.raises(InputError, match=message):  # each was accepted and ignored on ONNX Runtime
+            load(tiny_optimized, device=device)
     wrong = tmp_path / "wrong-task"
     shutil.copytree(tiny_optimized, wrong)
     manifest = json.loads((wrong / "manifest.json").read_text())
