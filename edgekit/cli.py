@@ -145,11 +145,23 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     click.echo(f"Warning: {' '.join(str(message).split())}", err=True)
 
 
+def _given() -> set[str]:
+    """The current command's parameters the user typed (not left at their defaults)."""
+    ctx = click.get_current_context()
+    return {k for k in ctx.params if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
+
+
+def _refuse_given(ignored: dict[str, str]) -> None:
+    """An InputError for the first typed flag among ``ignored`` (parameter name -> why it cannot apply): each was
+    accepted and ignored before."""
+    given = _given()
+    for name in (k for k in ignored if k in given):
+        raise InputError(f"--{name.replace('_', '-')} does not apply here", ignored[name], "Drop it")
+
+
 def emit(result: dict, as_json: bool, text: str) -> None:
     """Print ``result`` as JSON (``--json``) or the human text."""
     click.echo(json.dumps(result, indent=2, default=str) if as_json else text)
-
-
 
 
 @click.group(cls=EdgekitGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -309,8 +321,6 @@ def bench_cmd(artifacts, data, text_column, sweep_batch, sweep_seq, rounds, as_j
     """
     from .bench import BenchOptions, bench, format_bench, sweep
 
-    ctx = click.get_current_context()
-    given = {k for k in ctx.params if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
     paired = len(artifacts) > 1
     ignored = {"text_column": "it names a column of --data, and none is given"} if data is None else {}
     if paired:
@@ -318,8 +328,7 @@ def bench_cmd(artifacts, data, text_column, sweep_batch, sweep_seq, rounds, as_j
                         for k in ("sweep_batch", "sweep_seq", "iterations", "min_seconds", "warmup_seconds")})
     else:
         ignored["rounds"] = "it sets the interleaved rounds of two or more artifacts"
-    for flag in (k for k in ignored if k in given):  # each was accepted and ignored before
-        raise InputError(f"--{flag.replace('_', '-')} does not apply here", ignored[flag], "Drop it")
+    _refuse_given(ignored)
     if paired:
         return _bench_paired(artifacts, data, text_column, rounds, as_json, flags)
     artifact = artifacts[0]
@@ -631,17 +640,16 @@ def build_cmd(onnx, out, ccs, data, text_column, force, as_json, timing_cache, *
                          "Pass e.g. --compute-capability 8.6,12.0, or leave it out for the defaults")
     lm_flags = {k: flags.pop(k) for k in ("max_prompt", "block_size", "keep_lm_head", "keep_sensitive")}
     rtx_cli.refuse_lm_file(onnx)
-    ctx = click.get_current_context()
-    given = {k for k in ctx.params if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
     if flags["precision"] == "int4" or rtx_cli.is_lm_input(onnx):
-        rtx_cli.build(onnx, out, targets, {**flags, **lm_flags, "data": data, "timing_cache": timing_cache}, given,
-                      force, as_json)
+        rtx_cli.build(onnx, out, targets, {**flags, **lm_flags, "data": data, "timing_cache": timing_cache},
+                      _given(), force, as_json)
         return
-    for flag, why in (*((k, "it applies to causal-LM engines") for k in lm_flags if k in given),
-                      ("int8_base", "it applies to --precision int8") if flags["precision"] != "int8" else (None, ""),
-                      ("text_column", "it names a column of --data") if data is None else (None, "")):
-        if flag in given:  # accepted and ignored before: refused
-            raise InputError(f"--{flag.replace('_', '-')} does not apply here", why, "Drop it")
+    ignored = dict.fromkeys(lm_flags, "it applies to causal-LM engines")
+    if flags["precision"] != "int8":
+        ignored["int8_base"] = "it applies to --precision int8"
+    if data is None:
+        ignored["text_column"] = "it names a column of --data"
+    _refuse_given(ignored)
     options = BuildOptions(compute_capabilities=targets, timing_cache=str(timing_cache) if timing_cache else None,
                            **flags)
     art = build(onnx, out, options, data=data, force=force, text_column=text_column)

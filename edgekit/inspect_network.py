@@ -15,6 +15,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from .atomic import signals_held
 from .errors import BackendError, ModelError
 
 #: layers that only move or reshape data: a DQ behind them still feeds the consumer
@@ -53,8 +54,6 @@ def build_interruptibly(trt, builder, network, config):
     command ended with a whole engine and exit 0. Here the signal is only recorded while TensorRT works; a
     progress monitor cancels the build at its next step, and the signal is delivered once the call returns.
     """
-    from .atomic import signals_held
-
     with signals_held() as came:
         if hasattr(trt, "IProgressMonitor") and hasattr(config, "progress_monitor"):
             config.progress_monitor = _canceller(trt, came)
@@ -94,8 +93,6 @@ def parse(trt, onnx_path: Path, backend_name: str, shown: str | Path | None = No
                            "Check the installation with edgekit doctor")
     network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
-    from .atomic import signals_held
-
     with signals_held():  # a signal inside the parser's callbacks would be printed and dropped (see above)
         parsed = parser.parse_from_file(str(onnx_path))
     if not parsed:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import tempfile
 import threading
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .artifact import atomic_dir
+from .atomic import discard, temp_dir
 from .errors import BackendError, EdgekitError, Terminated, first_line
 from .search_trial import Candidate, TrialSetup, failed, pack, ray_trial, run_trial
 
@@ -139,7 +139,7 @@ def _ray(address: str, num_cpus: int | None):
     try:
         if address == "local":
             scratch = _ray_scratch()
-            where = {"_temp_dir": scratch} if scratch else {}
+            where = {"_temp_dir": str(scratch)} if scratch else {}
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet, **where)
         else:
             ray.init(address=address, **quiet)
@@ -167,7 +167,7 @@ def _ray(address: str, num_cpus: int | None):
             signal.signal(signal.SIGTERM, sigterm)
 
 
-def _ray_scratch() -> str | None:
+def _ray_scratch() -> Path | None:
     """A folder for a local Ray cluster's session files (logs, sockets, spilled objects), removed after
     ``ray.shutdown()``; without one Ray keeps every session in /tmp/ray for good. None where the caller chose
     the place with RAY_TMPDIR. Ray's socket paths must stay under the OS limit (~107 bytes) with ~60 bytes of
@@ -175,12 +175,12 @@ def _ray_scratch() -> str | None:
     if os.environ.get("RAY_TMPDIR"):
         return None
     base = tempfile.gettempdir()
-    return tempfile.mkdtemp(prefix="edgekit-ray-", dir=base if len(base) <= 40 else "/tmp")
+    return temp_dir("edgekit-ray-", Path(base if len(base) <= 40 else "/tmp"))  # removed at exit if not before
 
 
-def _remove(folder: str | None) -> None:
-    if folder:
-        shutil.rmtree(folder, ignore_errors=True)
+def _remove(folder: Path | None) -> None:
+    if folder is not None:
+        discard(folder)
 
 
 class _Remembered:

@@ -144,38 +144,26 @@ class Handler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """http.server's own refusals (a malformed request line, an unknown method, headers over its limits) as
         ``{"error": ...}`` like every other answer, not its HTML page; the connection closes after them."""
-        _send_json_error(self, code, message)
+        self.close_connection = True
+        self.log_error("code %d, message %s", code, message)
+        self._send(HTTPStatus(code), {"error": message or HTTPStatus(code).phrase})
 
     def _send(self, status: HTTPStatus, payload) -> None:
         body = (json.dumps(payload) + "\n").encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        if status == HTTPStatus.METHOD_NOT_ALLOWED:
+            self.send_header("Allow", "GET, POST")
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":  # a HEAD answer carries headers only
+            self.wfile.write(body)
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002  (the base class's signature)
         if self.server.access_log:
             super().log_message(format, *args)
-
-
-def _send_json_error(handler: BaseHTTPRequestHandler, code: int, message: str | None) -> None:
-    """Answer ``code`` with ``{"error": message}`` and close the connection (what follows is not read)."""
-    status = HTTPStatus(code)
-    handler.close_connection = True
-    handler.log_error("code %d, message %s", code, message)
-    body = (json.dumps({"error": message or status.phrase}) + "\n").encode("utf-8")
-    handler.send_response(code)
-    handler.send_header("Content-Type", "application/json")
-    handler.send_header("Content-Length", str(len(body)))
-    if code == HTTPStatus.METHOD_NOT_ALLOWED:
-        handler.send_header("Allow", "GET, POST")
-    handler.send_header("Connection", "close")
-    handler.end_headers()
-    if handler.command != "HEAD":
-        handler.wfile.write(body)
 
 
 def _json_type(value) -> str:

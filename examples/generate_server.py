@@ -154,18 +154,8 @@ class Handler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """http.server's own refusals (a malformed request line, an unknown method, headers over its limits) as
         ``{"error": ...}`` like every other answer, not its HTML page; the connection closes after them."""
-        status = HTTPStatus(code)
         self.close_connection = True
-        body = json.dumps({"error": message or status.phrase}).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        if code == HTTPStatus.METHOD_NOT_ALLOWED:
-            self.send_header("Allow", "GET, POST")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        self._json({"error": message or HTTPStatus(code).phrase}, HTTPStatus(code))
 
     def _stream(self, head: list[str], rest) -> None:
         self.send_response(HTTPStatus.OK)
@@ -195,10 +185,13 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        if status == HTTPStatus.METHOD_NOT_ALLOWED:
+            self.send_header("Allow", "GET, POST")
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":  # a HEAD answer carries headers only
+            self.wfile.write(body)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -174,11 +174,10 @@ def _check_target(options: LMOptimizeOptions) -> None:
                              f"this run is {options.target} {options.precision}; on the CPU the gate's fallback keeps "
                              "layers at higher precision (k-quant mixed) and the block size is measured",
                              f"Drop {flag}")
-    from .rtx_graph import BLOCK_SIZES  # noqa: PLC0415
+    if options.block_size:  # was refused after the export and the AWQ fit
+        from .rtx_graph import check_block_size  # noqa: PLC0415
 
-    if options.block_size and options.block_size not in BLOCK_SIZES:  # was refused after the export and AWQ fit
-        raise InputError(f"Unsupported int4 block size {options.block_size}", None,
-                         f"Choose one of: {', '.join(map(str, BLOCK_SIZES))}, or leave it out")
+        check_block_size(options.block_size)
     g = options.gate
     # every count and budget before the model is read (a bad one used to surface minutes in, or never)
     checks = [("--rows", g.rows, g.rows is None or g.rows >= 1, "at least 1 (0 = all rows)"),

@@ -75,11 +75,10 @@ def build(model, out, ccs: list[str], flags: dict, explicit: set[str], force: bo
     if (flags.get("keep_sensitive") or 0) < 0:
         raise InputError(f"--keep-sensitive must be >= 0, got {flags['keep_sensitive']}",
                          "it counts the MatMuls kept in fp16", "Pass 0 (none kept) or more")
-    from .rtx_graph import BLOCK_SIZES
+    if flags.get("block_size"):  # was refused after the export and the AWQ fit
+        from .rtx_graph import check_block_size
 
-    if flags.get("block_size") and flags["block_size"] not in BLOCK_SIZES:  # was refused after export and AWQ
-        raise InputError(f"Unsupported int4 block size {flags['block_size']}", None,
-                         f"Choose one of: {', '.join(map(str, BLOCK_SIZES))}, or leave it out")
+        check_block_size(flags["block_size"])
     options = LMEngineOptions(precision=precision, compute_capabilities=ccs,
                               max_context=flags.get("max_seq"), max_prompt=flags.get("max_prompt"),
                               opt_prompt=flags.get("opt_seq"), block_size=flags.get("block_size") or 0,

@@ -127,6 +127,13 @@ def _name_nodes(graph) -> None:
 CLIP_RATIOS = (1.0, 0.95, 0.9, 0.875, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
 
 
+def check_block_size(block_size: int) -> None:
+    """An InputError for an int4 block size the Q/DQ rewrite does not take (0, "auto", is the caller's to resolve)."""
+    if block_size not in BLOCK_SIZES:
+        raise InputError(f"Unsupported int4 block size {block_size}", None,
+                         f"Choose one of: {', '.join(map(str, BLOCK_SIZES))}, or leave it out")
+
+
 def quantize_int4(model, block_size: int, skip_columns: int | None = None,
                   importance: dict[str, np.ndarray] | None = None, keep_sensitive: int = 0,
                   keep_weights: tuple[str, ...] = ()) -> dict:
@@ -142,9 +149,7 @@ def quantize_int4(model, block_size: int, skip_columns: int | None = None,
     recorded on the MatMul (or the weight initializer's name).
     """
     block_size = block_size or auto_block_size(model.graph)
-    if block_size not in BLOCK_SIZES:
-        raise InputError(f"Unsupported int4 block size {block_size}", None,
-                         f"Choose one of: {', '.join(map(str, BLOCK_SIZES))}")
+    check_block_size(block_size)
     onnx = require("onnx")
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
