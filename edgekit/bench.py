@@ -30,6 +30,7 @@ from .schema import opt
 from .environment import environment, load_average
 from .errors import InputError
 from .export import BUILTIN_SENTENCES
+from .memory import check_rows_fit
 from .runtime.session import check_threads, default_threads
 from .runtime.tokenizer import TextEncoder
 from .sessions import encoder_for, session_for
@@ -111,6 +112,9 @@ def _run(artifact, data, grid: list[BenchOptions], text_column, encoder_from) ->
         if options.seq_len and options.seq_len > encoder.max_length:
             raise InputError(f"--seq-len {options.seq_len} is longer than the model takes",
                              f"its limit is {encoder.max_length} tokens", f"Use --seq-len <= {encoder.max_length}")
+    if art.kind != "engine":  # a CPU backend: a batch past this machine's memory is refused, not OOM-killed
+        for options in grid:
+            check_rows_fit(encoder, texts, options.batch_size, options.seq_len)
     by_len = {s: texts_of_length(encoder, texts, s) for s in {o.seq_len for o in grid} if s}
     threads = first.threads or default_threads()
     load_before = load_average()

@@ -11,6 +11,7 @@ from .artifact import Artifact, resolve
 from . import data as data_readers
 from .data import TextDataset, encode_labels, encode_tags
 from .errors import DataError, InputError, ModelError
+from .memory import check_rows_fit, on_host
 from .metrics import IGNORE, fit_tokens, word_tags
 from .runtime.session import Session, check_threads
 from .runtime.tokenizer import TextEncoder, read_config
@@ -44,6 +45,8 @@ def evaluate(session: Session, encoder: TextEncoder, texts: list[str], batch_siz
     Per-example outputs give ``[n, labels]``; per-token outputs give ``[n, longest, labels]`` with every
     row's positions where its own batch put them (right padding) and zeros past them.
     """
+    if on_host(session) and texts:
+        check_rows_fit(encoder, texts, min(batch_size, len(texts)))
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     chunks: dict[int, np.ndarray] = {}
     with session:

@@ -110,10 +110,13 @@ def paired_sessions(sessions: dict[str, object], encoder, texts: list[str], opti
                     baseline: str | None = None) -> dict:
     """Interleaved timing of open sessions (model-only: ``session.run`` on pre-tokenized batches of ``texts``)."""
     from .bench import texts_of_length
+    from .memory import check_rows_fit, on_host
 
     options.validate()
     if len(sessions) < 2:
         raise InputError("Interleaved timing needs two or more sessions", f"got {len(sessions)}", None)
+    if any(on_host(s) for s in sessions.values()):
+        check_rows_fit(encoder, texts, options.batch_size, options.seq_len)
     if options.seq_len:
         texts = texts_of_length(encoder, texts, options.seq_len)
     size = options.batch_size

@@ -26,6 +26,7 @@ from .data import TextDataset, load_dataset
 from .environment import gpu_info
 from .errors import GateFailedError, InputError, ModelError
 from .export import ExportOptions, export
+from .memory import check_rows_fit
 from .options import DataOptions, GateOptions, OptimizeOptions, same_file
 from .quantize import quantize
 from .report import optimize_markdown, write_html_for_run, write_json
@@ -126,6 +127,7 @@ def optimize(model: str | Path, data: str | Path, out: str | Path, options: Opti
 
             check_plan(src.path, options.prune, "--prune-")
         rows = load_run_data(src, data, options)
+        _check_batches_fit(src, rows, options)
     stages, started = _Stages(), time.perf_counter()
     with atomic_dir(out, force, inputs=(model, src.path, data)) as tmp, work_folder(tmp) as work:
         export_src = src
@@ -184,6 +186,17 @@ def optimize(model: str | Path, data: str | Path, out: str | Path, options: Opti
                               "Raise --max-accuracy-drop, or pass --validation-data (labeled training rows) so "
                               "the most sensitive layers stay in float")
     return report
+
+
+def _check_batches_fit(src, rows: RunData, options: OptimizeOptions) -> None:
+    """The latency and gate batches on the CPU checked against this machine's memory before any step runs (a batch
+    past it was killed for lack of memory minutes in, after export and quantize)."""
+    if options.target in ENGINE_TARGETS:  # the engine's activations live on the GPU; its ONNX gate is at batch 32
+        return
+    encoder, texts = encoder_for(src), rows.checked.texts
+    check_rows_fit(encoder, texts, options.bench.batch_size, options.bench.seq_len)
+    if options.gate.eval_batch_size:
+        check_rows_fit(encoder, texts, min(options.gate.eval_batch_size, len(texts)), flag="--eval-batch-size")
 
 
 def _check(src, candidate, rows: RunData, options: OptimizeOptions, stages: "_Stages") -> tuple[dict, int]:

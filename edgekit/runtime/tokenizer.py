@@ -31,6 +31,7 @@ class TextEncoder:
 
         tokenizers = require("tokenizers")
         folder = Path(folder)
+        self.folder = folder
         path = folder / "tokenizer.json"
         if not path.is_file():
             raise ModelError(f"Artifact '{folder}' is missing tokenizer.json",

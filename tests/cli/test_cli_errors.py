@@ -256,6 +256,25 @@ def test_numbers_and_mismatches_are_refused_before_any_work(tiny_model, tiny_onn
     assert expected in result.stderr and not out.exists(), result.stderr
 
 
+BEYOND_MEMORY = "1000000000"  # a billion rows: terabytes of activations even for the tiny model
+
+
+@pytest.mark.parametrize("command", ["bench", "bench pair", "optimize"])
+def test_a_batch_past_this_machines_memory_is_refused_before_any_work(tiny_model, tiny_onnx, tiny_data, tmp_path,
+                                                                     command):
+    """`bench --batch-size 100000` on the reference model was killed for lack of memory with no message (exit
+    137); optimize got there after export, quantize and check."""
+    out = tmp_path / "out"
+    args = {"bench": ["bench", tiny_onnx, "--batch-size", BEYOND_MEMORY],
+            "bench pair": ["bench", tiny_model, tiny_onnx, "--batch-size", BEYOND_MEMORY],
+            "optimize": ["optimize", tiny_model, "--data", tiny_data, "--out", out, "--batch-size", BEYOND_MEMORY],
+            }[command]
+    result = run(*args, timeout=120)
+    assert_one_line_error(result)
+    assert "GiB is available; the run would be killed for lack of memory" in result.stderr, result.stderr
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("command,flag,value,expected", [
     ("finetune", "--epochs", "inf", "Invalid --epochs inf"),       # an OverflowError traceback in the Trainer
     ("finetune", "--epochs", "1e300", "Invalid --epochs 1e+300"),  # ran silently until killed
