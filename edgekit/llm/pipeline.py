@@ -250,7 +250,7 @@ def labeled_rows(data: str | Path, template_name: str) -> tuple[list[str], list[
 
 def _answers_store(hf: Path, eos_ids, options: LMOptimizeOptions) -> Path:
     """Where the original's greedy answers are kept between runs: keyed by its weights, EOS ids and versions."""
-    payload = json.dumps([sha256_folder(hf), list(eos_ids or []), versions()])
+    payload = json.dumps(["argmax", sha256_folder(hf), list(eos_ids or []), versions()])  # not generate()'s answers
     key = hashlib.sha256(payload.encode()).hexdigest()[:40]
     return StepCache(options.cache_dir).root / "lm-answers" / f"{key}.json"
 

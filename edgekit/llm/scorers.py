@@ -16,6 +16,7 @@ import numpy as np
 
 from ..atomic import write_file
 from ..deps import require
+from .validate import torch_greedy
 
 
 class ArtifactLM:
@@ -98,16 +99,9 @@ class TorchLM:
         self.eos_ids = list(eos_ids or [])
 
     def greedy(self, ids: list[int], n: int) -> list[int]:
-        torch = self.torch
-        with torch.inference_mode():
-            out = self.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                      max_new_tokens=n, do_sample=False, use_cache=True,
-                                      eos_token_id=self.eos_ids or None, pad_token_id=(self.eos_ids or [0])[0])
-        new = out[0, len(ids):].tolist()
-        for i, tok in enumerate(new):
-            if tok in self.eos_ids:
-                return new[:i]
-        return new
+        """Plain argmax, as the artifact decodes: ``generate()`` would apply generation_config.json's repetition
+        penalty and the like to this side only (a penalty of 1.3 scored an exact fp32 export at 0.33 agreement)."""
+        return torch_greedy(self.model, ids, n, stop_ids=self.eos_ids)[0]
 
     def logits(self, ids: list[int]) -> np.ndarray:
         torch = self.torch

@@ -63,8 +63,11 @@ def load_causal_lm(folder: Path):
     return model, transformers.AutoTokenizer.from_pretrained(str(folder))
 
 
-def torch_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], list[np.ndarray]]:
-    """Greedy decoding in PyTorch with a KV cache (no EOS stop, so every step is compared)."""
+def torch_greedy(model, prompt_ids: list[int], max_new_tokens: int,
+                 stop_ids: list[int] | None = None) -> tuple[list[int], list[np.ndarray]]:
+    """Greedy decoding in PyTorch with a KV cache: plain argmax, whatever the model's generation_config.json asks of
+    ``generate()`` (a repetition penalty, banned n-grams), as the runtime decodes. It stops before a token of
+    ``stop_ids`` (none by default, so every step is compared)."""
     torch = require("torch")
     transformers = require("transformers")
     cache = transformers.DynamicCache()
@@ -78,6 +81,8 @@ def torch_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> tuple[lis
                         past_key_values=cache, use_cache=True)
             cache = out.past_key_values
             last = out.logits[0, -1].float().numpy()
+            if stop_ids and int(last.argmax()) in stop_ids:
+                break
             tokens.append(int(last.argmax()))
             logits.append(last)
             ids = torch.tensor([[tokens[-1]]])

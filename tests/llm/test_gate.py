@@ -100,6 +100,30 @@ def test_gate_passes_fp32_export_against_its_original(tiny, tmp_path):
     assert report["accuracy"]["original"]["answers"] == report["accuracy"]["artifact"]["answers"]
 
 
+def test_the_original_decodes_by_argmax_whatever_its_generation_config_asks(tiny, tmp_path):
+    """generate() applied generation_config.json's repetition penalty to the original only: an exact fp32 export of
+    a model shipping repetition_penalty 1.3 was scored at 0.33 greedy agreement."""
+    import json
+    import shutil
+
+    import torch
+
+    from edgekit.llm.scorers import ArtifactLM, TorchLM
+
+    hf, art = tiny
+    penalised = shutil.copytree(hf, tmp_path / "penalised")
+    (penalised / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": 1, "eos_token_id": 2, "repetition_penalty": 1.3, "no_repeat_ngram_size": 2}))
+    original, artifact = TorchLM(penalised, 1, [2]), ArtifactLM(art, 1, "ort")
+    prompts = [[1, 7, 8, 9], [1, 12, 5, 12, 5], [1, 30, 31]]
+    with torch.inference_mode():  # what generate() answers with the file's penalty: the test's power
+        penalised_answers = [original.model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
+                                                     pad_token_id=2)[0, len(ids):].tolist() for ids in prompts]
+    answers = [original.greedy(ids, 12) for ids in prompts]
+    assert answers == [artifact.greedy(ids, 12) for ids in prompts]
+    assert answers != [a[:len(b)] for a, b in zip(penalised_answers, answers)]
+
+
 def test_gate_fails_a_broken_artifact(tiny, tmp_path):
     """A different random model in the artifact's place must fail agreement and perplexity."""
     from gen_artifact import build_tiny_llama
