@@ -21,7 +21,8 @@ MODULE = "onnxruntime_genai.models.builder"
 def build(folder: Path, out: Path, precision: str, extra: dict[str, object] | None = None) -> None:
     """Write ``out/model.onnx`` (+ ``model.onnx.data``, ``genai_config.json``) for ``precision`` on the CPU EP."""
     require_llm("onnxruntime_genai")
-    out.mkdir(parents=True, exist_ok=True)
+    folder, out = Path(folder).resolve(), Path(out).resolve()  # the builder runs in ``work``: a relative -i was read
+    out.mkdir(parents=True, exist_ok=True)                     # as a hub id (a hub-token error, offline)
     with work_folder(out) as work:  # inside ``out`` (a writer's temporary folder): a SIGKILL leaves nothing in /tmp
         cmd = [sys.executable, "-m", MODULE, "-i", str(folder), "-o", str(out), "-p", precision, "-e", "cpu",
                "-c", str(Path(work) / "cache")]

@@ -65,6 +65,20 @@ def test_builder_export_matches_pytorch(tmp_path, arch):
     _check_parity_independently(src, art)
 
 
+@needs_genai
+def test_builder_export_takes_relative_paths(tmp_path):
+    """The builder runs in a work folder of its own: a relative MODEL was read there as a hub id (an offline
+    hub-token error), and a relative --out would have been written there."""
+    import subprocess
+
+    build_tiny_lm(tmp_path / "src", "llama")
+    done = subprocess.run([sys.executable, "-m", "edgekit", "export-lm", "src", "--out", "out", "--route", "builder",
+                           "--validation-tokens", "4"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["route"] == "builder"
+    assert (tmp_path / "out" / "model.onnx").is_file()
+
+
 @pytest.fixture(scope="module")
 def gpt2_export(tmp_path_factory):
     """One dynamo export of tiny GPT-2 shared by the tests below (each export takes a while on 2 cores)."""
