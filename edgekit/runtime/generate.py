@@ -127,16 +127,19 @@ class TextGenerator:
                 if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
                     raise InputError(f"Message {i} is not a {{'role': str, 'content': str}} pair", f"got {m!r}"[:120],
                                      "Give every message a role and a text content")
-            text = self.template.render(list(prompt))
+            text, templated = self.template.render(list(prompt)), True
         elif isinstance(prompt, str):
             if not prompt.strip():
                 raise InputError("Empty prompt", "there is no text to continue", "Pass a non-empty prompt")
-            text = self.template.render([{"role": "user", "content": prompt}]) if chat else prompt
+            templated = bool(chat)
+            text = self.template.render([{"role": "user", "content": prompt}]) if templated else prompt
         else:
             raise InputError("Prompt not understood", f"got {type(prompt).__name__}",
                              "Pass a string, a list of strings, or a list of {'role', 'content'} messages")
         check_unicode(text, "Prompt")
-        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        # a template writes its own special tokens; a plain prompt gets the tokenizer's (a Llama's <s>), as in
+        # transformers and in the export's validation, which the runtime otherwise answered a different input than
+        ids = self.tokenizer.encode(text, add_special_tokens=not templated).ids
         if not ids:
             raise InputError("Empty prompt", "it tokenizes to no tokens", "Pass a non-empty prompt")
         if len(ids) >= self.info.context_length:

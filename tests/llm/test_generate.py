@@ -120,6 +120,26 @@ def test_a_causal_lm_without_its_manifest_is_not_taken_for_a_classifier(artifact
         load(bare)
 
 
+def test_a_plain_prompt_gets_the_tokenizers_special_tokens_as_in_transformers(artifact, tmp_path):
+    """A tokenizer that adds <s> (Llama's): the runtime encoded a plain prompt without it, so it answered another
+    input than transformers and the export's validation had; a templated prompt keeps the template's own tokens."""
+    from tokenizers import Tokenizer, processors
+    from transformers import AutoTokenizer
+
+    from edgekit.runtime.generate import load_generator
+
+    folder = shutil.copytree(artifact, tmp_path / "bos")
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    tok.save(str(folder / "tokenizer.json"))
+    expected = AutoTokenizer.from_pretrained(str(folder))(PROMPT)["input_ids"]
+    gen = load_generator(folder, engine="ort", threads=1)
+    assert expected[0] == bos and gen.encode(PROMPT) == expected
+    messages = [{"role": "user", "content": PROMPT}]
+    assert gen.encode(messages) == tok.encode(gen.template.render(messages), add_special_tokens=False).ids
+
+
 def test_stops_at_context_end(gen):
     ids = gen.encode("the " * 55)
     assert len(gen.generate_ids(ids, 50)) <= gen.info.context_length - len(ids)
