@@ -26,6 +26,7 @@ from pathlib import Path
 from .. import progress
 from ..deps import require
 from ..environment import load_average
+from .gate import held_out_texts
 
 
 @dataclass
@@ -137,8 +138,7 @@ def bench_prompt(tokenizer_json: str | Path, text_file: str | Path, n_tokens: in
     """A prompt of ``n_tokens`` tokens (by the artifact's tokenizer): SST-2 train sentences joined with spaces."""
     tokenizers = require("tokenizers")
     tok = tokenizers.Tokenizer.from_file(str(tokenizer_json))
-    lines = Path(text_file).read_text().splitlines()[1:]
-    text = " ".join(ln.split("\t", 1)[-1].strip() for ln in lines[:400])
+    text = " ".join(line.strip() for line in held_out_texts(text_file)[:400])
     ids = tok.encode(text, add_special_tokens=False).ids[:n_tokens]
     return tok.decode(ids)
 

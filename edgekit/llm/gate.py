@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import progress
+from ..data import load_dataset
 from ..errors import DataError
 from .prompts import DEFAULT_TEMPLATE, PromptTemplate, template
 
@@ -94,16 +95,25 @@ def perplexity(lm, ids: list[int], window: int) -> float:
     return float(np.exp(nll / max(count, 1)))
 
 
-def held_out_ids(tokenizer, path: str | Path, n_tokens: int) -> list[int]:
-    """The first ``n_tokens`` tokens of ``path``: a .tsv's sentence column joined with spaces, or plain text."""
+DATA_SUFFIXES = (".tsv", ".csv", ".jsonl")
+
+
+def held_out_texts(path: str | Path) -> list[str]:
+    """The texts of a held-out file: a data file's text column (found by its header, as for --data), else the lines
+    of plain text. The text was taken as whatever followed a line's first tab: a ``sentence<TAB>label`` file scored
+    its labels, a .csv its header and label column."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"Held-out text '{path}' not found", None, "Pass an existing file as ppl_text")
-    lines = path.read_text(errors="replace").splitlines()
-    if path.suffix == ".tsv":
-        lines = [ln.split("\t", 1)[-1] for ln in lines[1:]]
+    if path.suffix.lower() in DATA_SUFFIXES:
+        return load_dataset(path, require_labels=False).texts
+    return path.read_text(errors="replace").splitlines()
+
+
+def held_out_ids(tokenizer, path: str | Path, n_tokens: int) -> list[int]:
+    """The first ``n_tokens`` tokens of ``path``'s texts (``held_out_texts``) joined with spaces."""
     ids: list[int] = []
-    for line in lines:
+    for line in held_out_texts(path):
         ids += tokenizer.encode(" " + line.strip(), add_special_tokens=False).ids
         if len(ids) >= n_tokens:
             break

@@ -124,6 +124,26 @@ def test_the_original_decodes_by_argmax_whatever_its_generation_config_asks(tiny
     assert answers != [a[:len(b)] for a, b in zip(penalised_answers, answers)]
 
 
+@pytest.mark.parametrize("name,body", [
+    ("sentence-first.tsv", "sentence\tlabel\nthe film was great\t1\nthe plot was dull\t0\n"),
+    ("rows.csv", "label,sentence\n1,the film was great\n0,the plot was dull\n"),
+    ("rows.jsonl", '{"label": 1, "sentence": "the film was great"}\n{"label": 0, "sentence": "the plot was dull"}\n'),
+    ("plain.txt", "the film was great\nthe plot was dull\n"),
+])
+def test_held_out_text_is_the_text_column_in_any_layout(tmp_path, name, body):
+    """Perplexity and the bench prompt took whatever followed a line's first tab: a sentence<TAB>label file scored
+    its labels (' 1', ' 0', ...), a .csv its header and label column."""
+    from edgekit.llm.bench import bench_prompt
+    from edgekit.llm.gate import held_out_texts
+    from tiny_lm import build_tokenizer
+
+    path = tmp_path / name
+    path.write_text(body)
+    assert held_out_texts(path) == ["the film was great", "the plot was dull"]
+    build_tokenizer(tmp_path / "tok")
+    assert bench_prompt(tmp_path / "tok" / "tokenizer.json", path, 6) == "the film was great the plot"
+
+
 def test_gate_fails_a_broken_artifact(tiny, tmp_path):
     """A different random model in the artifact's place must fail agreement and perplexity."""
     from gen_artifact import build_tiny_llama
