@@ -11,7 +11,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .. import progress
@@ -91,6 +91,8 @@ def optimize_lm(model: str | Path, data: str | Path, out: str | Path, options: L
         if options.artifact:
             with _stage(stages, "artifact", f"given: {options.artifact}"):
                 _copy_given(Path(options.artifact), tmp)
+            # labelled by what it is: the --precision default (int4) named an int8 or fp32 artifact in the report
+            options = replace(options, precision=read_manifest(tmp).get("precision") or "unrecorded")
         elif options.target == "tensorrt-rtx":
             rtx_fit = _rtx_artifact(source.folder, tmp, options, stages, texts)
         else:
@@ -381,9 +383,10 @@ def _report(model, data, out, options, hf, art, lineage, gate, bench, stages) ->
             "peak_rss_mb": rss.get("PyTorch eager generate"),
             "size_mb": round(sum(f.stat().st_size for f in Path(hf).glob("*.safetensors")) / 1e6, 1)}
     name = f"edgekit {options.precision}"
+    bench_row = runners.get(name) and {**runners[name], "path": str(Path(out))}  # not the writer's temporary folder
     opt = {"model": str(Path(out)), "precision": options.precision, "backend": "onnxruntime",
            "accuracy": acc["artifact"]["accuracy"], "perplexity": gate["perplexity"]["artifact"],
-           "bench": runners.get(name), "peak_rss_mb": rss.get(name),
+           "bench": bench_row, "peak_rss_mb": rss.get(name),
            "size_mb": round(sum(f.stat().st_size for f in Path(art).glob("model.onnx*")) / 1e6, 1)}
     if options.target == "tensorrt-rtx":
         opt.update(_engine_facts(art))

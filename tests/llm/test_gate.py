@@ -197,7 +197,10 @@ def test_optimize_lm_writes_report_and_fails_with_exit_3(tiny, tmp_path, capsys)
     report = optimize_lm(hf, data, tmp_path / "ok", LMOptimizeOptions(
         artifact=str(art), threads=1, skip_bench=True, gate=LMGateOptions(**small)))
     assert report["passed"] and json.loads((tmp_path / "ok" / "report.json").read_text())["passed"]
-    assert json.loads((tmp_path / "ok" / "manifest.json").read_text())["task"] == "text-generation"
+    manifest = json.loads((tmp_path / "ok" / "manifest.json").read_text())
+    assert manifest["task"] == "text-generation"
+    # the given artifact is an fp32 export: it was labelled int4 (the --precision default) in report and manifest
+    assert report["optimized"]["precision"] == manifest["precision"] == "fp32"
     from edgekit.runtime.generate import load_generator
     assert load_generator(tmp_path / "ok", engine="ort").generate("the film", max_new_tokens=3)
     with pytest.raises(GateFailedError) as err:
