@@ -28,7 +28,7 @@ from ..errors import InputError
 from . import builder as genai_builder
 from .layout import finish_folder, llm_section
 from .source import LMSource, check_causal_lm, resolve_source
-from .validate import validate_lm
+from .validate import check_token_budget, validate_lm
 
 #: architectures onnxruntime-genai 0.18's builder dispatches on (builder.py create_model), exported with it by default
 BUILDER_ARCHITECTURES = frozenset({
@@ -73,6 +73,7 @@ def export_lm(model: str | Path, out: str | Path, options: LMExportOptions | Non
     source = resolve_source(model, options.cache_dir)
     config = check_causal_lm(source.folder)
     route = choose_route(config, options.route)
+    check_token_budget(source.folder, options.prompts, options.validation_tokens, "--validation-tokens")
     started = time.perf_counter()
     with atomic_dir(out, force, inputs=(model, source.folder)) as tmp:
         with progress.stage("export", f"{route} route, fp32, KV cache") as info:

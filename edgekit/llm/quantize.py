@@ -57,7 +57,7 @@ from .layout import dims, finish_folder, llm_section
 from .loop import DecoderSession, agreement, greedy
 from .source import check_causal_lm, resolve_source
 from .source_blocks import BLOCK, Q8_0_KEPT, SHORTLIST, linear_modules, q4_1_weights, rewrite
-from .validate import PROMPTS, encode_prompts, load_causal_lm, torch_greedy
+from .validate import PROMPTS, check_token_budget, encode_prompts, load_causal_lm, torch_greedy
 
 PRECISIONS = ("int4", "int8")
 #: accuracy_level of every 8-bit MatMulNBits: at level 1 ONNX Runtime (1.32, x86) de-quantizes the whole weight on
@@ -141,6 +141,7 @@ def quantize_lm(model: str | Path, out: str | Path, options: LMQuantizeOptions |
     route = choose_route(config, options.route)
     if options.awq:
         check_awq(config)
+    check_token_budget(source.folder, options.prompts, options.tokens, "--tokens")
     exact = _q4_1_source(source.folder, options, route)
     if options.keep_fp == "shortlist" and not exact:
         raise InputError("--keep-fp shortlist needs a Q4_1 GGUF source with a Q8_0 head",

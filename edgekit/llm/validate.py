@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import progress
 from ..deps import require
-from ..errors import EdgekitError, ExportValidationError
+from ..errors import EdgekitError, ExportValidationError, InputError
 from .loop import DecoderSession, agreement, greedy
 
 #: real prompts of varied shape (question, instruction, continuation, list); the chat template is applied when present
@@ -52,6 +52,25 @@ def encode_prompts(tokenizer, prompts: tuple[str, ...] | list[str]) -> list[list
             ids = tokenizer(prompt)["input_ids"]
         out.append([int(i) for i in ids])
     return out
+
+
+def check_token_budget(folder: Path, prompts: tuple[str, ...], tokens: int, flag: str) -> None:
+    """Refuse ``tokens`` greedy tokens after the longest prompt when they pass the model's context: PyTorch failed
+    mid-validation with an IndexError traceback (GPT-2's position table), the builder's graph with one about its
+    cos_cache (a Llama's), after the export's minutes."""
+    from ..runtime.tokenizer import positions, read_config  # noqa: PLC0415
+
+    table = positions(read_config(folder))
+    if not table:
+        return
+    transformers = require("transformers")
+    longest = max(map(len, encode_prompts(transformers.AutoTokenizer.from_pretrained(str(folder)),
+                                          tuple(prompts) or PROMPTS)))
+    if longest + tokens > min(table):
+        room = min(table) - longest
+        raise InputError(f"{flag} {tokens} after a prompt of {longest} tokens passes the model's context of "
+                         f"{min(table)} tokens", "every validation prompt is continued by that many greedy tokens",
+                         f"Pass {flag} {room} or less" if room >= 1 else "Pass shorter prompts")
 
 
 def load_causal_lm(folder: Path):

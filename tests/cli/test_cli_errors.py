@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,6 +117,20 @@ def test_quantize_lm_checks_counts_first(tmp_path, flag, value):
     assert result.exit_code == 1, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"Error: Invalid {flag} ") and not out.exists(), result.stderr
+
+
+@pytest.mark.parametrize("command,flag", [("export-lm", "--validation-tokens"), ("quantize-lm", "--tokens")])
+def test_lm_token_budgets_past_the_context_are_refused_before_the_export(tmp_path, command, flag):
+    """A tiny GPT-2 with 256 positions: 300 tokens after each prompt was an IndexError traceback from PyTorch (a
+    Llama's builder graph: an ONNX Runtime one about its cos_cache), after the export."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "llm"))
+    from tiny_lm import build_tiny_lm
+
+    model, out = build_tiny_lm(tmp_path / "gpt2", "gpt2"), tmp_path / "out"
+    result = run(command, model, "--out", out, flag, "300")
+    assert_one_line_error(result)
+    assert f"{flag} 300 after a prompt of" in result.stderr and "context of 256 tokens" in result.stderr
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("args,expected", [
