@@ -248,13 +248,16 @@ def _resolve_engine(folder: Path, engine: str) -> str:
                          f"Choose one of: auto, {', '.join(ENGINES)}, {TRT_ENGINE}")
     if engine == TRT_ENGINE or (engine == "auto" and (folder / "model.engine").is_file()):
         return TRT_ENGINE  # the artifact holds an engine: run it (pass engine='ort' for its ONNX on the CPU)
+    dynamo = _read_json(folder / "manifest.json").get("route") == "dynamo"  # graphs genai's runtime does not drive
     if engine != "auto":
         if engine == "genai" and not (folder / "genai_config.json").is_file():
             raise ModelError(f"Engine 'genai' needs genai_config.json in '{folder}'", None, "Use engine='ort'")
+        if engine == "genai" and dynamo:  # its inputs are not the builder's: a RuntimeError at the first prompt
+            raise ModelError(f"Engine 'genai' cannot run '{folder}'", "it was exported by the dynamo route, whose "
+                             "graph onnxruntime-genai does not drive", "Use engine='ort' (the default for it)")
         return engine
     from ..deps import available  # noqa: PLC0415
 
-    dynamo = _read_json(folder / "manifest.json").get("route") == "dynamo"  # graphs genai's runtime does not drive
     if DEFAULT_ENGINE == "genai" and not dynamo and (folder / "genai_config.json").is_file() \
             and available("onnxruntime_genai"):
         return "genai"

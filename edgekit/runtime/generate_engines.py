@@ -134,14 +134,19 @@ class GenaiEngine(Engine):
                 search["random_seed"] = int(opts.seed)
         else:
             search.update(do_sample=False, top_k=1)
-        params.set_search_options(**search)
-        gen = og.Generator(self.model, params)
-        gen.append_tokens(np.asarray([ids], dtype=np.int32))
-        for _ in range(limit):
-            if gen.is_done():
-                break
-            gen.generate_next_token()
-            yield int(gen.get_next_tokens()[0])
+        try:  # its failures are plain RuntimeErrors: a one-line BackendError, as the ORT engine's are
+            params.set_search_options(**search)
+            gen = og.Generator(self.model, params)
+            gen.append_tokens(np.asarray([ids], dtype=np.int32))
+            for _ in range(limit):
+                if gen.is_done():
+                    break
+                gen.generate_next_token()
+                token = int(gen.get_next_tokens()[0])
+                yield token
+        except RuntimeError as exc:
+            raise BackendError("onnxruntime-genai failed to generate", first_line(exc, 300),
+                               "Try engine='ort'") from None
 
     def close(self) -> None:
         self.model = None

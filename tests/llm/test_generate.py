@@ -140,6 +140,20 @@ def test_a_plain_prompt_gets_the_tokenizers_special_tokens_as_in_transformers(ar
     assert gen.encode(messages) == tok.encode(gen.template.render(messages), add_special_tokens=False).ids
 
 
+def test_genai_on_a_dynamo_export_is_a_model_error(artifact, tmp_path):
+    """onnxruntime-genai does not drive the dynamo route's graph: engine='genai' on one was a RuntimeError at the
+    first prompt ("Model input was not found"), and the example server dropped every request."""
+    from edgekit.errors import ModelError
+    from edgekit.runtime.generate import load_generator
+
+    folder = shutil.copytree(artifact, tmp_path / "dynamo")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "route": "dynamo"}))
+    with pytest.raises(ModelError, match="exported by the dynamo route"):
+        load_generator(folder, engine="genai")
+    assert load_generator(folder).engine_name == "ort"
+
+
 def test_stops_at_context_end(gen):
     ids = gen.encode("the " * 55)
     assert len(gen.generate_ids(ids, 50)) <= gen.info.context_length - len(ids)
