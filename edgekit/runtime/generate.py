@@ -12,6 +12,7 @@ import json
 import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from ..errors import InputError, ModelError, first_line
@@ -87,8 +88,8 @@ class ChatTemplate:
         source = tok_cfg.get("chat_template")
         if isinstance(source, list):  # named templates: take "default"
             source = next((t.get("template") for t in source if t.get("name") == "default"), None)
-        if source is None and (folder / "chat_template.jinja").is_file():
-            source = (folder / "chat_template.jinja").read_text()
+        if (folder / "chat_template.jinja").is_file():  # transformers prefers the file to tokenizer_config's copy
+            source = (folder / "chat_template.jinja").read_text(encoding="utf-8")
         self.source = source
         self.specials = {k: _token_text(tok_cfg.get(k)) for k in ("bos_token", "eos_token")}
 
@@ -101,9 +102,19 @@ class ChatTemplate:
         except ImportError:
             raise InputError("Chat messages cannot be formatted", "jinja2 is not installed",
                              "Install it with: pip install 'edgekit[cpu]'") from None
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        import jinja2  # noqa: PLC0415
+
+        # transformers' environment: loop controls ({% break %}) and strftime_now (dated system prompts)
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
         env.globals["raise_exception"] = _template_error
-        return env.from_string(self.source).render(messages=messages, add_generation_prompt=True, **self.specials)
+        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        try:
+            return env.from_string(self.source).render(messages=messages, add_generation_prompt=True,
+                                                       **self.specials)
+        except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError) as exc:  # not its InputError
+            raise ModelError("The artifact's chat template cannot be rendered", first_line(exc, 200),
+                             "Fix chat_template in tokenizer_config.json (or chat_template.jinja), or pass a plain "
+                             "prompt string") from None
 
 
 class TextGenerator:

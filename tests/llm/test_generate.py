@@ -154,6 +154,26 @@ def test_genai_on_a_dynamo_export_is_a_model_error(artifact, tmp_path):
     assert load_generator(folder).engine_name == "ort"
 
 
+def test_chat_template_is_rendered_as_transformers_renders_it(artifact, tmp_path):
+    """chat_template.jinja wins over tokenizer_config.json's copy (as in transformers), loop controls and
+    strftime_now work, and a template that cannot render is a one-line ModelError (the server dropped the request)."""
+    from transformers import AutoTokenizer
+
+    from edgekit.errors import ModelError
+    from edgekit.runtime.generate import ChatTemplate
+
+    folder = shutil.copytree(artifact, tmp_path / "jinja")
+    messages = [{"role": "user", "content": "the film"}, {"role": "user", "content": "the plot"}]
+    (folder / "chat_template.jinja").write_text(
+        "{% for m in messages %}JINJA {{ m['content'] }}{% break %}{% endfor %} {{ strftime_now('%Y') }}")
+    expected = AutoTokenizer.from_pretrained(str(folder)).apply_chat_template(messages, tokenize=False,
+                                                                             add_generation_prompt=True)
+    assert ChatTemplate(folder).render(messages) == expected and expected.startswith("JINJA the film ")
+    (folder / "chat_template.jinja").write_text("{{ messages[0]['content'] | no_such_filter }}")
+    with pytest.raises(ModelError, match="chat template cannot be rendered"):
+        ChatTemplate(folder).render(messages)
+
+
 def test_stops_at_context_end(gen):
     ids = gen.encode("the " * 55)
     assert len(gen.generate_ids(ids, 50)) <= gen.info.context_length - len(ids)
