@@ -170,7 +170,7 @@ class TextGenerator:
         get it). ``stream=True``: an iterator of text pieces whose concatenation is the text.
         """
         opts = _options(max_new_tokens, temperature, top_p, top_k, seed)
-        stops = [stop] if isinstance(stop, str) else [s for s in (stop or []) if s]
+        stops = [s for s in ([stop] if isinstance(stop, str) else (stop or [])) if s != ""]  # "" stops nothing
         if not all(isinstance(s, str) for s in stops):
             raise InputError("stop must be a string or a list of strings", f"got {stop!r}"[:120], None)
         if isinstance(prompt, list | tuple) and prompt and not isinstance(prompt[0], dict):

@@ -53,6 +53,7 @@ def test_stop_string_cuts_text(gen):
     expected = full[: full.find(stop)]
     assert gen.generate(PROMPT, max_new_tokens=12, stop=[stop, "zzz-not-there"]) == expected
     assert "".join(gen.generate(PROMPT, max_new_tokens=12, stop=stop, stream=True)) == expected
+    assert gen.generate(PROMPT, max_new_tokens=12, stop="") == full  # an empty stop stops nothing ("" was returned)
 
 
 def test_seed_makes_sampling_reproducible(gen):
