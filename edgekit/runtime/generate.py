@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import InputError, ModelError, first_line
 from .generate_engines import ENGINES, Engine, GenaiEngine, OrtLoopEngine, SamplingOptions
+from .session import check_threads
 from .tokenizer import check_unicode
 
 DEFAULT_ENGINE = "genai"  # chosen by measurement: bench/llm.md (decode tok/s, TTFT, both engines interleaved)
@@ -225,6 +226,7 @@ class TextGenerator:
 def load_generator(folder: str | Path, engine: str = "auto", threads: int | None = None) -> TextGenerator:
     """Load a causal-LM artifact folder (model.onnx + tokenizer.json + manifest/genai_config)."""
     folder = Path(folder)
+    check_threads(threads, "threads")  # -1, 2.5, '2' and True were accepted
     if not (folder / ONNX_NAME).is_file():
         raise ModelError(f"No {ONNX_NAME} in '{folder}'", "it is not a text-generation artifact",
                          "Pass the folder written by: edgekit optimize MODEL --task text-generation")

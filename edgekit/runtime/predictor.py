@@ -192,6 +192,14 @@ def load(artifact: str | Path, backend: str = "auto", threads: int | None = None
     from .generate import is_generation_folder, load_generator
 
     if is_generation_folder(folder):  # a causal LM: TextGenerator (generate, stream) on its own engines
+        given = {"backend": backend != "auto", "batch_size": batch_size is not None, "device": device != 0,
+                 "max_batch": max_batch is not None, "max_length": max_length is not None}
+        ignored = [name for name, set_ in given.items() if set_]
+        if ignored:  # each was accepted and ignored (backend='bogus', device=3, batch_size=0 ...)
+            raise InputError(f"{', '.join(ignored)} do{'es' if len(ignored) == 1 else ''} not apply to the causal LM in "
+                             f"'{folder}'", "load() gives it a TextGenerator, which picks its own engine and takes "
+                             "one prompt (or a list) per call", "Leave them out, or call load_generator(folder, "
+                             "engine='ort' | 'genai' | 'tensorrt-rtx', threads=N)")
         _refuse_failed(folder, allow_failed)
         return load_generator(folder, engine="auto", threads=threads)
     from ..tasks import causal_lm_architectures  # noqa: PLC0415  (pure Python: no torch)

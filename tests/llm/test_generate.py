@@ -175,6 +175,18 @@ def test_chat_template_is_rendered_as_transformers_renders_it(artifact, tmp_path
         ChatTemplate(folder).render(messages)
 
 
+@pytest.mark.parametrize("kwargs", [{"backend": "bogus"}, {"backend": "tensorrt-rtx"}, {"device": 3},
+                                    {"batch_size": 0}, {"max_length": 4}, {"max_batch": 1}, {"threads": -1},
+                                    {"threads": 2.5}, {"threads": "2"}, {"threads": True}])
+def test_load_of_a_causal_lm_refuses_what_it_would_ignore(artifact, kwargs):
+    """Each was accepted and ignored by load() on a causal-LM folder (the genai engine ran on the CPU)."""
+    from edgekit.runtime import load
+
+    with pytest.raises(InputError):
+        load(artifact, **kwargs)
+    assert load(artifact, threads=1).engine_name in ("ort", "genai")
+
+
 def test_stops_at_context_end(gen):
     ids = gen.encode("the " * 55)
     assert len(gen.generate_ids(ids, 50)) <= gen.info.context_length - len(ids)
