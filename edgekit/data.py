@@ -6,6 +6,7 @@ Pure Python (no torch): the CLI, the toolchain and the runtime's tools share it.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from dataclasses import dataclass
@@ -91,6 +92,10 @@ def load_dataset(
         label_col = _pick_column(columns, label_column, LABEL_COLUMNS, "label", source, "--label-column")
     elif any(c in columns for c in LABEL_COLUMNS):
         label_col = next(c for c in LABEL_COLUMNS if c in columns)
+    if label_col is not None and label_col == text_col:  # the model was fed its own labels (accuracy 1.0000)
+        raise DataError(f"Dataset '{source}': column '{text_col}' is taken as both the text and the label",
+                        "a model would be scored on reading its answers", "Pass --text-column and --label-column "
+                        "naming two different columns")
     pair_col = PAIR_COLUMNS.get(text_col) if PAIR_COLUMNS.get(text_col) in columns else None
     texts, labels, pairs = [], [] if label_col else None, [] if pair_col else None
     for i, row in enumerate(rows):
@@ -217,11 +222,24 @@ def encode_labels(labels: list[str], label2id: dict[str, int], source: str = "da
     return out
 
 
-def label_names(labels: list[str]) -> list[str]:
-    """The sorted distinct labels of a training set (numeric order when all are integers)."""
+def label_names(labels: list[str], source: str = "data") -> list[str]:
+    """The sorted distinct labels of a training set (numeric order when all are integers, '1.0' included).
+
+    Two spellings of one label ('Positive' and 'positive', '1' and '1.0') are refused: they became two classes of
+    the trained model, while ``encode_labels`` (check, the gate) reads them as one.
+    """
     distinct = set(labels)
-    if all(_as_int(x) is not None and _as_int(x).lstrip("-").isdigit() for x in distinct):
-        return sorted(distinct, key=lambda x: int(x))
+    numeric = all(_as_int(x) is not None for x in distinct)
+    spellings: dict[str, list[str]] = {}
+    for x in sorted(distinct):
+        spellings.setdefault(_as_int(x) if numeric else x.lower(), []).append(x)
+    twice = next((v for v in spellings.values() if len(v) > 1), None)
+    if twice:
+        raise DataError(f"Labels {' and '.join(repr(v) for v in twice[:3])} in '{source}' are one label written "
+                        "two ways", "training would make them two classes, which check and the runtime read as one",
+                        "Write each label one way throughout the file")
+    if numeric:
+        return sorted(distinct, key=lambda x: int(_as_int(x)))
     return sorted(distinct)
 
 
@@ -256,10 +274,16 @@ def _read_file(path: Path) -> tuple[list[dict], list[str]]:
         return _read_conll(text)
     delimiter = "\t" if fmt == "tsv" else ","
     quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
-    reader = csv.reader(text.splitlines(), delimiter=delimiter, quoting=quoting, strict=True)
+    # lines end at \n, \r\n or \r only: str.splitlines also split a text at U+2028 or U+0085 (one row read as
+    # two) and a quoted CSV field at its own line break (its lines joined without one)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=True)
     rows = []
     try:
         header = [h.strip() for h in next(reader)]
+        repeated = sorted({h for h in header if header.count(h) > 1})
+        if repeated:  # zip() into a dict kept the last column of a name: scored against the wrong labels
+            raise DataError(f"Dataset '{path}' names column {', '.join(repr(h) for h in repeated)} more than once",
+                            "a row would be read from only one of them", "Give every column of the header its own name")
         for values in reader:
             if not values:
                 continue
@@ -275,7 +299,8 @@ def _read_file(path: Path) -> tuple[list[dict], list[str]]:
 
 def _read_jsonl(path: Path, text: str) -> tuple[list[dict], list[str]]:
     rows, columns = [], {}
-    for i, line in enumerate(text.splitlines()):
+    for i, line in enumerate(text.split("\n")):  # JSON escapes its line breaks; U+2028 may stand in a string
+        line = line.rstrip("\r")
         if not line.strip():
             continue
         try:
@@ -292,7 +317,7 @@ def _read_jsonl(path: Path, text: str) -> tuple[list[dict], list[str]]:
 def _read_conll(text: str) -> tuple[list[dict], list[str]]:
     """CoNLL columns: the first is the word, the last the tag; blank lines end sentences."""
     rows, words, tags = [], [], []
-    for line in text.splitlines() + [""]:
+    for line in text.split("\n") + [""]:
         fields = line.split()
         if fields and not fields[0].startswith("-DOCSTART-"):
             words.append(fields[0])

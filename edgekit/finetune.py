@@ -162,7 +162,7 @@ def _check_options(o: FinetuneOptions) -> None:
 
 
 def _label_names(train: TextDataset) -> list[str]:
-    names = label_names(train.labels)
+    names = label_names(train.labels, train.source)
     if len(names) < 2:
         raise DataError(f"Dataset '{train.source}' has a single label {names[0]!r} in column '{train.label_column}'",
                         "a classifier needs at least two classes",

@@ -136,3 +136,37 @@ def test_the_whole_file_decides_how_a_sample_is_read():
     stars = {"1": 0, "2": 1, "3": 2, "4": 3, "5": 4}
     assert encode_labels(["1", "2", "4"], stars, reading_of=["0", "1", "2", "4"]) == [1, 2, 4]
     assert encode_labels(["1", "2", "4"], stars, reading_of=["1", "2", "4", "5"]) == [0, 1, 3]
+
+
+def test_line_breaks_inside_a_text_keep_it_one_row(tmp_path):
+    """str.splitlines split a TSV text at U+2028 / U+0085 (one row read as two), joined a quoted CSV field's lines
+    without their break, and refused valid JSONL holding U+2028 in a string."""
+    tsv = tmp_path / "u.tsv"
+    tsv.write_text("sentence\nthe film\u2028was fine\nthe plot\u0085was not\n", encoding="utf-8")
+    assert load_dataset(tsv, require_labels=False).texts == ["the film\u2028was fine", "the plot\u0085was not"]
+    csv_file = tmp_path / "q.csv"
+    csv_file.write_text('label,sentence\n1,"line one\nline two"\n0,plain\n', encoding="utf-8")
+    assert load_dataset(csv_file).texts == ["line one\nline two", "plain"]
+    jsonl = tmp_path / "u.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"label": i, "text": f"row {i}\u2028end"}, ensure_ascii=False)
+                               for i in range(2)) + "\n", encoding="utf-8")
+    assert load_dataset(jsonl).texts == ["row 0\u2028end", "row 1\u2028end"]
+
+
+@pytest.mark.parametrize("content,args,match", [
+    ("label\tsentence\tlabel\n1\tgood\t0\n", {}, "names column 'label' more than once"),  # the last one was read
+    ("label\tsentence\n1\tgood\n", {"text_column": "label"}, "taken as both the text and the label"),  # 1.0000
+])
+def test_columns_that_would_be_read_wrong_are_refused(tmp_path, content, args, match):
+    path = tmp_path / "d.tsv"
+    path.write_text(content)
+    with pytest.raises(DataError, match=match):
+        load_dataset(path, **args)
+
+
+def test_one_label_written_two_ways_is_refused_and_float_ids_are_numbers():
+    """'Positive' / 'positive' trained a 4-class model that check reads as 2; '0.0' / '1.0' crashed finetune."""
+    for labels in (["positive", "negative", "Positive"], ["1", "0", "1.0"]):
+        with pytest.raises(DataError, match="one label written two ways"):
+            label_names(labels)
+    assert label_names(["1.0", "0.0", "10.0", "2.0"]) == ["0.0", "1.0", "2.0", "10.0"]
