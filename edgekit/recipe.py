@@ -56,13 +56,31 @@ class Recipe:
     options: dict = field(default_factory=dict)   # nested, as OptimizeOptions.from_dict takes them
 
 
+def _unique_key_loader():
+    """yaml's SafeLoader, refusing a key given twice in one mapping: PyYAML keeps the last, so a second
+    ``quantize:`` section dropped the first one's settings."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"key '{key}' is given twice (line "
+                                                            f"{key_node.start_mark.line + 1}; the last one would win)")
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+    return Loader
+
+
 def load_recipe(path: str | Path, allow_outside_paths: bool = False) -> Recipe:
     """Read a recipe; its paths come back resolved against, and confined to, its project (module docstring)."""
     import yaml
 
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_key_loader())  # noqa: S506 (safe)
     except FileNotFoundError:
         raise InputError(f"Recipe '{path}' not found", None, "Pass a YAML file such as models/minilm-l6-sst2.yaml") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
@@ -78,10 +96,7 @@ def load_recipe(path: str | Path, allow_outside_paths: bool = False) -> Recipe:
         raise InputError(f"Recipe '{path}' sets trust_remote_code", "a recipe cannot allow running a model's code",
                          "Remove the key and pass --trust-remote-code yourself if you trust the model")
     data = raw.get("data")
-    if isinstance(data, dict):
-        data = dict(data)
-        data_options = {k: v for k, v in data.items() if k != "path"}
-        options["data"] = {**data_options, **options.get("data", {})}
+    if isinstance(data, dict):  # its other keys are options (``_options``)
         data = data.get("path")
     box = _Confinement(path, allow_outside_paths)
     for key in DATA_PATHS:
@@ -94,27 +109,43 @@ def load_recipe(path: str | Path, allow_outside_paths: bool = False) -> Recipe:
 
 def _options(raw: dict, path: Path) -> dict:
     """The recipe's options as OptimizeOptions' nested keys (top-level task -> export.task; budgets -> gate;
-    an ``options:`` mapping of older flat keys, e.g. prune_ffn -> prune.ffn, mode -> quantize.mode)."""
+    an ``options:`` mapping of older flat keys, e.g. prune_ffn -> prune.ffn, mode -> quantize.mode).
+
+    An option given two ways (``task:`` and ``export: {task: ...}``, ``gate:`` and ``budgets:``, a section and
+    ``options:``) is refused: one of them was dropped without a word."""
     options: dict = {}
+    origin: dict[tuple[str | None, str], str] = {}
+
+    def put(section: str | None, name: str, value, where: str) -> None:
+        key = (section, name)
+        if key in origin:
+            shown = f"{section}.{name}" if section else name
+            raise InputError(f"Recipe '{path}' gives '{shown}' twice: in {origin[key]} and in {where}",
+                             "only one of them would be used", "Keep one of them")
+        origin[key] = where
+        (options if section is None else options.setdefault(section, {}))[name] = value
+
     for key in ("target", "precision"):
         if key in raw:
-            options[key] = raw[key]
+            put(None, key, raw[key], f"'{key}:'")
     for name in (*SECTIONS, *LEGACY):
         values = raw.get(name) or {}
         if not isinstance(values, dict):
             raise InputError(f"Recipe '{path}': '{name}' must be a mapping", None, None)
-        options.setdefault(LEGACY.get(name, name), {}).update(values)
+        for key, value in values.items():
+            put(LEGACY.get(name, name), key, value, f"'{name}:'")
     if "task" in raw:
-        options["export"]["task"] = raw["task"]
+        put("export", "task", raw["task"], "'task:'")
+    data = raw.get("data")
+    for key, value in (data.items() if isinstance(data, dict) else ()):
+        if key != "path":
+            put("data", key, value, "'data:'")
     flat = raw.get("options") or {}
     if not isinstance(flat, dict):
         raise InputError(f"Recipe '{path}': 'options' must be a mapping", None, None)
     for key, value in flat.items():
         section, name = _locate(key, path)
-        if section is None:
-            options[name] = value
-        else:
-            options.setdefault(section, {})[name] = value
+        put(section, name, value, "'options:'")
     return {k: v for k, v in options.items() if v != {}}
 
 

@@ -110,12 +110,13 @@ def check_keys(cls, values: dict, what: str, skip: set[str] = frozenset()) -> No
                          f"Valid keys: {', '.join(known)}")
 
 
-WANTED = {bool: "true or false", int: "a whole number", float: "a number", list: "a list"}
+WANTED = {bool: "true or false", int: "a whole number", float: "a number", list: "a list", str: "a text"}
 
 
 def check_types(cls, values: dict, prefix: str = "") -> None:
     """A one-line InputError for a value of the wrong type (a recipe's ``max_accuracy_drop: lots`` reached a
-    comparison and raised TypeError there); numbers, booleans and lists are checked, ints pass as floats."""
+    comparison and raised TypeError there); numbers, booleans, lists and texts are checked, ints pass as
+    floats."""
     for leaf in _leaves(cls, None):
         if leaf.name not in values:
             continue
@@ -130,9 +131,15 @@ def check_types(cls, values: dict, prefix: str = "") -> None:
             ok = isinstance(value, int) and not isinstance(value, bool)
         elif leaf.kind is float:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif leaf.kind is str:  # a list or mapping reached a dict lookup as a TypeError (export task: [a])
+            ok = isinstance(value, str)
         else:
             ok = isinstance(value, (list, tuple))
         if not ok:
             example = f"Write e.g. {leaf.name}: {json.dumps(leaf.default, default=str)}"
+            if leaf.kind is str:  # YAML reads 2:4 as the number 124, yes as true
+                example = ("Quote the value as the recipe writes it (YAML turns some texts into numbers: 2:4 "
+                           "into 124)") if isinstance(value, (int, float)) else \
+                    (example if leaf.default is not None else f"Write {leaf.name}: followed by one text")
             raise InputError(f"Option '{prefix}{leaf.name}' must be {WANTED[leaf.kind]}", f"got {value!r}",
-                             example if leaf.default is not None else None)
+                             example if leaf.default is not None or leaf.kind is str else None)

@@ -71,8 +71,8 @@ def test_right_types_pass_the_type_check():
     o = OptimizeOptions.from_dict({"gate": {"max_accuracy_drop": 0}, "bench": {"threads": None, "iterations": 5},
                                    "prune": {"ffn": 1 / 2, "layers": 1}, "quantize": {"op_types": ["MatMul"]}})
     assert o.gate.max_accuracy_drop == 0 and o.bench.iterations == 5 and o.quantize.op_types == ["MatMul"]
-    # a string field given None is left to the option's own checks (no KeyError from the type check)
-    with pytest.raises(InputError, match="calibration method|Unknown"):
+    # a string field given None: a one-line error (no KeyError from the type check)
+    with pytest.raises(InputError, match="calibration_method' must be a text: got None"):
         OptimizeOptions.from_dict({"quantize": {"calibration_method": None}}).validate()
 
 
@@ -140,6 +140,40 @@ def test_recipe_uses_the_nested_keys(tmp_path):
     assert (o.bench.iterations, o.bench.warmup, o.data.text_column, o.prune.ffn) == (9, 20, "sentence", 0.25)
     recipe.write_text("model: m\ndata: dev.tsv\nquantize: {calibration: 8}\n")
     with pytest.raises(InputError, match="Unknown quantize option"):
+        OptimizeOptions.from_dict(load_recipe(recipe).options)
+
+
+@pytest.mark.parametrize("body,match", [
+    ("quantize: {mode: static}\nbench: {iterations: 9}\nquantize: {per_channel: false}\n",
+     "key 'quantize' is given twice"),  # PyYAML kept the last section: mode static was dropped
+    ("gate: {max_accuracy_drop: 0.005}\nbudgets: {max_accuracy_drop: 0.03}\n", "'gate.max_accuracy_drop' twice"),
+    ("task: text-classification\nexport: {task: token-classification}\n", "'export.task' twice"),
+    ("quantize: {mode: static}\noptions: {mode: dynamic}\n", "'quantize.mode' twice"),
+    ("data: {path: dev.tsv, text_column: sentence}\noptions: {text_column: text}\n", "'data.text_column' twice"),
+])
+def test_an_option_given_twice_in_a_recipe_is_refused(tmp_path, body, match):
+    """Each was resolved silently: one of the two values dropped."""
+    from edgekit.recipe import load_recipe
+
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "dev.tsv").write_text("label\tsentence\n1\tgood\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: m\n" + ("" if body.startswith("data:") else "data: dev.tsv\n") + body)
+    with pytest.raises(InputError, match=match):
+        load_recipe(recipe)
+
+
+@pytest.mark.parametrize("section,value", [("export", "{task: [a]}"), ("prune", "{sparsity: 2:4}"),
+                                           ("data", "{path: dev.tsv, text_column: {x: 1}}")])
+def test_a_recipe_text_option_of_another_type_is_refused(tmp_path, section, value):
+    """export: {task: [a]} was a TypeError traceback in the export; YAML reads sparsity 2:4 as the number 124."""
+    from edgekit.recipe import load_recipe
+
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "dev.tsv").write_text("label\tsentence\n1\tgood\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: m\n" + ("" if section == "data" else "data: dev.tsv\n") + f"{section}: {value}\n")
+    with pytest.raises(InputError, match="must be a text"):
         OptimizeOptions.from_dict(load_recipe(recipe).options)
 
 
