@@ -105,7 +105,7 @@ class OptimizeOptions:
 
     @property
     def pruning(self) -> bool:
-        return bool(self.prune.ffn or self.prune.layers or self.prune.heads)
+        return bool(self.prune.ffn or self.prune.layers or self.prune.heads or self.prune.sparsity)
 
     def validate(self) -> None:
         if self.target not in TARGETS:
@@ -137,6 +137,16 @@ class OptimizeOptions:
                                  "calibration and the per-layer fallback must not be judged on the gate data",
                                  "Pass --calibration-data (or --validation-data) with labeled training rows")
         self.bench.validate()
+        if not self.pruning:  # --prune-recover-epochs, --prune-data ... were accepted and ignored without a cut
+            from .prune import PruneOptions  # noqa: PLC0415
+
+            default = PruneOptions()
+            given = [f"--prune-{f.replace('_', '-')}" for f in default.__dataclass_fields__
+                     if getattr(self.prune, f) != getattr(default, f)] + (["--prune-data"] if self.data.prune_data else [])
+            if given:
+                raise InputError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} only when optimize prunes",
+                                 "no cut was asked for, so nothing is pruned", "Add --prune-ffn, --prune-layers or "
+                                 "--prune-sparsity, or drop " + ("it" if len(given) == 1 else "them"))
         if self.pruning:
             self.prune.validate("--prune-")
             if not self.data.prune_data:

@@ -220,6 +220,10 @@ def _plan(config, options: PruneOptions, prefix: str = "--") -> dict:
         keep = max(8, int(round(keep / 8)) * 8)  # multiples of 8 suit int8 GEMM kernels and 2:4 groups
     if keep < 1:
         raise InputError(f"{prefix}ffn {options.ffn} would remove all {size} FFN neurons", None, f"Pass a smaller {prefix}ffn")
+    if options.ffn > 0 and keep >= size:  # rounded back to the whole layer: "FFN 1536 -> 1536", then a full recovery
+        raise InputError(f"{prefix}ffn {options.ffn} removes no FFN neuron of {size}",
+                         "the neurons kept are rounded to a multiple of 8", f"Pass {prefix}ffn {-(-8000 // size) / 1000} "
+                         "or more, or leave it out")
     return {"ffn_keep": keep, "layers_drop": int(options.layers)}
 
 

@@ -305,6 +305,14 @@ def test_training_budgets_are_checked_before_training(tiny_model, tiny_data, tmp
     assert expected in result.stderr and not out.exists(), result.stderr
 
 
+def test_prune_refuses_a_share_that_rounds_to_no_neuron(ref_model, sst2_dev, tmp_path):
+    """--ffn 0.002 of 1536 neurons rounded back to 1536 (multiples of 8): "FFN 1536 -> 1536", exit 0, after a
+    recovery fine-tune of the whole model."""
+    result = run("prune", ref_model, "--data", sst2_dev, "--out", tmp_path / "out", "--ffn", "0.002")
+    assert_one_line_error(result)
+    assert "--ffn 0.002 removes no FFN neuron of 1536" in result.stderr and not (tmp_path / "out").exists()
+
+
 def test_prune_refuses_single_class_data(tiny_model, tmp_path):
     """It pruned and recovered on one class, exit 0 (finetune already refused such data)."""
     one = tmp_path / "one.tsv"
@@ -314,13 +322,18 @@ def test_prune_refuses_single_class_data(tiny_model, tmp_path):
     assert "has a single label" in result.stderr and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("args,expected", [(["--prune-ffn", "1.5"], "Invalid --prune-ffn 1.5"),
-                                           (["--prune-layers", "2"], "--prune-layers 2 would remove every block")])
+@pytest.mark.parametrize("args,expected", [
+    (["--prune-data", "DATA", "--prune-ffn", "1.5"], "Invalid --prune-ffn 1.5"),
+    (["--prune-data", "DATA", "--prune-layers", "2"], "--prune-layers 2 would remove every block"),
+    # accepted and ignored without a cut: optimize PASSED with no prune stage
+    (["--prune-data", "DATA", "--prune-recover-epochs", "3"],
+     "--prune-recover-epochs, --prune-data apply only when optimize prunes"),
+])
 def test_optimize_names_its_own_prune_flags_before_any_step(tiny_model, tiny_data, tmp_path, args, expected):
     """The errors named prune's --ffn / --layers, flags optimize does not have; the layers one came after the
     export had started."""
-    result = run("optimize", tiny_model, "--data", tiny_data, "--prune-data", tiny_data, "--out", tmp_path / "out",
-                 *args)
+    args = [tiny_data if a == "DATA" else a for a in args]
+    result = run("optimize", tiny_model, "--data", tiny_data, "--out", tmp_path / "out", *args)
     lines = result.stderr.strip().splitlines()  # a "[edgekit] load ..." stage line may come first (a slow load)
     assert result.returncode == 1 and "Traceback" not in result.stderr and "export" not in result.stderr
     assert lines[-1].startswith("Error: ") and expected in lines[-1] and not (tmp_path / "out").exists()
