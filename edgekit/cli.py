@@ -33,7 +33,7 @@ import click
 from . import progress
 from .atomic import import_safe, no_stray_torch_cache, remove_unfinished
 from .cli_options import path_arg
-from .errors import EdgekitError, InputError, Terminated
+from .errors import EdgekitError, GateFailedError, InputError, Terminated
 
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 _SPACE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
@@ -453,7 +453,12 @@ def optimize_cmd(model, data, out, recipe, force, as_json, quiet, cache_dir, no_
     if search_mode or any(v is not None for v in searching.values()):
         return _search_cmd(model, data, out, options, explicit, search_mode, searching, force, as_json,
                            None if no_cache else StepCache(cache_dir))
-    r = optimize(model, data, out, options, force=force, cache=None if no_cache else StepCache(cache_dir))
+    try:
+        r = optimize(model, data, out, options, force=force, cache=None if no_cache else StepCache(cache_dir))
+    except GateFailedError:
+        if as_json and (Path(out) / "report.json").is_file():  # the failed run's report: stdout was empty
+            click.echo((Path(out) / "report.json").read_text(encoding="utf-8").rstrip())
+        raise
     base, opt = r["baseline"], r["optimized"]
     for warning in r.get("warnings", []):
         click.echo(f"Warning: {warning}", err=True)

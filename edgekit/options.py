@@ -137,6 +137,10 @@ class OptimizeOptions:
                                  "calibration and the per-layer fallback must not be judged on the gate data",
                                  "Pass --calibration-data (or --validation-data) with labeled training rows")
         self.bench.validate()
+        if self.bench.end_to_end:  # failed at the bench stage, after export, quantize and check
+            raise InputError("--end-to-end does not apply to optimize", "its baseline is the PyTorch model folder, "
+                             "which the shipped runtime does not load", "Drop it; time the artifact end to end "
+                             "afterwards with: edgekit bench OUT --end-to-end")
         if not self.pruning:  # --prune-recover-epochs, --prune-data ... were accepted and ignored without a cut
             from .prune import PruneOptions  # noqa: PLC0415
 

@@ -1,5 +1,6 @@
 """Bad input through the CLI: one line on stderr, exit 1, no traceback, nothing half-written."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -234,18 +235,19 @@ def test_gate_failure_exits_3_and_keeps_marked_artifact(tiny_model, tmp_path):
     data.write_text("label\tsentence\n" + "".join(f"{p}\t{t}\n" for p, t in zip(preds, texts)))
     out = tmp_path / "out"
     result = run("optimize", tied, "--data", data, "--out", out, "--max-accuracy-drop", "0", "--iterations", "5",
-                 "--quiet")  # stage lines off: the error itself is one line
+                 "--quiet", "--json")  # stage lines off: the error itself is one line
     assert_one_line_error(result, code=3)
     assert "Accuracy gate failed" in result.stderr
     report = read_json(out / "report.json")
     assert report["passed"] is False and report["accuracy_drop"] > 0
+    assert json.loads(result.stdout) == report  # --json printed nothing for a failed gate
     assert read_json(out / "manifest.json")["passed"] is False
     assert (out / "model.onnx").is_file()
 
 
 @pytest.mark.parametrize("case", ["export atol nan", "export head mismatch", "optimize eval batch 0",
                                   "optimize export samples 0", "bench min-seconds nan", "check data without suffix",
-                                  "build max-seq past the model"])
+                                  "build max-seq past the model", "optimize end-to-end"])
 def test_numbers_and_mismatches_are_refused_before_any_work(tiny_model, tiny_onnx, tiny_data, tmp_path, case):
     """Each ran the whole step and failed late (export with --atol nan), ran with a silently changed meaning
     (--eval-batch-size 0 as the default, a sequence classifier's head put on every token, a 100000-token engine
@@ -263,6 +265,8 @@ def test_numbers_and_mismatches_are_refused_before_any_work(tiny_model, tiny_onn
         "check data without suffix": (["check", tiny_model, tiny_onnx, "--data", tmp_path / "rows"], "not found"),
         "build max-seq past the model": (["build", tiny_onnx, "--out", out, "--max-seq", "100000"],
                                          "is longer than the model's"),
+        "optimize end-to-end": (["optimize", tiny_model, "--data", tiny_data, "--out", out, "--end-to-end"],
+                                "--end-to-end does not apply to optimize"),  # failed at bench, after the rest
     }[case]
     if case.startswith("build"):
         pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx not installed")
