@@ -14,8 +14,8 @@ from pathlib import Path
 
 from .errors import DataError, first_line
 
-TEXT_COLUMNS = ("sentence", "text", "content", "review", "document", "sentence1", "question", "premise")
-PAIR_COLUMNS = {"sentence1": "sentence2", "question": "sentence", "premise": "hypothesis"}
+TEXT_COLUMNS = ("sentence", "text", "content", "review", "document", "sentence1", "question", "premise", "question1")
+PAIR_COLUMNS = {"sentence1": "sentence2", "question": "sentence", "premise": "hypothesis", "question1": "question2"}
 LABEL_COLUMNS = ("label", "labels", "target", "class", "category", "y")
 FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
            ".conll": "conll", ".iob": "conll", ".bio": "conll"}
@@ -86,7 +86,9 @@ def load_dataset(
     rows, columns = _rows(source, split)
     if text_column is None and not any(c in columns for c in TEXT_COLUMNS) and any(c in columns for c in WORD_COLUMNS):
         return _token_rows(rows, columns, str(source), None, label_column, require_labels=False)  # words -> texts
-    text_col = _pick_column(columns, text_column, TEXT_COLUMNS, "text", source, "--text-column")
+    paired = [first for first, second in PAIR_COLUMNS.items() if first in columns and second in columns]
+    # a pair's first column before any single one: QNLI's (question, sentence) was read as its sentences alone
+    text_col = _pick_column(columns, text_column, (*paired, *TEXT_COLUMNS), "text", source, "--text-column")
     label_col = None
     if label_column is not None or require_labels:
         label_col = _pick_column(columns, label_column, LABEL_COLUMNS, "label", source, "--label-column")

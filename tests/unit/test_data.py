@@ -170,3 +170,17 @@ def test_one_label_written_two_ways_is_refused_and_float_ids_are_numbers():
         with pytest.raises(DataError, match="one label written two ways"):
             label_names(labels)
     assert label_names(["1.0", "0.0", "10.0", "2.0"]) == ["0.0", "1.0", "2.0", "10.0"]
+
+
+@pytest.mark.parametrize("header,row,first,second", [
+    ("question\tsentence\tlabel", "what is it?\tit is a film.\t0", "what is it?", "it is a film."),  # QNLI
+    ("question1\tquestion2\tlabel", "who is he?\twho is him?\t1", "who is he?", "who is him?"),    # QQP
+    ("premise\thypothesis\tlabel", "a man runs.\tsomeone moves.\t0", "a man runs.", "someone moves."),
+])
+def test_sentence_pairs_are_read_as_pairs(tmp_path, header, row, first, second):
+    """QNLI's columns were read as the sentences alone (the question dropped: 0.90 against 0.95), QQP's question2
+    never became the second segment."""
+    path = tmp_path / "pairs.tsv"
+    path.write_text(f"{header}\n{row}\n")
+    ds = load_dataset(path)
+    assert (ds.texts, ds.pairs) == ([first], [second])
