@@ -55,6 +55,7 @@ def _check(run: dict, file: Path) -> None:
 
     if not isinstance(run["environment"], dict):
         bad("environment", "an object", run["environment"])
+    _check_environment(run["environment"], bad)
     if not all(isinstance(w, str) for w in run["warnings"]):
         bad("warnings", "a list of strings", run["warnings"])
     for row in run["rows"]:
@@ -75,6 +76,24 @@ def _check(run: dict, file: Path) -> None:
     for sweep in run["sweeps"]:
         if not all(isinstance(p, dict) for p in sweep["points"]):
             bad("points", "a list of objects", sweep["points"])
+
+
+def _check_environment(env: dict, bad) -> None:
+    """The environment's parts as the report reads them (cpu: [] or threads: "4" were AttributeError tracebacks)."""
+    shapes = {"cpu": dict, "gpus": list, "threads": dict, "versions": dict}
+    for key, kind in shapes.items():
+        if env.get(key) is not None and not isinstance(env[key], kind):
+            bad(f"environment.{key}", "an object" if kind is dict else "a list", env[key])
+    cpu, threads = env.get("cpu") or {}, env.get("threads") or {}
+    if not all(isinstance(g, dict) for g in env.get("gpus") or []):
+        bad("environment.gpus", "a list of objects", env["gpus"])
+    for key, value in (("cpu.flags", cpu.get("flags")), ("threads.env", threads.get("env"))):
+        if value is not None and not isinstance(value, dict):
+            bad(f"environment.{key}", "an object", value)
+    for key, value in (("cpu.usable_cores", cpu.get("usable_cores")), ("cpu.logical_cores", cpu.get("logical_cores")),
+                       ("threads.intra_op", threads.get("intra_op"))):
+        if value is not None and not _number(value, whole=True):
+            bad(f"environment.{key}", "a whole number", value)
 
 
 def _result_files(path: Path) -> list[Path]:

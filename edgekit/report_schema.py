@@ -64,8 +64,8 @@ def optimize_report(src, data, out, options, checked, base_bench, opt_bench, shi
         "speedup_p50": p50_base / p50_opt if p50_opt else None,
         "baseline": base, "optimized": opt,
         "check": dict(checked),
-        "bench": {"batch_size": b.batch_size, "iterations": b.iterations, "warmup": b.warmup,
-                  "threads": base_bench["threads"], "tokens_mean": base_bench["tokens_mean"]},
+        "bench": {"batch_size": b.batch_size, "iterations": b.iterations, "min_seconds": b.min_seconds,
+                  "warmup": b.warmup, "threads": base_bench["threads"], "tokens_mean": base_bench["tokens_mean"]},
         "stages": stages,
         "environment": environment(threads=base_bench["threads"]),  # the threads both models were timed at
     }

@@ -122,6 +122,9 @@ _BENCH = {"schema": "edgekit.bench/1", "kind": "bench", "artifact": "out/int8", 
     ("latency_ms", None, "an object with p50"), ("samples_ms", ["a", "b"], "malformed samples_ms"),
     ("throughput_per_s", "x", "malformed throughput_per_s"), ("batch_size", "one", "malformed batch_size"),
     ("environment", [1], "malformed environment"), ("artifact", 5, "is malformed"),
+    ("environment", {"cpu": []}, "malformed environment.cpu"), ("environment", {"gpus": "none"}, "environment.gpus"),
+    ("environment", {"threads": "4"}, "environment.threads"), ("environment", {"versions": [1]}, "environment.versi"),
+    ("environment", {"threads": {"intra_op": "4"}}, "environment.threads.intra_op"),
 ])
 def test_a_result_with_a_field_of_the_wrong_shape_is_one_line(tmp_path, field, value, message):
     """Each was a traceback (TypeError, ValueError: Unknown format code, AttributeError) or, for latency_ms {}
@@ -165,3 +168,31 @@ def test_a_report_does_not_replace_another_kind_of_edgekit_folder(tmp_path):
     assert (model / "model.onnx").read_bytes() == b"onnx"
     rep.report([SAVED], tmp_path / "again")
     rep.report([SAVED], tmp_path / "again")  # a report over a report: a rerun
+
+
+def test_speedup_only_between_runs_of_one_shape_and_thread_counts_that_differ_are_flagged(tmp_path):
+    """A batch-8 row against a batch-1 reference read as a 0.16x "speedup" (its items/s were 1.3x higher); runs
+    at 1 and 2 threads were compared without a word."""
+    from edgekit.report_runs import load_runs
+
+    one = tmp_path / "b1.json"
+    one.write_text(json.dumps({**_BENCH, "environment": {"threads": {"intra_op": 1}}}))
+    eight = tmp_path / "b8.json"
+    eight.write_text(json.dumps({**_BENCH, "artifact": "out/int8-b8", "batch_size": 8,
+                                 "latency_ms": {"p50": 15.0}, "throughput_per_s": 530.0,
+                                 "environment": {"threads": {"intra_op": 2}}}))
+    combined = rep.build_report(load_runs([one, eight]))
+    assert [r["speedup_p50"] for r in combined["rows"]] == [1.0, None]
+    assert combined["table"][1][-1] == "— (another batch or length)"
+    assert any("different thread counts (b1.json: 1, b8.json: 2)" in w for w in combined["warnings"])
+
+
+def test_optimize_markdown_says_how_its_speedup_was_measured(saved):
+    """"Speedup (p50): 7.79x" stood beside a table whose p50s gave 7.12x, and "30 timed runs" beside 89."""
+    saved.update(speedup_p50=7.79, speedup_p50_separate=7.12,
+                 speedup={"method": "interleaved", "ratio": 7.79, "iqr": [7.5, 8.0], "rounds": 20, "unstable": False})
+    saved["bench"]["min_seconds"] = 3.0
+    md = rep.optimize_markdown(saved)
+    assert "7.79x, interleaved: the median of 20 rounds' ratios (IQR 7.50-8.00)" in md
+    assert "the table's separate runs give 7.12x" in md
+    assert f"at least {saved['bench']['iterations']} timed runs and 3 s for each model" in md
