@@ -309,41 +309,53 @@ def _ignore_event(*args, **kwargs) -> None:
 class _Progress(QuietCallback):
     """Duck-typed TrainerCallback (no transformers import here): all output on stderr.
 
-    A tqdm bar with the running loss on a terminal; otherwise one line per ~10%
-    of the steps. Events it does not handle are no-ops.
+    A tqdm bar with the running loss on a terminal; otherwise a start line, then a line per ~10% of the steps,
+    printed when that step's loss is logged (it showed the loss of the line before), and one at least every
+    ``EDGEKIT_PROGRESS_EVERY`` seconds (60) between them. Events it does not handle are no-ops.
     """
 
     def __init__(self):
         self.stream = sys.stderr
         self.bar = None
-        self.loss = None
+        self.loss = self.loss_step = None
         self.next_line = 0
-        self.started = time.perf_counter()
+        self.started = self.last_line = time.perf_counter()
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.started = time.perf_counter()
+        self.started = self.last_line = time.perf_counter()
         self.next_line = max(1, state.max_steps // 10)
         if self.stream.isatty() and not progress.quiet():
             tqdm = require("tqdm").tqdm
             self.bar = tqdm(total=state.max_steps, desc="finetune", unit="step", file=self.stream,
                             dynamic_ncols=True, leave=False)
+        elif not progress.quiet():  # the first step's line came at 10%: minutes of silence on a large set
+            print(f"  training: {state.max_steps} steps", file=self.stream, flush=True)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
-            self.loss = float(logs["loss"])
+            self.loss, self.loss_step = float(logs["loss"]), state.global_step
             if self.bar is not None:
                 self.bar.set_postfix(loss=f"{self.loss:.3f}")
+        if self.bar is None and not progress.quiet() and \
+                (state.global_step >= self.next_line or state.global_step == state.max_steps):
+            while self.next_line <= state.global_step:
+                self.next_line += max(1, state.max_steps // 10)
+            self._line(state)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.bar is not None:
             self.bar.update(state.global_step - self.bar.n)
-        elif progress.quiet():
-            return
-        elif state.global_step >= self.next_line or state.global_step == state.max_steps:
-            self.next_line += max(1, state.max_steps // 10)
-            loss = f", loss {self.loss:.3f}" if self.loss is not None else ""
-            print(f"  step {state.global_step}/{state.max_steps}{loss} ({time.perf_counter() - self.started:.0f} s)",
-                  file=self.stream, flush=True)
+        elif not progress.quiet() and 0 < progress.every() <= time.perf_counter() - self.last_line:
+            self._line(state)
+
+    def _line(self, state) -> None:
+        self.last_line = time.perf_counter()
+        loss = ""
+        if self.loss is not None:
+            loss = f", loss {self.loss:.3f}" + ("" if self.loss_step == state.global_step else
+                                                 f" (at step {self.loss_step})")
+        print(f"  step {state.global_step}/{state.max_steps}{loss} ({self.last_line - self.started:.0f} s)",
+              file=self.stream, flush=True)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.bar is not None:

@@ -23,7 +23,8 @@ T = TypeVar("T")
 _state = {"quiet": os.environ.get("EDGEKIT_QUIET", "") not in ("", "0"), "depth": 0}
 
 
-def _every() -> float:
+def every() -> float:
+    """Seconds between heartbeat lines off a terminal (EDGEKIT_PROGRESS_EVERY, 60; 0 = none)."""
     try:
         return max(float(os.environ.get("EDGEKIT_PROGRESS_EVERY", "60")), 0.0)
     except ValueError:
@@ -31,12 +32,12 @@ def _every() -> float:
 
 
 class _Heartbeat:
-    """Off a terminal: ``desc: 120/400 its, 4.1 min, about 9.6 min left`` once per ``_every()`` seconds."""
+    """Off a terminal: ``desc: 120/400 its, 4.1 min, about 9.6 min left`` once per ``every()`` seconds."""
 
     def __init__(self, desc: str, total: int | None, unit: str):
         self.desc, self.total, self.unit = desc or "loop", total, unit
         self.started = self.last = time.perf_counter()
-        self.every = _every()
+        self.every = every()
 
     def beat(self, count: int) -> None:
         now = time.perf_counter()
