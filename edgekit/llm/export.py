@@ -17,7 +17,10 @@ logits along the way within ``atol``; otherwise nothing is written.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -84,8 +87,9 @@ def export_lm(model: str | Path, out: str | Path, options: LMExportOptions | Non
             info["note"] = f"{sum(f.stat().st_size for f in tmp.iterdir()) / 1e6:.1f} MB"
         export_seconds = time.perf_counter() - started
         finish_folder(source.folder, tmp, route)
-        validation = validate_lm(source.folder, tmp / ONNX_NAME, options.prompts, options.validation_tokens,
-                                 options.atol)
+        with progress.stage("validate", f"{options.validation_tokens} greedy tokens per prompt against PyTorch"):
+            validation = validate_lm(source.folder, tmp / ONNX_NAME, options.prompts, options.validation_tokens,
+                                     options.atol)  # loads the PyTorch model first: seconds to minutes of silence
         manifest = write_manifest(tmp, "onnx", "export-lm", _inputs(source), asdict(options), {
             "task": "text-generation", "precision": "fp32", "route": route,
             "llm": llm_section(source.folder, tmp / ONNX_NAME),
@@ -134,7 +138,9 @@ def dynamo_export(folder: Path, onnx_path: Path, opset: int = 18) -> None:
     kv = [f"{i}.{k}" for i in range(layers) for k in ("key", "value")]
     shapes = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: total},
               "position_ids": {0: batch, 1: seq}, "past": tuple({0: batch, 2: past} for _ in kv)}
-    with torch.no_grad():
+    sink = io.StringIO()  # the exporter's deprecation and axis-name chatter went to the user's terminal
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        warnings.simplefilter("ignore")
         torch.onnx.export(_KVWrapper(model, layers).eval(), feeds, str(onnx_path), dynamo=True, opset_version=opset,
                           input_names=["input_ids", "attention_mask", "position_ids",
                                        *(f"past_key_values.{n}" for n in kv)],
