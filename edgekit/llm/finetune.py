@@ -13,6 +13,7 @@ success); the output folder is written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -121,7 +122,7 @@ def finetune_lm(base_model: str | Path, data: str | Path, out: str | Path, optio
         model = add_lora(model, o)
     rows = [encode_example(tokenizer, ex, o.max_length) for ex in train]
     started = time.perf_counter()
-    with atomic_dir(out, force, inputs=(base_model, base, data, eval_data)) as tmp:
+    with atomic_dir(out, force, inputs=(base_model, base, data, eval_data)) as tmp, _kept_for_resume(work):
         trainer = _trainer(model, tokenizer, rows, o, work)
         metrics.update(_train(trainer, o.resume))
         model = trainer.model.merge_and_unload() if o.lora else trainer.model
@@ -140,6 +141,18 @@ def finetune_lm(base_model: str | Path, data: str | Path, out: str | Path, optio
     shutil.rmtree(work, ignore_errors=True)
     metrics["out"] = str(out)
     return metrics
+
+
+@contextlib.contextmanager
+def _kept_for_resume(work: Path):
+    """On a failure or an interrupt, keep ``work`` only when it holds a checkpoint to resume from: an empty one was
+    left beside OUT while the message said nothing half-written was kept."""
+    try:
+        yield
+    except BaseException:
+        if not any(work.glob("checkpoint-*")):
+            shutil.rmtree(work, ignore_errors=True)
+        raise
 
 
 def _check_options(o: LMFinetuneOptions) -> None:

@@ -171,6 +171,20 @@ def test_resume_continues_from_the_last_checkpoint(base, data, tmp_path, monkeyp
     assert m["steps"] == 6 and (out / "model.safetensors").is_file() and not (tmp_path / ".ft.work").exists()
 
 
+def test_an_interrupt_before_the_first_checkpoint_leaves_no_work_folder(base, data, tmp_path, monkeypatch):
+    """Ctrl-C before any checkpoint left an empty .OUT.work beside OUT, with nothing in it to resume."""
+    import edgekit.llm.finetune as ft
+
+    def interrupted(trainer, resume):
+        (tmp_path / ".ft.work").mkdir(exist_ok=True)  # the Trainer has made its output folder by then
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ft, "_train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        finetune_lm(base, data, tmp_path / "ft", LMFinetuneOptions(**{**OPTS, "max_steps": 4, "save_steps": 2}))
+    assert not (tmp_path / ".ft.work").exists() and not (tmp_path / "ft").exists()
+
+
 def test_cli_full_finetune(base, data, tmp_path):
     from click.testing import CliRunner
 
