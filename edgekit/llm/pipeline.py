@@ -85,6 +85,7 @@ def optimize_lm(model: str | Path, data: str | Path, out: str | Path, options: L
     stages: list[dict] = []
     with _stage(stages, "source", str(model)):
         source = resolve_source(model, options.cache_dir)
+    _check_chat_template(options.artifact or source.folder)
     rtx_fit = None
     inputs = (model, source.folder, data, held_out, options.artifact)
     with atomic_dir(out, force, inputs=inputs) as tmp:
@@ -145,6 +146,17 @@ def calibration_prompts(options: LMOptimizeOptions, texts: list[str]) -> tuple[s
         rows = texts[options.gate.rows:] if options.gate.rows is not None else []
     prompt = template(options.gate.template)
     return tuple(map(prompt.question, rows[:options.calibration_rows]))
+
+
+def _check_chat_template(folder: str | Path) -> None:
+    """The gate asks its questions as chat messages: a model without a chat template failed there, after the export
+    and quantization, with a fix (chat=False) that is the runtime's, not this command's."""
+    from ..runtime.generate import ChatTemplate  # noqa: PLC0415
+
+    if not ChatTemplate(Path(folder)).source:
+        raise InputError(f"'{folder}' has no chat template", "optimize-lm's gate asks the model its questions as chat "
+                         "messages (tokenizer_config.json chat_template or chat_template.jinja)",
+                         "Optimize an instruct (chat) model, or add its chat template to the folder")
 
 
 def _check_target(options: LMOptimizeOptions) -> None:

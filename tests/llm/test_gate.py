@@ -213,6 +213,28 @@ def test_optimize_lm_writes_report_and_fails_with_exit_3(tiny, tmp_path, capsys)
     assert strict["llm"]["gate"]["accuracy"]["original"] == report["llm"]["gate"]["accuracy"]["original"]
 
 
+def test_optimize_lm_refuses_a_model_without_a_chat_template_before_any_step(tiny, tmp_path):
+    """The gate's chat messages failed after the export and quantization, with the runtime's fix (chat=False)."""
+    import json
+    import shutil
+
+    from edgekit.errors import InputError
+    from edgekit.llm.pipeline import LMOptimizeOptions, optimize_lm
+
+    hf, _ = tiny
+    plain = shutil.copytree(hf, tmp_path / "plain")
+    (plain / "chat_template.jinja").unlink(missing_ok=True)
+    cfg = json.loads((plain / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (plain / "tokenizer_config.json").write_text(json.dumps(cfg))
+    data = tmp_path / "dev.tsv"
+    data.write_text("label\tsentence\n1\tthe film was great\n0\tthe plot was dull\n")
+    (tmp_path / "train.tsv").write_text("label\tsentence\n1\tthe film was great\n")
+    with pytest.raises(InputError, match="has no chat template"):
+        optimize_lm(plain, data, tmp_path / "out", LMOptimizeOptions(threads=1, skip_bench=True))
+    assert not (tmp_path / "out").exists()
+
+
 def test_optimize_lm_falls_back_to_more_precision_while_the_gate_fails(tiny, tmp_path):
     """An impossible budget fails every trial: each more precise int4 setting is quantized and gated in turn, the
     one with the smallest accuracy drop is kept, the trials are in the report, and no trial folder is left behind."""
