@@ -180,7 +180,8 @@ def _check_target(options: LMOptimizeOptions) -> None:
         from ..deps import require  # noqa: PLC0415
         from .rtx_engine import LMEngineOptions, _targets  # noqa: PLC0415  (its message: RTX GPUs only)
 
-        _targets(require("tensorrt_rtx"), LMEngineOptions(compute_capabilities=list(options.compute_capabilities)))
+        _targets(require("tensorrt_rtx"), LMEngineOptions(compute_capabilities=list(options.compute_capabilities),
+                                                          precision=options.precision))
     for flag, given in (("--keep-sensitive", options.keep_sensitive), ("--block-size", options.block_size),
                         ("--keep-lm-head", options.keep_lm_head)):  # the last two were ignored off tensorrt-rtx int4
         if given and (options.target, options.precision) != ("tensorrt-rtx", "int4"):

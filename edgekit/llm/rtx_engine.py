@@ -97,15 +97,25 @@ def _check_lm_input(model) -> None:
                              "Build encoders with --precision fp16/int8, or pass a causal-LM folder")
 
 
+INT4_MIN_CC = 8.0  # measured with TensorRT-RTX 1.7: 7.5 refused by its compiler, 8.0 built
+
+
 def _targets(trt, options: LMEngineOptions) -> list[str]:
     from ..engine import BuildOptions, compute_capabilities
 
     try:
-        return compute_capabilities(trt, BuildOptions(backend="tensorrt-rtx",
-                                                      compute_capabilities=list(options.compute_capabilities)))
+        targets = compute_capabilities(trt, BuildOptions(backend="tensorrt-rtx",
+                                                         compute_capabilities=list(options.compute_capabilities)))
     except InputError as exc:  # the encoder hint (classic TensorRT for 9.0) does not apply to decoder engines
         raise InputError(exc.what.split(" (")[0], "decoder engines are built with TensorRT-RTX, for RTX GPUs only",
                          exc.fix) from None
+    old = [t for t in targets if float(t) < INT4_MIN_CC]
+    if options.precision == "int4" and old:  # TensorRT-RTX's compiler refused it after the export and the AWQ fit
+        raise InputError(f"int4 decoder engines cannot target compute capability {', '.join(old)}",
+                         "TensorRT-RTX compiles int4 weights for 8.0 and newer only ('HW-specific datatypes: int4')",
+                         f"Pass --precision fp16 for {', '.join(old)}, or leave {'it' if len(old) == 1 else 'them'} "
+                         "out of --compute-capability")
+    return targets
 
 
 def _copy_folder(src: Path, dst: Path) -> None:

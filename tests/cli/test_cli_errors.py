@@ -397,3 +397,19 @@ def test_an_unknown_compute_capability_is_refused_before_the_model_is_read(tmp_p
     assert "Unknown compute capability '9.0' for TensorRT-RTX" in lines[0] and not out.exists()
     # the way to classic TensorRT in this command (optimize has no --backend; decoder engines are RTX only)
     assert ("use --target tensorrt" in lines[0]) == (command == "optimize") and "--backend" not in lines[0]
+
+
+def test_an_int4_decoder_engine_for_compute_capability_7_5_is_refused_before_the_model_is_read(tmp_path):
+    """TensorRT-RTX's compiler refused it ("HW-specific datatypes: int4") after the export and the AWQ fit."""
+    pytest.importorskip("tensorrt_rtx", reason="the rtx extra (tensorrt-rtx) is not installed")
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["optimize-lm", "pkg:not-read", "--data", "not-read.tsv", "--target",
+                                       "tensorrt-rtx", "--precision", "int4", "--compute-capability", "7.5,8.6",
+                                       "--out", str(out)])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert "int4 decoder engines cannot target compute capability 7.5" in lines[0] and not out.exists()
