@@ -138,12 +138,16 @@ def quantize_options(hf: Path, options: LMOptimizeOptions, texts: list[str], **k
 
 
 def calibration_prompts(options: LMOptimizeOptions, texts: list[str]) -> tuple[str, ...]:
-    """The AWQ fit's prompts: ``calibration_data`` rows, else the gate data's rows past those the gate scores (never
-    a scored row), through the gate's template. Empty (quantize-lm then uses its built-in prompts) when none is left."""
+    """The AWQ fit's prompts: ``calibration_data`` rows, else the gate data's rows past those the gate scores for
+    accuracy and before the last ones it asks for greedy agreement (never a row the gate uses: on 30 rows all 16
+    agreement prompts were calibration prompts too), through the gate's template. Empty (quantize-lm then uses its
+    built-in prompts) when none is left."""
     if options.calibration_data:
         rows = load_dataset(options.calibration_data).texts
+    elif options.gate.rows is not None:
+        rows = texts[options.gate.rows:len(texts) - min(options.gate.agreement_prompts, len(texts))]
     else:
-        rows = texts[options.gate.rows:] if options.gate.rows is not None else []
+        rows = []
     prompt = template(options.gate.template)
     return tuple(map(prompt.question, rows[:options.calibration_rows]))
 

@@ -269,8 +269,12 @@ def test_optimize_lm_falls_back_to_more_precision_while_the_gate_fails(tiny, tmp
 def test_awq_calibration_prompts_are_never_scored_rows(tmp_path):
     from edgekit.llm.pipeline import LMOptimizeOptions, calibration_prompts
 
-    texts = [f"review {i}" for i in range(10)]
-    options = LMOptimizeOptions(calibration_rows=3, gate=LMGateOptions(rows=6, template="Review: {text}"))
+    texts = [f"review {i}" for i in range(12)]
+    options = LMOptimizeOptions(calibration_rows=3, gate=LMGateOptions(rows=6, agreement_prompts=4,
+                                                                       template="Review: {text}"))
+    # rows 0-5 scored for accuracy, 8-11 the greedy-agreement prompts (the last ones): 6 and 7 are left
+    assert calibration_prompts(options, texts) == ("Review: review 6", "Review: review 7")
+    options.gate.agreement_prompts = 1
     assert calibration_prompts(options, texts) == ("Review: review 6", "Review: review 7", "Review: review 8")
     options.gate.rows = None  # every row scored: nothing left (quantize-lm then uses its built-in prompts)
     assert calibration_prompts(options, texts) == ()
