@@ -32,7 +32,7 @@ import click
 
 from . import progress
 from .atomic import import_safe, no_stray_torch_cache, remove_unfinished
-from .cli_options import path_arg
+from .cli_options import given_flags, path_arg, refuse_given
 from .errors import EdgekitError, GateFailedError, InputError, Terminated
 
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -143,20 +143,6 @@ def _on_sigterm(signum, frame):
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     click.echo(f"Warning: {' '.join(str(message).split())}", err=True)
-
-
-def _given() -> set[str]:
-    """The current command's parameters the user typed (not left at their defaults)."""
-    ctx = click.get_current_context()
-    return {k for k in ctx.params if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
-
-
-def _refuse_given(ignored: dict[str, str]) -> None:
-    """An InputError for the first typed flag among ``ignored`` (parameter name -> why it cannot apply): each was
-    accepted and ignored before."""
-    given = _given()
-    for name in (k for k in ignored if k in given):
-        raise InputError(f"--{name.replace('_', '-')} does not apply here", ignored[name], "Drop it")
 
 
 def emit(result: dict, as_json: bool, text: str) -> None:
@@ -328,7 +314,7 @@ def bench_cmd(artifacts, data, text_column, sweep_batch, sweep_seq, rounds, as_j
                         for k in ("sweep_batch", "sweep_seq", "iterations", "min_seconds", "warmup_seconds")})
     else:
         ignored["rounds"] = "it sets the interleaved rounds of two or more artifacts"
-    _refuse_given(ignored)
+    refuse_given(ignored)
     if paired:
         return _bench_paired(artifacts, data, text_column, rounds, as_json, flags)
     artifact = artifacts[0]
@@ -448,7 +434,7 @@ def optimize_cmd(model, data, out, recipe, force, as_json, quiet, cache_dir, no_
     options = OptimizeOptions.from_dict(merge(rec.options if rec else {}, given))
     explicit = dotted(given) | dotted(rec.options if rec else {})
     if options.export.task == "text-generation" or _is_causal_lm(model):
-        return _optimize_lm(model, data, out, options, force, explicit)
+        return _optimize_lm(model, data, out, options, force, explicit, cache_dir)
     searching = {"--time-budget": time_budget, "--resume": resume or None, "--ray-address": ray_address, "--seed": seed}
     if search_mode or any(v is not None for v in searching.values()):
         return _search_cmd(model, data, out, options, explicit, search_mode, searching, force, as_json,
@@ -506,7 +492,7 @@ _LM_OPTIONS = ("target", "precision", "data.max_samples", "gate.max_accuracy_dro
                "build.compute_capabilities", "export.task")
 
 
-def _optimize_lm(model, data, out, options, force, explicit: set[str]) -> None:
+def _optimize_lm(model, data, out, options, force, explicit: set[str], cache_dir: str | None = None) -> None:
     """``optimize`` on a causal LM: edgekit.llm's pipeline (int4 export, generated-answer gate, TTFT/tokens/s).
 
     ``explicit``: the options given as flags or in the recipe. The precision is int4 unless one was given; an
@@ -526,6 +512,10 @@ def _optimize_lm(model, data, out, options, force, explicit: set[str]) -> None:
         raise InputError(f"{', '.join(named)} {'does' if len(unused) == 1 else 'do'} not apply to a causal LM",
                          "optimize hands a causal LM to edgekit.llm's pipeline, which takes only "
                          f"{', '.join(_LM_OPTIONS)}", "Drop them; edgekit optimize-lm --help lists the LM's own options")
+    why = "optimize hands a causal LM to edgekit.llm's pipeline, which has no search, prints its own summary and " \
+          "keeps its own step cache (edgekit optimize-lm --help)"
+    refuse_given({k: why for k in ("search_mode", "time_budget", "resume", "ray_address", "seed", "as_json",
+                                   "no_cache")})  # each was accepted and ignored
     if options.target == "tensorrt":
         raise InputError("Causal LMs get TensorRT-RTX decoder engines, not classic TensorRT ones",
                          "classic TensorRT builds on the target GPU", "Pass --target tensorrt-rtx")
@@ -534,7 +524,7 @@ def _optimize_lm(model, data, out, options, force, explicit: set[str]) -> None:
                          "Drop --compute-capability, or pass --target tensorrt-rtx")
     precision = options.precision if "precision" in explicit else "int4"
     run(str(model), str(data), Path(out), LMOptimizeOptions(
-        precision=precision, target=options.target, threads=options.bench.threads or 2,
+        precision=precision, target=options.target, threads=options.bench.threads or 2, cache_dir=cache_dir,
         compute_capabilities=list(options.build.compute_capabilities),
         gate=LMGateOptions(rows=options.data.max_samples or 200,
                            max_accuracy_drop=options.gate.max_accuracy_drop * 100),
@@ -647,14 +637,14 @@ def build_cmd(onnx, out, ccs, data, text_column, force, as_json, timing_cache, *
     rtx_cli.refuse_lm_file(onnx)
     if flags["precision"] == "int4" or rtx_cli.is_lm_input(onnx):
         rtx_cli.build(onnx, out, targets, {**flags, **lm_flags, "data": data, "timing_cache": timing_cache},
-                      _given(), force, as_json)
+                      given_flags(), force, as_json)
         return
     ignored = dict.fromkeys(lm_flags, "it applies to causal-LM engines")
     if flags["precision"] != "int8":
         ignored["int8_base"] = "it applies to --precision int8"
     if data is None:
         ignored["text_column"] = "it names a column of --data"
-    _refuse_given(ignored)
+    refuse_given(ignored)
     options = BuildOptions(compute_capabilities=targets, timing_cache=str(timing_cache) if timing_cache else None,
                            **flags)
     art = build(onnx, out, options, data=data, force=force, text_column=text_column)

@@ -185,3 +185,22 @@ def merge(base: dict, override: dict) -> dict:
         else:
             out[key] = value
     return out
+
+
+def given_flags() -> set[str]:
+    """The current command's parameters the user typed (not left at their defaults)."""
+    ctx = click.get_current_context()
+    return {k for k in ctx.params if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
+
+
+def refuse_given(ignored: dict[str, str]) -> None:
+    """An InputError for the first typed flag among ``ignored`` (parameter name -> why it cannot apply): each was
+    accepted and ignored before."""
+    from .errors import InputError  # noqa: PLC0415
+
+    given = given_flags()
+    ctx = click.get_current_context()
+    spelled = {p.name: max(p.opts, key=len) for p in ctx.command.params if isinstance(p, click.Option)}
+    for name in (k for k in ignored if k in given):  # the flag as typed (--json, not the parameter as_json)
+        raise InputError(f"{spelled.get(name, '--' + name.replace('_', '-'))} does not apply here", ignored[name],
+                         "Drop it")

@@ -95,6 +95,12 @@ def quantize_lm_cmd(model, out, precision, block_size, accuracy_level, block_siz
     from .quantize import LMQuantizeOptions, quantize_lm
     from .source_blocks import Q8_0_KEPT
 
+    from ..cli_options import refuse_given
+
+    no_awq = "calibration prompts and the rounding are the AWQ fit's, and this run has no --awq"
+    no_rows = "it applies to --calibration-data rows, and none were given (the measurement prompts calibrate)"
+    refuse_given({"gptq": no_awq, "calibration_data": no_awq, "calibration_rows": no_awq, "template": no_awq}
+                 if not awq else {} if calibration_data else {"calibration_rows": no_rows, "template": no_rows})
     calibration: tuple[str, ...] = ()
     refuse_invalid([("--calibration-rows", calibration_rows, calibration_rows >= 1, "at least 1")], hint=False)
     if calibration_data:

@@ -9,6 +9,7 @@ EdgekitErrors, printed as one line by the main group's boundary.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -65,8 +66,20 @@ def finetune_lm_cmd(base_model, data, eval_data, out, lora, rank, alpha, dropout
                     lr, batch_size, max_length, max_samples, eval_samples, eval_base, max_new_tokens, prompt_template,
                     label_words, text_column, label_column, save_steps, resume, seed, threads, force, as_json):
     """Fine-tune the causal LM BASE_MODEL (HF folder or pkg:NAME) on prompt/response rows into OUT."""
+    from ..cli_options import refuse_given
     from .finetune import LMFinetuneOptions, finetune_lm
 
+    ignored = {}  # each was accepted and ignored
+    if not lora:
+        ignored.update(dict.fromkeys(("rank", "alpha", "dropout", "target_modules"),
+                                     "it shapes the LoRA adapters, and --full trains every weight"))
+    if eval_data is None:
+        ignored.update(dict.fromkeys(("eval_base", "eval_samples", "max_new_tokens"),
+                                     "it applies to scoring --eval-data, and none was given"))
+    if not any(Path(f).suffix.lower() in (".tsv", ".csv") for f in (data, eval_data) if f is not None):
+        ignored.update(dict.fromkeys(("prompt_template", "label_words", "text_column", "label_column"),
+                                     "it turns labeled tsv/csv rows into prompts, and the data is jsonl"))
+    refuse_given(ignored)
     options = LMFinetuneOptions(
         lora=lora, rank=rank, alpha=alpha, dropout=dropout, target_modules=target_modules, epochs=epochs,
         max_steps=max_steps, lr=lr, batch_size=batch_size, max_length=max_length, max_samples=max_samples,

@@ -193,6 +193,15 @@ def _check_target(options: LMOptimizeOptions) -> None:
                              f"this run is {options.target} {options.precision}; on the CPU the gate's fallback keeps "
                              "layers at higher precision (k-quant mixed) and the block size is measured",
                              f"Drop {flag}")
+    fitting = options.awq and options.precision == "int4" and not options.artifact
+    if options.calibration_data and not fitting:  # accepted and ignored: its rows feed the AWQ fit only
+        raise InputError("--calibration-data applies to the int4 AWQ fit only",
+                         "this run uses --artifact (nothing is quantized)" if options.artifact else
+                         f"this run is {options.precision}{'' if options.awq else ' with --no-awq'}",
+                         "Drop --calibration-data")
+    if options.engine != "auto" and options.target == "tensorrt-rtx":  # the gate ran the engine's ONNX on ort anyway
+        raise InputError(f"--engine {options.engine} does not apply to --target tensorrt-rtx",
+                         "the gate runs the engine's own ONNX on ONNX Runtime (engine ort)", "Drop --engine")
     if options.block_size:  # was refused after the export and the AWQ fit
         from .rtx_graph import check_block_size  # noqa: PLC0415
 

@@ -139,7 +139,7 @@ def test_lm_token_budgets_past_the_context_are_refused_before_the_export(tmp_pat
     (["--precision", "fp32"], "Unknown precision 'fp32' for a causal LM on cpu"),
     (["--target", "tensorrt-rtx", "--precision", "int8"], "Unknown precision 'int8' for a causal LM on tensorrt-rtx"),
     (["--compute-capability", "8.6"], "--compute-capability applies to --target tensorrt-rtx only"),
-    (["recipe: target: 5"], "Unknown target '5' for a causal LM"),
+    (["recipe: target: 5"], "Option 'target' must be a text: got 5"),  # a number: refused before any pipeline
 ])
 def test_optimize_on_a_causal_lm_refuses_what_its_pipeline_would_not_honour(tmp_path, args, expected):
     """``optimize`` hands a causal LM to edgekit.llm: a target other than tensorrt-rtx used to become cpu, any
@@ -176,6 +176,22 @@ def test_optimize_on_a_causal_lm_refuses_what_its_pipeline_would_not_honour(tmp_
     (["build", "pkg:not-read", "--precision", "int4", "--block-size", "7"], "Unsupported int4 block size 7"),
     (["build", "pkg:not-read", "--precision", "int4", "--keep-sensitive", "-1"], "--keep-sensitive must be >= 0"),
     (["build", "pkg:not-read", "--text-column", "text"], "--text-column applies to encoder engines only"),
+    # accepted and ignored, exit 0
+    (["quantize-lm", "pkg:not-read", "--calibration-data", "rows.tsv"], "--calibration-data does not apply here"),
+    (["quantize-lm", "pkg:not-read", "--no-gptq"], "--gptq does not apply here"),
+    (["quantize-lm", "pkg:not-read", "--awq", "--template", "sst2"], "--template does not apply here"),
+    (["optimize-lm", "pkg:not-read", "--data", "not-read.tsv", "--precision", "int8", "--calibration-data", "r.tsv"],
+     "--calibration-data applies to the int4 AWQ fit only"),
+    (["optimize-lm", "pkg:not-read", "--data", "not-read.tsv", "--target", "tensorrt-rtx", "--engine", "genai"],
+     "--engine genai does not apply to --target tensorrt-rtx"),
+    (["finetune-lm", "pkg:not-read", "--data", "rows.jsonl", "--full", "--rank", "4"], "--rank does not apply here"),
+    (["finetune-lm", "pkg:not-read", "--data", "rows.jsonl", "--eval-base"], "--eval-base does not apply here"),
+    (["finetune-lm", "pkg:not-read", "--data", "rows.jsonl", "--label-words", "0=no,1=yes"],
+     "--label-words does not apply here"),
+    (["optimize", "pkg:not-read", "--task", "text-generation", "--data", "not-read.tsv", "--json"],
+     "--json does not apply here"),
+    (["optimize", "pkg:not-read", "--task", "text-generation", "--data", "not-read.tsv", "--search"],
+     "--search does not apply here"),
 ])
 def test_lm_commands_refuse_options_that_would_do_nothing(tmp_path, args, expected):
     """An empty --block-sizes reached "nothing was measured" after the PyTorch reference was built; a compute
