@@ -135,13 +135,16 @@ def prune(model: str | Path, data: str | Path | TextDataset, out: str | Path, op
     evalset = labeled_data(src, eval_data) if eval_data is not None else None
     check_output_dir(Path(out), force, inputs=(model, data, eval_data))  # fail before the slow part, not after
     started, cpu_started = time.perf_counter(), time.process_time()
-    original, tokenizer = _load(src.path, options)
-    rows = _rows(tokenizer, train, train_labels, options.max_length)
-    pruned, metrics = _cut(original, tokenizer, rows, plan, options)
-    masks = _sparsify(pruned, options)
+    with progress.stage("load", f"{src.path}, {len(train)} training rows"):  # ~13 s of silence before
+        original, tokenizer = _load(src.path, options)
+        rows = _rows(tokenizer, train, train_labels, options.max_length)
+    with progress.stage("cut", f"{options.importance} importance on {min(len(rows), options.importance_samples)} rows"):
+        pruned, metrics = _cut(original, tokenizer, rows, plan, options)
+        masks = _sparsify(pruned, options)
     evaluated = _eval_rows(tokenizer, evalset, options.max_length)
-    metrics["original_accuracy"] = _accuracy(original, evaluated, tokenizer, options)
-    metrics["pruned_accuracy"] = _accuracy(pruned, evaluated, tokenizer, options)
+    with progress.slow_stage("evaluate", f"original and pruned on {len(evaluated or [])} rows"):
+        metrics["original_accuracy"] = _accuracy(original, evaluated, tokenizer, options)
+        metrics["pruned_accuracy"] = _accuracy(pruned, evaluated, tokenizer, options)
     inputs = (model, src.path, data, eval_data)
     with atomic_dir(out, force, inputs=inputs) as tmp, work_folder(tmp) as work:
         metrics["recovery"] = _recover(pruned, original, tokenizer, rows, masks, options, work)
