@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import progress
-from ..data import load_dataset
+from ..data import FORMATS, load_dataset
 from ..errors import DataError
 from .prompts import DEFAULT_TEMPLATE, PromptTemplate, template
 
@@ -95,7 +95,7 @@ def perplexity(lm, ids: list[int], window: int) -> float:
     return float(np.exp(nll / max(count, 1)))
 
 
-DATA_SUFFIXES = (".tsv", ".csv", ".jsonl")
+DATA_SUFFIXES = tuple(k for k, v in FORMATS.items() if v in ("tsv", "csv", "jsonl"))  # what --data reads
 
 
 def held_out_texts(path: str | Path) -> list[str]:

@@ -109,11 +109,12 @@ def _targets(trt, options: LMEngineOptions) -> list[str]:
     except InputError as exc:  # the encoder hint (classic TensorRT for 9.0) does not apply to decoder engines
         raise InputError(exc.what.split(" (")[0], "decoder engines are built with TensorRT-RTX, for RTX GPUs only",
                          exc.fix) from None
-    old = [t for t in targets if float(t) < INT4_MIN_CC]
-    if options.precision == "int4" and old:  # TensorRT-RTX's compiler refused it after the export and the AWQ fit
-        raise InputError(f"int4 decoder engines cannot target compute capability {', '.join(old)}",
+    too_old = [t for t in targets if float(t) < INT4_MIN_CC]
+    if options.precision == "int4" and too_old:  # TensorRT-RTX's compiler refused it after the export and the AWQ fit
+        raise InputError(f"int4 decoder engines cannot target compute capability {', '.join(too_old)}",
                          "TensorRT-RTX compiles int4 weights for 8.0 and newer only ('HW-specific datatypes: int4')",
-                         f"Pass --precision fp16 for {', '.join(old)}, or leave {'it' if len(old) == 1 else 'them'} "
+                         f"Pass --precision fp16 for {', '.join(too_old)}, or leave "
+                         f"{'it' if len(too_old) == 1 else 'them'} "
                          "out of --compute-capability")
     return targets
 
