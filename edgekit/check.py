@@ -63,6 +63,22 @@ def evaluate(session: Session, encoder: TextEncoder, texts: list[str], batch_siz
     return np.stack(rows).astype(np.float32)
 
 
+def _check_pairs(model: Artifact, ds: TextDataset) -> None:
+    """Data read as pairs for a model fine-tuned on single sentences, or the other way round, is refused (a pair
+    model scored on single sentences read 0.90 without a word). Known for models edgekit fine-tuned (their
+    manifest's ``pairs``); others are taken as they come."""
+    trained = (model.manifest or {}).get("pairs")
+    if trained is None or trained == (ds.pairs is not None):
+        return
+    if trained:
+        raise DataError(f"Dataset '{ds.source}' has single sentences, and '{model.path}' was fine-tuned on pairs",
+                        "it would be scored on inputs it never saw", "Pass data with both sentences of each pair "
+                        "(e.g. sentence1 and sentence2 columns)")
+    raise DataError(f"Dataset '{ds.source}' is read as pairs ({ds.text_column} + its second column), and "
+                    f"'{model.path}' was fine-tuned on single sentences", "it would be scored on inputs it never saw",
+                    "Pass data with the one text column it was trained on")
+
+
 def gate_reader(model: Artifact):
     """The ``edgekit.data`` function that reads labeled rows for the model's task (its entry's ``reader``)."""
     return getattr(data_readers, gated(task_of(model.folder)).reader)
@@ -89,6 +105,7 @@ def labeled_data(model: Artifact, data: str | Path | TextDataset, text_column: s
         return ds, Targets(align_tags(encoder_for(model), ds, tags), _id2label(label2id), spec.name)
     if ds.labels is None:
         raise DataError(f"Dataset '{ds.source}' has no labels", None, "Pass --label-column")
+    _check_pairs(model, ds)
     # names or ids is read off the whole file, not the sample (a sample without "0" read star ids as names)
     return ds, Targets(encode_labels(ds.labels, label2id, ds.source, reading_of=whole.labels), _id2label(label2id),
                        spec.name)

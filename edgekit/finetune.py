@@ -99,7 +99,8 @@ def finetune(base_model: str | Path, data: str | Path, out: str | Path, options:
                        inputs={"base_model": str(base), "base_sha256": sha256_folder(base), "data": str(data),
                                "eval_data": str(eval_data) if eval_data is not None else None},
                        options=asdict(options),
-                       extra={"task": "text-classification", "precision": "fp32", "metrics": metrics})
+                       extra={"task": "text-classification", "precision": "fp32", "metrics": metrics,
+                              "pairs": train.pairs is not None})  # check and the gate read their data the same way
     metrics["out"] = str(out)
     return metrics
 

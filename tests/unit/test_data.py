@@ -184,3 +184,25 @@ def test_sentence_pairs_are_read_as_pairs(tmp_path, header, row, first, second):
     path.write_text(f"{header}\n{row}\n")
     ds = load_dataset(path)
     assert (ds.texts, ds.pairs) == ([first], [second])
+
+
+@pytest.mark.parametrize("trained_on_pairs,body,refused", [
+    (True, "label\tsentence\npositive\tgood film\n", "was fine-tuned on pairs"),
+    (False, "label\tsentence1\tsentence2\npositive\tgood film\tit was\n", "was fine-tuned on single sentences"),
+    (None, "label\tsentence\npositive\tgood film\n", None),  # not fine-tuned by edgekit: nothing known or refused
+    (True, "label\tsentence1\tsentence2\npositive\tgood film\tit was\n", None),
+])
+def test_check_reads_data_as_the_model_was_fine_tuned_pairs_or_not(tiny_model, tmp_path, trained_on_pairs, body,
+                                                                    refused):
+    """A model fine-tuned on sentence pairs was scored on single sentences without a word (0.90)."""
+    from edgekit.artifact import Artifact
+    from edgekit.check import labeled_data
+
+    model = Artifact(tiny_model, "hf", tiny_model, {} if trained_on_pairs is None else {"pairs": trained_on_pairs})
+    path = tmp_path / "rows.tsv"
+    path.write_text(body)
+    if refused:
+        with pytest.raises(DataError, match=refused):
+            labeled_data(model, path)
+    else:
+        assert len(labeled_data(model, path)[0]) == 1
