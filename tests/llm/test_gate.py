@@ -235,6 +235,33 @@ def test_optimize_lm_refuses_a_model_without_a_chat_template_before_any_step(tin
     assert not (tmp_path / "out").exists()
 
 
+def test_optimize_lm_refuses_an_artifact_made_from_another_model(tiny, tmp_path):
+    """A GPT-2 artifact was gated against a Llama: the two sides' token ids compared as if they were one model's."""
+    import json
+    import shutil
+
+    from tokenizers import Tokenizer
+
+    from edgekit.errors import InputError
+    from edgekit.llm.pipeline import LMOptimizeOptions, optimize_lm
+
+    hf, art = tiny
+    other = shutil.copytree(art, tmp_path / "other")
+    tok = json.loads((other / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    first, second = sorted(vocab, key=vocab.get)[5:7]
+    vocab[first], vocab[second] = vocab[second], vocab[first]  # the same tokens, two of them with other ids
+    (other / "tokenizer.json").write_text(json.dumps(tok))
+    assert Tokenizer.from_file(str(other / "tokenizer.json")).get_vocab() != \
+        Tokenizer.from_file(str(hf / "tokenizer.json")).get_vocab()
+    data = tmp_path / "dev.tsv"
+    data.write_text("label\tsentence\n1\tthe film was great\n0\tthe plot was dull\n")
+    (tmp_path / "train.tsv").write_text("label\tsentence\n1\tthe film was great\n")
+    with pytest.raises(InputError, match="has another tokenizer"):
+        optimize_lm(hf, data, tmp_path / "out", LMOptimizeOptions(artifact=str(other), threads=1, skip_bench=True))
+    assert not (tmp_path / "out").exists()
+
+
 def test_optimize_lm_falls_back_to_more_precision_while_the_gate_fails(tiny, tmp_path):
     """An impossible budget fails every trial: each more precise int4 setting is quantized and gated in turn, the
     one with the smallest accuracy drop is kept, the trials are in the report, and no trial folder is left behind."""
