@@ -104,10 +104,11 @@ def inputs(tiny_model, tiny_onnx, tiny_int8, tiny_data, tmp_path_factory):
     for name, text in files.items():
         (root / name).write_text(text)
     (root / "latin1.tsv").write_bytes("label\tsentence\n1\tun film tr\xe8s r\xe9ussi\n".encode("latin-1"))
-    recipes = {"bad_target": "target: trt\n", "escape": "data: /etc/hostname\n",
-               "trust": "options: {trust_remote_code: true}\n", "unknown_key": "speed: fast\n"}
-    for name, extra in recipes.items():
-        (root / f"{name}.yaml").write_text(f"model: {d['model']}\ndata: {d['data']}\nout: out/x\n{extra}")
+    recipes = {"bad_target": "target: trt\n", "escape": "", "trust": "options: {trust_remote_code: true}\n",
+               "unknown_key": "speed: fast\n"}
+    for name, extra in recipes.items():  # escape's data leaves the project (a key given twice is refused itself)
+        data = "/etc/hostname" if name == "escape" else d["data"]
+        (root / f"{name}.yaml").write_text(f"model: {d['model']}\ndata: {data}\nout: out/x\n{extra}")
     return d
 
 
