@@ -50,7 +50,8 @@ class TokenClassifier(Predictor):
     def word_tags(self, words: list[list[str]]) -> list[list[str]]:
         """Per pre-split sentence, the tag of each word: its first sub-token's argmax (the gate's convention).
 
-        Words cut off by the maximum length get no tag.
+        A word the tokenizer makes no token of (a zero-width space) is tagged "O": the list kept the later words'
+        tags one place early. Words cut off by the maximum length get no tag (the list ends before them).
         """
         if not isinstance(words, (list, tuple)) or not all(
                 isinstance(ws, (list, tuple)) and all(isinstance(w, str) for w in ws) for ws in words):
@@ -69,7 +70,9 @@ class TokenClassifier(Predictor):
                 word = next((i for i, (ws_, we) in enumerate(spans) if e > ws_ and s < we), None)
                 if not special and word is not None and word not in tags:
                     tags[word] = self.id2label[int(probs[pos].argmax())]
-            result.append([tags[i] for i in sorted(tags)])
+            cut = len(enc.ids) >= self.encoder.max_length  # the words past the last tagged one were cut off
+            end = max(tags, default=-1) + 1 if cut else len(ws)
+            result.append([tags.get(i, "O") for i in range(end)])
         return result
 
     def _entities(self, enc, probs: np.ndarray) -> list[dict]:

@@ -135,6 +135,9 @@ def test_token_classifier_takes_a_batch_size_and_bench_end_to_end_runs_it(family
     assert spans(clf.predict(TEXTS, batch_size=3)) == spans(clf.predict(TEXTS))  # fp32: no batch dependence
     with pytest.raises(TypeError, match="each a list of words"):
         clf.word_tags(["John lives in Paris"])
+    # a word of no token (a zero-width space) is tagged O in its place: the later words' tags moved one place early
+    plain, gap = clf.word_tags([["John", "lives", "in", "Paris"], ["John", "\u200b", "lives", "in", "Paris"]])
+    assert gap == [plain[0], "O", *plain[1:]]
     measured = bench(family.onnx, family.data, BenchOptions(batch_size=4, iterations=2, warmup=1, end_to_end=True))
     assert measured["latency_ms"]["p50"] > 0
 
