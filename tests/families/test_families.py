@@ -122,6 +122,26 @@ def test_runtime_predictions_equal_check_and_bench_runs(family):
 
 
 @pytest.mark.parametrize("family", ["bert-ner"], indirect=True)
+def test_gold_entities_past_the_max_length_count_as_missed(family, tmp_path):
+    """A row longer than the model's 128 tokens had its last entities left out of entities_true and the recall
+    (22 gold entities counted as 17), for no warning."""
+    from edgekit.check import check
+    from edgekit.metrics import entities
+
+    rows = [json.loads(line) for line in family.data.read_text().splitlines()][:5]
+    kinds = sorted({t[2:] for r in rows for t in r["ner_tags"] if t != "O"}) or ["PER"]
+    tail = ["Alice", "Paris", "Bob"]
+    rows.append({"tokens": ["good"] * 140 + tail, "ner_tags": ["O"] * 140 + [f"B-{kinds[0]}"] * 3})
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    gold = sum(len(entities(r["ner_tags"])) for r in rows)
+    result = check(family.model, family.onnx, data)
+    for side in ("original_metrics", "candidate_metrics"):
+        assert result[side]["entities_true"] == gold and result[side]["entities_past_max_length"] == 3
+        assert result[side]["entity_recall"] <= (gold - 3) / gold + 1e-9
+
+
+@pytest.mark.parametrize("family", ["bert-ner"], indirect=True)
 def test_token_classifier_takes_a_batch_size_and_bench_end_to_end_runs_it(family):
     """predict(texts, batch_size=) was a TypeError on a token classifier, so bench --end-to-end crashed on one;
     word_tags given strings tagged one character at a time."""
