@@ -62,8 +62,8 @@ class EdgekitGroup(click.Group):
             if _debug():
                 raise
             what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-            _fail(f"{what}: nothing half-written was kept. Run the command again to redo it.", 128 +
-                  getattr(exc, "signal_number", signal.SIGINT))
+            kept = getattr(exc, "kept", None) or "nothing half-written was kept. Run the command again to redo it"
+            _fail(f"{what}: {kept}.", 128 + getattr(exc, "signal_number", signal.SIGINT))
         except Exception as exc:
             message = None if _debug() else _disk_message(exc) or _environment_message(exc)
             if message is None:
@@ -314,6 +314,10 @@ def bench_cmd(artifacts, data, text_column, sweep_batch, sweep_seq, rounds, as_j
                         for k in ("sweep_batch", "sweep_seq", "iterations", "min_seconds", "warmup_seconds")})
     else:
         ignored["rounds"] = "it sets the interleaved rounds of two or more artifacts"
+        if sweep_batch:  # the sweep's sizes replaced it without a word
+            ignored["batch_size"] = "--sweep-batch gives the batch sizes; put this one in its list"
+        if sweep_seq:
+            ignored["seq_len"] = "--sweep-seq gives the sequence lengths; put this one in its list"
     refuse_given(ignored)
     if paired:
         return _bench_paired(artifacts, data, text_column, rounds, as_json, flags)
@@ -547,9 +551,9 @@ def _search_cmd(model, data, out, options, explicit, search_mode, searching, for
     try:
         r = search(model, data, out, sopts, force=force, resume=bool(searching["--resume"]), cache=cache,
                    log=lambda line: click.echo(line, err=True))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # one line: "nothing half-written was kept" followed this one, contradicting it
         if (Path(out) / "search_state.json").is_file():
-            click.echo(f"Search stopped: '{out}' holds the best artifact so far; continue with --resume.", err=True)
+            exc.kept = f"search stopped: '{out}' holds the best artifact so far; continue with --resume"
         raise
     emit(r, as_json, format_search(r))
 

@@ -145,16 +145,22 @@ class SearchOptions:
                        if f"quantize.{name}" in explicit})
         if "bench.iterations" in explicit:
             values["latency_iterations"] = options.bench.iterations
-        ignored = sorted(explicit & {"bench.batch_size", "gate.eval_batch_size", "bench.warmup", "prune.heads"})
-        if ignored:
-            flags = ", ".join(IGNORED_FLAGS.get(n, n) for n in ignored)
-            warnings.warn(f"{flags} do(es) not apply to --search (trials are gated and timed at batch 1): ignored",
-                          stacklevel=2)
+        ignored = sorted(k for k in explicit if k in IGNORED or k.startswith("build."))
+        if ignored:  # a warning, not a refusal: a recipe written for optimize is searched as it is
+            flags = ", ".join(sorted({IGNORED.get(n, n) for n in ignored}))  # build.* as its recipe key
+            warnings.warn(f"{flags} do(es) not apply to --search (its trials make int8 with the searched settings, "
+                          "gated and timed at batch 1 on real lengths, and build no engine): ignored", stacklevel=2)
         return cls(**values, **search_fields)
 
 
-IGNORED_FLAGS = {"bench.batch_size": "--batch-size", "gate.eval_batch_size": "--eval-batch-size",
-                 "bench.warmup": "--warmup", "prune.heads": "--prune-heads"}
+IGNORED = {"bench.batch_size": "--batch-size", "gate.eval_batch_size": "--eval-batch-size", "bench.warmup": "--warmup",
+           "prune.heads": "--prune-heads", "bench.min_seconds": "--min-seconds", "bench.samples": "--bench-samples",
+           "bench.seq_len": "--seq-len", "bench.warmup_seconds": "--warmup-seconds", "bench.end_to_end": "--end-to-end",
+           "quantize.choose": "--choose/--no-choose", "quantize.first_token": "--first-token/--no-first-token",
+           "quantize.fuse": "--fuse/--no-fuse", "quantize.nodes_to_exclude": "--exclude-nodes",
+           "quantize.op_types": "--op-types", "quantize.reduce_range": "--reduce-range/--no-reduce-range",
+           "quantize.seed": "--quantize-seed",
+           "quantize.split_skip_layernorm": "--split-skip-layernorm/--keep-skip-layernorm"}
 
 
 def parse_duration(text: str) -> float:
@@ -211,7 +217,12 @@ def search(model: str | Path, data: str | Path, out: str | Path, options: Search
     if not state["trials"]:
         shutil.rmtree(work, ignore_errors=True)  # a new search: nothing of an older one may be reused
     (work / "trials").mkdir(parents=True, exist_ok=True)
-    sources = Sources(model, data, options, work, cache, log)
+    try:
+        sources = Sources(model, data, options, work, cache, log)
+    except BaseException:  # bad data or model: a new search leaves no .OUT.search beside OUT (it left trials/)
+        if not state["trials"]:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     _forget_lost(state, work, options, log)
     order = [Candidate(**c) for c in state["candidates"]]
     pending = [c for c in order if c.id not in state["trials"]]

@@ -93,15 +93,15 @@ class Sources:
 def _rows(src: Artifact, data, d) -> tuple:
     """The gate, calibration and validation rows, each file read once; fails before any trial on data the
     model cannot be judged on (one line, not N failed trials)."""
-    from .check import labeled_data
-    from .data import load_dataset
+    from .check import gate_reader, labeled_data
 
-    gate = load_dataset(data, d.text_column, d.label_column)
+    read = gate_reader(src)  # the task's reader: a token classifier's words and tags were read as sentences
+    gate = read(data, d.text_column, d.label_column)
     labeled_data(src, gate, max_samples=d.max_samples)
-    calibration = gate if d.calibration_data is None else load_dataset(d.calibration_data, d.text_column,
-                                                                       require_labels=False)
-    validation = calibration if d.validation_data is None else load_dataset(d.validation_data, d.text_column,
-                                                                            d.label_column, require_labels=False)
+    calibration = gate if d.calibration_data is None else read(d.calibration_data, d.text_column,
+                                                               require_labels=False)
+    validation = calibration if d.validation_data is None else read(d.validation_data, d.text_column,
+                                                                    d.label_column, require_labels=False)
     return gate, calibration, validation
 
 

@@ -64,3 +64,12 @@ def test_report_of_a_foreign_json_fails_cleanly(tmp_path):
         result = run("report", path, "--out", tmp_path / "rep")
         assert one_line_error(result), result.stderr
     assert not (tmp_path / "rep").exists()
+
+
+def test_a_size_the_sweep_replaces_is_refused(tiny_int8):
+    """--batch-size 8 with --sweep-batch 1,2 timed batches 1 and 2 only, and --seq-len beside --sweep-seq was
+    dropped the same way, without a word."""
+    for args, flag in ((["--batch-size", "8", "--sweep-batch", "1,2"], "--batch-size"),
+                       (["--seq-len", "16", "--sweep-seq", "8,real"], "--seq-len")):
+        result = run("bench", tiny_int8, *args)
+        assert one_line_error(result) and f"{flag} does not apply here" in result.stderr, result.stderr

@@ -429,3 +429,10 @@ def test_an_int4_decoder_engine_for_compute_capability_7_5_is_refused_before_the
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 1 and len(lines) == 1, result.output
     assert "int4 decoder engines cannot target compute capability 7.5" in lines[0] and not out.exists()
+
+
+def test_a_search_refused_at_its_start_leaves_no_work_folder(tiny_model, tmp_path):
+    """Bad data ended a new search after it had made .OUT.search/trials beside OUT."""
+    result = run("optimize", tiny_model, "--data", tmp_path / "nope.tsv", "--search", "--out", tmp_path / "s")
+    assert result.returncode == 1 and "Dataset" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

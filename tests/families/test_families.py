@@ -122,6 +122,18 @@ def test_runtime_predictions_equal_check_and_bench_runs(family):
 
 
 @pytest.mark.parametrize("family", ["bert-ner"], indirect=True)
+def test_search_reads_a_token_classifiers_data_with_its_tasks_reader(family):
+    """optimize --search refused every token classifier: its gate file was read as sentences ("has no tags")."""
+    from edgekit.artifact import resolve
+    from edgekit.options import DataOptions
+    from edgekit.search_sources import _rows
+
+    gate, calibration, validation = _rows(resolve(family.model), family.data, DataOptions())
+    assert gate.tags is not None and len(gate.tags) == len(gate.words) > 0
+    assert calibration is gate and validation is gate
+
+
+@pytest.mark.parametrize("family", ["bert-ner"], indirect=True)
 def test_gold_entities_past_the_max_length_count_as_missed(family, tmp_path):
     """A row longer than the model's 128 tokens had its last entities left out of entities_true and the recall
     (22 gold entities counted as 17), for no warning."""

@@ -55,6 +55,7 @@ def test_interrupted_search_leaves_a_valid_best_and_resumes(tiny_onnx, tiny_data
         assert _state(out)["stopped"] == "all candidates run", log  # exit 0 only when it really finished
     assert rc == 130, log
     assert any("continue with --resume" in line for line in log), log
+    assert not any("nothing half-written was kept" in line for line in log), log  # it followed, contradicting it
     first = _assert_valid_best_so_far(out, finished=2)
     assert first["stopped"] == "interrupted"
     interrupted = [line.split()[1].rstrip(":") for line in log if line.endswith(": started")][-1]

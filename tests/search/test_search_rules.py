@@ -115,6 +115,10 @@ def test_optimize_flags_narrow_the_space():
     assert len(ids) == 2 * (1 + 2 * 2 * 2) and all("dynamic" not in i for i in ids)
     with pytest.warns(UserWarning, match="--batch-size"):
         SearchOptions.from_optimize(OptimizeOptions(bench=BenchOptions(batch_size=8)), {"bench.batch_size"})
+    # the trials' own int8 and timing settings: these were dropped without a word
+    with pytest.warns(UserWarning, match="--exclude-nodes, --op-types, --reduce-range/--no-reduce-range, --seq-len"):
+        SearchOptions.from_optimize(OptimizeOptions(), {"quantize.nodes_to_exclude", "quantize.op_types",
+                                                        "quantize.reduce_range", "bench.seq_len"})
 
 
 @pytest.mark.parametrize("text,why", [
