@@ -103,8 +103,9 @@ def labeled_data(model: Artifact, data: str | Path | TextDataset, text_column: s
                             "one tag per word", "Pass jsonl rows with tokens and ner_tags, or a CoNLL file")
         tags = encode_tags(ds.tags, label2id, ds.source)
         encoder, id2label = encoder_for(model), _id2label(label2id)
-        targets = Targets(align_tags(encoder, ds, tags), id2label, spec.name)
-        targets.past_max_length = _entities_past_max_length(encoder, ds, tags, id2label)
+        encs = encoder.encodings(ds.texts)  # once, for the targets and for what the maximum length cut
+        targets = Targets(align_tags(encoder, ds, tags, encs), id2label, spec.name)
+        targets.past_max_length = _entities_past_max_length(encoder.max_length, encs, ds, tags, id2label)
         return ds, targets
     if ds.labels is None:
         raise DataError(f"Dataset '{ds.source}' has no labels", None, "Pass --label-column")
@@ -114,9 +115,10 @@ def labeled_data(model: Artifact, data: str | Path | TextDataset, text_column: s
                        spec.name)
 
 
-def align_tags(encoder: TextEncoder, ds: TextDataset, tags: list[list[int]]) -> np.ndarray:
-    """``[n, longest]`` targets: each word's tag on its first sub-token, IGNORE elsewhere (and on cut words)."""
-    encs = encoder.encodings(ds.texts)
+def align_tags(encoder: TextEncoder, ds: TextDataset, tags: list[list[int]], encs: list | None = None) -> np.ndarray:
+    """``[n, longest]`` targets: each word's tag on its first sub-token, IGNORE elsewhere (and on cut words).
+    ``encs``: ``encoder.encodings(ds.texts)`` when the caller has them."""
+    encs = encoder.encodings(ds.texts) if encs is None else encs
     out = np.full((len(encs), max((len(e.ids) for e in encs), default=0)), IGNORE, dtype=np.int64)
     for row, enc in enumerate(encs):
         spans = ds.word_spans(row)
@@ -130,13 +132,13 @@ def align_tags(encoder: TextEncoder, ds: TextDataset, tags: list[list[int]]) -> 
     return out
 
 
-def _entities_past_max_length(encoder: TextEncoder, ds: TextDataset, tags: list[list[int]],
+def _entities_past_max_length(max_length: int, encs: list, ds: TextDataset, tags: list[list[int]],
                               id2label: dict[int, str]) -> int:
     """The gold entities that reach into words cut off by the model's maximum length: no model can tag them, and
     leaving them out made entities_true and the recall overstate what was scored (22 entities counted as 17)."""
     count = 0
-    for row, enc in enumerate(encoder.encodings(ds.texts)):
-        if len(enc.ids) < encoder.max_length:
+    for row, enc in enumerate(encs):
+        if len(enc.ids) < max_length:
             continue
         spans = ds.word_spans(row)
         seen = [_word_at(spans, s, e) for (s, e), special in zip(enc.offsets, enc.special_tokens_mask) if not special]

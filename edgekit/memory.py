@@ -80,19 +80,22 @@ def check_rows_fit(encoder, texts: list[str], batch: int, seq_len: int | None = 
                    flag: str = "--batch-size") -> None:
     """``check_batch_fits`` for batches of ``texts`` as ``encoder`` makes them: ``seq_len`` tokens each, else padded
     to the longest text (tokenized only when the model's whole length would not clearly fit)."""
+    config, free = read_config(encoder.folder), available_bytes()
     if seq_len is None:
-        whole = activation_bytes(read_config(encoder.folder), batch, encoder.max_length)
-        free = available_bytes()
+        whole = activation_bytes(config, batch, encoder.max_length)
         if whole is None or free is None or whole * PEAK_FACTOR <= free:
             return
-    check_batch_fits(encoder.folder, batch, seq_len or max(encoder.token_lengths(texts)), flag)
+    _check(config, free, encoder.folder, batch, seq_len or max(encoder.token_lengths(texts)), flag)
 
 
 def check_batch_fits(folder: str | Path, batch: int, seq: int, flag: str = "--batch-size") -> None:
     """An InputError when ``batch`` rows of ``seq`` tokens need more memory than the system has available (by the
     lower bound); a warning on stderr when they may (by the bound times PEAK_FACTOR)."""
-    config = read_config(Path(folder))
-    needed, free = activation_bytes(config, batch, seq), available_bytes()
+    _check(read_config(Path(folder)), available_bytes(), folder, batch, seq, flag)
+
+
+def _check(config: dict, free: int | None, folder, batch: int, seq: int, flag: str) -> None:
+    needed = activation_bytes(config, batch, seq)
     if needed is None or free is None or needed * PEAK_FACTOR <= free:
         return
     per_row = activation_bytes(config, 1, seq) or 1

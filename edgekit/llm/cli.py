@@ -100,8 +100,10 @@ def quantize_lm_cmd(model, out, precision, block_size, accuracy_level, block_siz
     no_awq = "calibration prompts and the rounding are the AWQ fit's, and this run has no --awq"
     no_rows = "it applies to --calibration-data rows, and none were given (the measurement prompts calibrate)"
     refuse_invalid([("--calibration-rows", calibration_rows, calibration_rows >= 1, "at least 1")], hint=False)
-    refuse_given({"gptq": no_awq, "calibration_data": no_awq, "calibration_rows": no_awq, "template": no_awq}
-                 if not awq else {} if calibration_data else {"calibration_rows": no_rows, "template": no_rows})
+    if not awq:
+        refuse_given(dict.fromkeys(("gptq", "calibration_data", "calibration_rows", "template"), no_awq))
+    elif not calibration_data:
+        refuse_given(dict.fromkeys(("calibration_rows", "template"), no_rows))
     calibration: tuple[str, ...] = ()
     if calibration_data:
         prompt = make_template(template or DEFAULT_TEMPLATE)

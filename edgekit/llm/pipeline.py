@@ -86,8 +86,14 @@ def optimize_lm(model: str | Path, data: str | Path, out: str | Path, options: L
     with _stage(stages, "source", str(model)):
         source = resolve_source(model, options.cache_dir)
     _check_chat_template(options.artifact or source.folder)
-    if options.artifact:
-        _check_same_vocabulary(source.folder, Path(options.artifact))
+    given = Path(options.artifact or "")
+    if options.artifact and all((f / "tokenizer.json").is_file() for f in (source.folder, given)):
+        from ..artifact import Artifact  # noqa: PLC0415
+        from ..runtime.tokenizer import TextEncoder  # noqa: PLC0415
+        from ..sessions import check_same_tokenizer  # noqa: PLC0415
+
+        # the gate compares the two sides' token ids: a GPT-2 artifact was gated against a Llama
+        check_same_tokenizer(TextEncoder(source.folder), {"--artifact": Artifact(given, "onnx", given / "model.onnx")})
     rtx_fit = None
     inputs = (model, source.folder, data, held_out, options.artifact)
     with atomic_dir(out, force, inputs=inputs) as tmp:
@@ -152,22 +158,6 @@ def calibration_prompts(options: LMOptimizeOptions, texts: list[str]) -> tuple[s
         rows = []
     prompt = template(options.gate.template)
     return tuple(map(prompt.question, rows[:options.calibration_rows]))
-
-
-def _check_same_vocabulary(model: Path, artifact: Path) -> None:
-    """--artifact made from another model is refused: the gate compares the two sides' token ids (a GPT-2 artifact
-    was gated against a Llama). A folder without tokenizer.json is not compared."""
-    from ..deps import require  # noqa: PLC0415
-
-    files = [model / "tokenizer.json", artifact / "tokenizer.json"]
-    if not all(f.is_file() for f in files):
-        return
-    tokenizers = require("tokenizers")
-    ours, theirs = (tokenizers.Tokenizer.from_file(str(f)).get_vocab() for f in files)
-    if ours != theirs:
-        raise InputError(f"--artifact '{artifact}' has another tokenizer than '{model}'",
-                         f"{len(theirs)} tokens against {len(ours)}, or the same tokens with other ids: it was made "
-                         "from another model", "Pass the artifact quantize-lm or optimize-lm made from this model")
 
 
 def _check_chat_template(folder: str | Path) -> None:
